@@ -1,0 +1,1 @@
+"""tokensurgery.byte_models — see DESIGN.md; filled in by later issues."""

