@@ -162,6 +162,9 @@ def import_gguf(path: str | Path, out: str | Path | None = None, force: bool = F
     marker = target / "tokensurgery_import.json"
     if marker.exists() and not force:
         return target
+    from .checkpoint import check_output
+
+    check_output(target, [path], force=True)
     arch = gguf_architecture(path)
     supported = {a.replace("_", "") for a in GGUF_SUPPORTED_ARCHITECTURES}
     if arch not in GGUF_SUPPORTED_ARCHITECTURES and arch.replace("_", "") not in supported and not arch.startswith("gemma3"):

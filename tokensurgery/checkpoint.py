@@ -34,16 +34,22 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-@contextmanager
-def atomic_folder(out: str | Path, force: bool = False, inputs: list[Path] = ()) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success it replaces `out`, on error it is
-    removed. Refuses a non-empty `out` without `force` and an `out` inside (or around) an input."""
+def check_output(out: str | Path, inputs: list[Path] = (), force: bool = False) -> Path:
+    """Refuse an output inside (or around) an input, and a non-empty output without `force`."""
     out = Path(out).expanduser()
     for src in map(Path, inputs):
         if _inside(src, out) or (src.is_dir() and _inside(out, src)):
             raise TokenSurgeryError(f"output {out} is inside (or contains) the input {src}; choose another output folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TokenSurgeryError(f"output {out} already exists and is not empty; use --force to replace it")
+    return out
+
+
+@contextmanager
+def atomic_folder(out: str | Path, force: bool = False, inputs: list[Path] = ()) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success it replaces `out`, on error it is
+    removed. Refuses a non-empty `out` without `force` and an `out` inside (or around) an input."""
+    out = check_output(out, inputs, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -72,8 +72,10 @@ def import_(source: str, out: Path | None, force: bool) -> None:
         raise TokenSurgeryError(f"no such file or bundled model: {source}")
     if gguf.suffix != ".gguf":
         raise TokenSurgeryError(f"{source} is not a .gguf file; `import` converts GGUF checkpoints")
-    if out is not None and out.exists() and any(out.iterdir()) and not force:
-        raise TokenSurgeryError(f"output {out} already exists and is not empty; use --force to replace it")
+    if out is not None:
+        from .checkpoint import check_output
+
+        check_output(out, [gguf], force)
     folder = import_gguf(gguf, out=out, force=force or out is not None)
     click.echo(str(folder))
 

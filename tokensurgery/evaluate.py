@@ -46,12 +46,19 @@ def load_causal_lm(folder: str | Path, dtype: str = "float32", device: str = "cp
 
     from .assets import hf_tokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a 1-second "Loading weights" bar is noise in our output
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), trust_remote_code=False)
     except Exception as e:
         raise TokenSurgeryError(f"transformers cannot load the model in {folder}: {str(e).splitlines()[0][:200]}") from None
     model.to(device).eval()
-    return model, hf_tokenizer(Path(folder))
+    tokenizer = hf_tokenizer(Path(folder))
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise TokenSurgeryError(f"{folder}: the embedding matrix has {rows} rows but the tokenizer has {len(tokenizer)} tokens")
+    return model, tokenizer
 
 
 def bos_id(tokenizer) -> int | None:

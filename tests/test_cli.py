@@ -1,0 +1,145 @@
+"""The CLI: commands on the bundled models, and one-line errors (exit 2) on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tokensurgery.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    err = result.stderr.strip().splitlines()[-1]  # earlier stderr lines may be progress messages
+    assert err.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert sum(line.startswith("error:") for line in result.stderr.splitlines()) == 1
+    for n in needles:
+        assert n in err, err
+
+
+def tree(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for cmd in ("models", "inspect", "import", "eval"):
+        assert cmd in result.output
+
+
+def test_models_lists_aliases(smollm2_dir, gemma_dir):
+    result = run("models")
+    assert result.exit_code == 0
+    assert "smollm2-135m" in result.output and "gemma3-270m" in result.output
+    assert str(smollm2_dir) in result.output
+
+
+def test_inspect_real_pair(smollm2_dir, gemma_dir):
+    result = run("inspect", "smollm2-135m", "gemma3-270m", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["source"]["family"] == "byte_level_bpe" and data["target"]["family"] == "sentencepiece_bpe"
+    assert 45_000 < data["map"]["shared"] < 47_500
+    text = run("inspect", "smollm2-135m", "gemma3-270m").output
+    assert "shared tokens" in text and "sample decompositions" in text
+
+
+def test_eval_compare_tiny(tiny_model_dirs, tmp_path):
+    out = tmp_path / "r.json"
+    result = run("eval", tiny_model_dirs["tied"], "--lang", "en", "--max-bytes", "500", "--compare", tiny_model_dirs["bos"],
+                 "--json", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {str(tiny_model_dirs["tied"]), str(tiny_model_dirs["bos"])}
+    assert all(r[0]["bytes"] == 500 for r in data["results"].values())
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+def test_missing_path(tmp_path):
+    assert_one_line_error(run("eval", tmp_path / "nope", "--lang", "en"), "no such file")
+    assert_one_line_error(run("inspect", tmp_path / "nope"), "no such file")
+    assert_one_line_error(run("eval", "smollm2-135m", "--text", tmp_path / "missing.txt"), "not found")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_without_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run("eval", tmp_path / "empty", "--lang", "en"), "config.json")
+
+
+def test_truncated_safetensors(tiny_model_dirs, tmp_path):
+    folder = tmp_path / "trunc"
+    shutil.copytree(tiny_model_dirs["tied"], folder)
+    f = folder / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    before = tree(tmp_path)
+    assert_one_line_error(run("eval", folder, "--lang", "en"), "cannot load")
+    assert tree(tmp_path) == before
+
+
+def test_tokenizer_not_json(tmp_path):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{ not json")
+    assert_one_line_error(run("inspect", bad), "not a valid tokenizer.json")
+
+
+def test_embedding_smaller_than_vocabulary(tiny_model_dirs, tmp_path):
+    folder = tmp_path / "small_emb"
+    shutil.copytree(tiny_model_dirs["tied"], folder)
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    n = len(tok["model"]["vocab"])
+    tok["added_tokens"] += [{"id": n + i, "content": f"<extra{i}>", "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for i in range(5)]
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    assert_one_line_error(run("eval", folder, "--lang", "en"), "rows", "tokens")
+
+
+def _write_gguf(path, arch):
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), arch)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_of_unsupported_architecture(tmp_path):
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    assert "mamba2" not in GGUF_SUPPORTED_ARCHITECTURES
+    src = tmp_path / "in"
+    src.mkdir()
+    _write_gguf(src / "odd.gguf", "mamba2")
+    assert_one_line_error(run("import", src / "odd.gguf", "--out", tmp_path / "out"), "mamba2", "not supported")
+    assert not (tmp_path / "out").exists()
+    corrupt = src / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x00" * 10)
+    assert_one_line_error(run("import", corrupt, "--out", tmp_path / "out"), "not a readable GGUF")
+    assert tree(tmp_path) == ["in", "in/corrupt.gguf", "in/odd.gguf"]
+
+
+def test_output_inside_input(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _write_gguf(src / "odd.gguf", "llama")
+    before = tree(tmp_path)
+    assert_one_line_error(run("import", src / "odd.gguf", "--out", src, "--force"), "inside (or contains) the input")
+    assert_one_line_error(run("import", src / "odd.gguf", "--out", src), "inside (or contains) the input")
+    assert tree(tmp_path) == before
+
+
+def test_debug_shows_the_exception(tmp_path):
+    result = CliRunner().invoke(cli, ["--debug", "eval", str(tmp_path / "nope"), "--lang", "en"])
+    assert result.exit_code != 0 and type(result.exception).__name__ == "TokenSurgeryError"
