@@ -1,0 +1,87 @@
+"""Regenerate the notebook recipes from the cell sources below (run: python examples/make_notebooks.py)."""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).parent
+
+CORE = [
+    new_markdown_cell("""# The shared core: vocabularies, vocabulary maps, checkpoints and bits per byte
+
+Everything in tokensurgery compares tokenizers through the **surface bytes** of their tokens.
+This recipe loads the two bundled models (SmolLM2-135M and Gemma-3-270M, imported once from their
+GGUF files into a cache), maps Gemma-3's vocabulary onto SmolLM2's and back, writes a patched
+checkpoint, and measures bits per byte. Set `MAX_BYTES` higher for a more precise figure."""),
+    new_code_cell("""MAX_BYTES = 1500  # bytes of text scored per language (small so the recipe runs fast)
+
+from tokensurgery import Vocabulary, VocabMap
+from tokensurgery.assets import corpus_text, resolve_model
+
+smol_dir = resolve_model("smollm2-135m")   # imports the GGUF once, then reuses the cache
+gemma_dir = resolve_model("gemma3-270m")
+smol, gemma = Vocabulary.load(smol_dir), Vocabulary.load(gemma_dir)
+smol.summary(), gemma.summary()"""),
+    new_markdown_cell("""## Surface bytes
+
+`Ġhello` (byte-level BPE) and `▁hello` (SentencePiece) are the same bytes `b" hello"`.
+Tokens that are not valid UTF-8 alone (pieces of a multi-byte character) are first-class."""),
+    new_code_cell("""for vocab in (smol, gemma):
+    ids = vocab.encode("Größe 漢字")
+    print(vocab.family, [vocab.tokens[i] for i in ids], [vocab.surface[i] for i in ids])
+    assert vocab.decode_bytes(ids) == "Größe 漢字".encode()"""),
+    new_markdown_cell("""## VocabMap: shared, special and new tokens
+
+The *light* pair gives Gemma-3 SmolLM2's tokenizer (few new tokens), the *heavy* pair gives
+SmolLM2 Gemma-3's (about 210k new tokens). New tokens are decomposed into the base's pieces."""),
+    new_code_cell("""light = VocabMap.build(gemma, smol)   # base = Gemma-3, target = SmolLM2's tokenizer
+heavy = VocabMap.build(smol, gemma)   # base = SmolLM2, target = Gemma-3's tokenizer
+print(light.summary())
+print(heavy.summary())
+for t in heavy.new_text[1000:1005]:
+    print(repr(gemma.surface[t]), "->", [smol.tokens[i] for i in heavy.decompose(t)])"""),
+    new_markdown_cell("""## Bits per byte
+
+The tokenizer-independent quality figure every module reports. Gemma-3's tokenizer adds `<bos>`,
+which the evaluation keeps."""),
+    new_code_cell("""from tokensurgery.evaluate import load_causal_lm, score_text
+
+rows = []
+for name, folder in [("smollm2-135m", smol_dir), ("gemma3-270m", gemma_dir)]:
+    model, tok = load_causal_lm(folder)
+    for lang in ("en", "de"):
+        s = score_text(model, tok, corpus_text(lang, MAX_BYTES), name=lang, progress=False)
+        rows.append((name, lang, round(s.bits_per_byte, 3), round(s.tokens_per_byte, 3)))
+    del model
+rows"""),
+    new_markdown_cell("""## Writing a patched checkpoint
+
+The writer streams the base's tensors, swaps the embedding matrices, and writes config,
+tokenizer, generation config and a model card atomically. With the base's own embeddings and
+tokenizer it reproduces the base exactly."""),
+    new_code_cell("""import tempfile, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+from tokensurgery.checkpoint import NewEmbeddings, load_embeddings, model_card, write_patched_checkpoint
+
+emb = load_embeddings(smol_dir)
+out = Path(tempfile.mkdtemp()) / "smollm2-copy"
+card = model_card("SmolLM2 copy", "smollm2-135m", {"base": "smollm2-135m"}, "identity", {})
+write_patched_checkpoint(smol_dir, out, NewEmbeddings(emb.input), smol_dir, {"eos": smol.roles["eos"]}, card)
+a = AutoModelForCausalLM.from_pretrained(smol_dir)
+b = AutoModelForCausalLM.from_pretrained(out)
+x = torch.tensor([smol.encode("The quick brown fox")])
+with torch.no_grad():
+    assert torch.equal(a(x).logits, b(x).logits)
+sorted(p.name for p in out.iterdir())"""),
+]
+
+
+def main():
+    nb = new_notebook(cells=CORE, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, HERE / "01_core_vocabulary_and_eval.ipynb")
+
+
+if __name__ == "__main__":
+    main()
