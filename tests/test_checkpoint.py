@@ -140,3 +140,14 @@ def test_smollm2_identity_rewrite_is_exact(smollm2_dir, tmp_path):
     out = _rewrite_identity(smollm2_dir, tmp_path / "smol")
     ids = [504, 3458, 282, 4649, 314]
     assert torch.equal(_logits(smollm2_dir, ids), _logits(out, ids))
+
+
+def test_patched_config_nested_text_config():
+    """Multimodal configs keep the language model's settings in `text_config`."""
+    from tokensurgery.checkpoint import _patched_config
+
+    config = {"model_type": "gemma3", "text_config": {"vocab_size": 262208, "hidden_size": 640}, "tie_word_embeddings": True}
+    new = _patched_config(config, 49152, {"bos": None, "eos": 2, "pad": 2}, tied=False)
+    assert new["text_config"]["vocab_size"] == 49152 and "vocab_size" not in new
+    assert new["text_config"]["eos_token_id"] == 2 and new["tie_word_embeddings"] is False
+    assert config["text_config"]["vocab_size"] == 262208  # the input dict is not modified

@@ -348,8 +348,8 @@ def write_patched_checkpoint(
                     yield name, embeddings.output.to(dtype)
             else:
                 yield name, tensor
-        if not tied and out_name is None:
-            yield _output_name_for(inp_name), embeddings.output.to(dtype)
+        if not tied and out_name is None:  # a tied base gets its own output matrix
+            yield "lm_head.weight", embeddings.output.to(dtype)
 
     with atomic_folder(out, force=force, inputs=[base, *extra_inputs]) as tmp:
         write_safetensors(tmp, tensors(), max_shard_bytes)
@@ -360,10 +360,6 @@ def write_patched_checkpoint(
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(card)
     return Path(out)
-
-
-def _output_name_for(inp_name: str) -> str:
-    return "lm_head.weight"
 
 
 def _patched_config(config: dict, vocab_size: int, special_ids: dict[str, int | None], tied: bool) -> dict:
