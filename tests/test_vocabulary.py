@@ -112,6 +112,7 @@ def test_real_families_and_sizes(smollm2_vocab, gemma_vocab):
     assert gemma_vocab.family == "sentencepiece_bpe" and len(gemma_vocab) == 262144
     assert gemma_vocab.bos_added == gemma_vocab.roles["bos"] and gemma_vocab.tokens[gemma_vocab.bos_added] == "<bos>"
     assert smollm2_vocab.bos_added is None
+    assert not smollm2_vocab.prepends_space and not gemma_vocab.prepends_space
     assert sum(not _is_utf8(s) for s in smollm2_vocab.surface) > 100
     assert sum(k == TokenKind.BYTE_FALLBACK for k in gemma_vocab.kinds) == 256
     assert sum(k == TokenKind.UNUSED for k in gemma_vocab.kinds) > 6000  # <unusedN> placeholders
@@ -144,7 +145,7 @@ def test_mistral_sentencepiece_prefix_space(mistral_vocabs, text):
     # documented exception: Llama/Mistral SentencePiece adds one ▁ before text not starting with a space
     expected = text.encode() if not text or text.startswith(" ") else b" " + text.encode()
     for vocab in mistral_vocabs:
-        assert vocab.family == "sentencepiece_bpe"
+        assert vocab.family == "sentencepiece_bpe" and vocab.prepends_space
         assert roundtrip(vocab, text) == expected
 
 

@@ -110,7 +110,7 @@ class Vocabulary:
     roles: dict[str, int] = field(default_factory=dict)
     name: str = ""
     bos_added: int | None = None  # id the tokenizer puts in front when encoding for a model
-    prepends_space: bool = False  # SentencePiece "prepend ▁" / WordPiece word joins
+    prepends_space: bool = False  # encoding "hello" yields a word-start token (Llama-2/Mistral ▁, WordPiece)
     _hf: object | None = field(default=None, repr=False)  # tokenizers.Tokenizer
     _tiktoken: object | None = field(default=None, repr=False)  # tiktoken.Encoding
     _tiktoken_offset: int = 0
@@ -197,9 +197,10 @@ class Vocabulary:
             kinds[hf.token_to_id(unk)] = TokenKind.SPECIAL
 
         vocab = cls(family=family, tokens=tokens, surface=surface, kinds=kinds, name=name, _hf=hf)
-        vocab.prepends_space = family == "wordpiece" or '"prepend_scheme": "always"' in json.dumps(spec) or (
-            '"prepend_scheme": "first"' in json.dumps(spec) or "Prepend" in _json_types(spec.get("normalizer"))
-        )
+        # a word-start marker is added at the start of a text that does not begin with a space
+        schemes = {spec.get(part, {}) and (spec[part] or {}).get("prepend_scheme") for part in ("pre_tokenizer", "decoder")}
+        vocab.prepends_space = family == "wordpiece" or bool(schemes & {"first", "always"}) or \
+            "Prepend" in _json_types(spec.get("normalizer"))
         with_specials = hf.encode("a", add_special_tokens=True).ids
         plain = hf.encode("a", add_special_tokens=False).ids
         if len(with_specials) > len(plain) and with_specials[0] != plain[0] and kinds[with_specials[0]] == TokenKind.SPECIAL:
