@@ -212,7 +212,7 @@ def import_gguf(path: str | Path, out: str | Path | None = None, force: bool = F
 def load_vocabulary(spec: str | Path):
     """Vocabulary from a checkpoint folder / alias / .gguf, a tokenizer.json, a SentencePiece
     `.model`, a Tekken `.json` or a `.tiktoken` file (Qwen's pattern assumed for the latter)."""
-    from .vocabulary import Vocabulary, roles_from_hf_files
+    from .vocabulary import Vocabulary
 
     s = str(spec)
     path = Path(s).expanduser()
@@ -225,10 +225,7 @@ def load_vocabulary(spec: str | Path):
         if name.endswith(".json"):
             if _looks_like_tekken(path):
                 return Vocabulary.from_tekken(path, name=s)
-            vocab = Vocabulary.from_tokenizer_json(path, name=s)
-            if (path.parent / "tokenizer_config.json").exists():
-                vocab.roles = vocab._infer_roles(roles_from_hf_files(path.parent, vocab.tokens))
-            return vocab
+            return _vocabulary_of_tokenizer_json(path, s)
         if ".model" in name:
             tok = sentencepiece_tokenizer(path)
             return Vocabulary.from_hf_tokenizer(tok.backend_tokenizer, roles=_roles_of(tok), name=s)
@@ -237,15 +234,22 @@ def load_vocabulary(spec: str | Path):
 
 
 def vocabulary_of_folder(folder: Path, name: str = ""):
-    from .vocabulary import Vocabulary, roles_from_hf_files
+    """The Vocabulary of a checkpoint folder (tokenizer.json, else whatever transformers reads)."""
+    from .vocabulary import Vocabulary
 
-    tj = folder / "tokenizer.json"
-    if tj.exists():
-        vocab = Vocabulary.from_tokenizer_json(tj, name=name or str(folder))
-        vocab.roles = vocab._infer_roles(roles_from_hf_files(folder, vocab.tokens))
-        return vocab
+    if (folder / "tokenizer.json").exists():
+        return _vocabulary_of_tokenizer_json(folder / "tokenizer.json", name or str(folder))
     tok = hf_tokenizer(folder)
     return Vocabulary.from_hf_tokenizer(tok.backend_tokenizer, roles=_roles_of(tok), name=name or str(folder))
+
+
+def _vocabulary_of_tokenizer_json(path: Path, name: str):
+    """A tokenizer.json, with role tokens from the tokenizer_config.json beside it if any."""
+    from .vocabulary import Vocabulary, roles_from_hf_files
+
+    vocab = Vocabulary.from_tokenizer_json(path, name=name)
+    vocab.roles = vocab._infer_roles(roles_from_hf_files(path.parent, vocab.tokens))
+    return vocab
 
 
 def hf_tokenizer(folder: Path):
