@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import click
@@ -21,7 +20,7 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as e:  # noqa: BLE001 - the CLI's single error boundary
-            if ctx.params.get("debug") or "--debug" in sys.argv:
+            if ctx.params.get("debug"):
                 raise
             if isinstance(e, TokenSurgeryError):
                 click.echo(f"error: {e}", err=True)
