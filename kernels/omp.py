@@ -2,10 +2,20 @@
 
 Each row x of X is approximated as a sparse combination of at most k dictionary rows (atoms):
 greedy selection of the atom most correlated with the residual, then a least-squares refit
-over all selected atoms. The refit keeps a Cholesky factor of the selected atoms' Gram matrix
-per target and extends it by one row per step (no n x n Gram matrix is ever formed, so a
-50k-atom dictionary costs only its own memory). Exact: same supports and coefficients as
-scikit-learn's `orthogonal_mp_gram` (tested).
+over all selected atoms, kept as a Cholesky factor of the selected atoms' Gram matrix that
+grows by one row per step.
+
+Two paths:
+- exact (`candidates=None`): every step correlates the residual with the whole dictionary
+  (no n x n Gram matrix is formed). Same supports and coefficients as scikit-learn's
+  `orthogonal_mp_gram` (tested).
+- screened (`candidates=M`): each target first keeps its M atoms most correlated with it,
+  then runs Gram-matrix Batch-OMP over those (one M x M Gram per target by batched matmul;
+  each step costs M*t instead of n*d). Exact whenever every atom exact OMP would pick is
+  among the M; tests and `benchmarks/omp_kernel.py` measure how often that holds.
+
+Options beyond plain OMP: `ridge` adds lambda to the Gram diagonal of the refit (shrinks
+coefficients of nearly collinear atoms); `normalize` selects by correlation / atom norm.
 """
 
 from __future__ import annotations
@@ -31,71 +41,137 @@ class OMPResult:
 
 
 def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int = 1024,
-        dtype: torch.dtype = torch.float32, progress: bool = False) -> OMPResult:
+        dtype: torch.dtype = torch.float32, progress: bool = False, candidates: int | None = None,
+        ridge: float = 0.0, normalize: bool = False) -> OMPResult:
     """Batched OMP of `targets` (B, d) over the rows of `dictionary` (n, d), k atoms each.
 
     Work is done in blocks of `block_size` targets (memory ~ block_size * n floats for the
-    correlations); `dtype` float64 gives bit-for-bit stable supports on hard cases."""
+    correlations, plus block_size * M * (M + d) with screening); `dtype` float64 gives
+    bit-for-bit stable supports on hard cases. See the module docstring for `candidates`."""
     n, d = dictionary.shape
     if targets.ndim != 2 or targets.shape[1] != d:
         raise ValueError(f"targets must be (B, {d}), got {tuple(targets.shape)}")
     if not 1 <= k <= min(n, d):
         raise ValueError(f"k must be in 1..{min(n, d)} (atoms {n}, dimension {d}), got {k}")
+    if candidates is not None and candidates < k:
+        raise ValueError(f"candidates ({candidates}) must be at least k ({k})")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
     D = dictionary.to(dtype)
+    norms2 = (D * D).sum(1)
     out_idx, out_coef, out_n, out_res = [], [], [], []
     blocks = range(0, targets.shape[0], block_size)
     if progress:
         from tqdm.auto import tqdm
 
-        blocks = tqdm(blocks, desc="OMP", unit="block")
+        blocks = tqdm(blocks, desc="OMP", unit="block", total=len(blocks))
     for start in blocks:
         X = targets[start : start + block_size].to(device=D.device, dtype=dtype)
-        idx, coef, n_sel, res = _omp_block(D, X, k)
-        out_idx.append(idx), out_coef.append(coef), out_n.append(n_sel), out_res.append(res)
+        if candidates is None or candidates >= n:
+            idx, coef, n_sel = _omp_block(D, norms2, X, k, ridge, normalize)
+        else:
+            idx, coef, n_sel = _omp_screened_block(D, norms2, X, k, candidates, ridge, normalize)
+        recon = torch.einsum("bk,bkd->bd", coef, D[idx])
+        eps = torch.finfo(dtype).eps
+        out_res.append((X - recon).norm(dim=1) / X.norm(dim=1).clamp(min=eps))
+        out_idx.append(idx), out_coef.append(coef), out_n.append(n_sel)
     return OMPResult(torch.cat(out_idx), torch.cat(out_coef), torch.cat(out_n), torch.cat(out_res))
 
 
-def _omp_block(D: torch.Tensor, X: torch.Tensor, k: int):
-    B, d = X.shape
-    eps = torch.finfo(D.dtype).eps
-    norms2 = (D * D).sum(1)  # (n,)
+class _Factor:
+    """Per-target Cholesky factor L (L L^T = Gram of the selected atoms + ridge I) and the
+    refit gamma = (L L^T)^-1 c, extended one atom at a time; targets whose next atom is
+    linearly dependent on their selection stop (their `active` flag drops)."""
+
+    def __init__(self, B: int, k: int, like: torch.Tensor):
+        self.L = torch.zeros(B, k, k, dtype=like.dtype, device=like.device)
+        self.c = torch.zeros(B, k, dtype=like.dtype, device=like.device)  # <selected atom, x>
+        self.gamma = torch.zeros(B, k, dtype=like.dtype, device=like.device)
+        self.active = torch.ones(B, dtype=torch.bool, device=like.device)
+        self.n_sel = torch.zeros(B, dtype=torch.long, device=like.device)
+        self.eps = torch.finfo(like.dtype).eps
+
+    def extend(self, t: int, g: torch.Tensor, diag: torch.Tensor, c_new: torch.Tensor) -> torch.Tensor | None:
+        """Add atom t with Gram column `g` (B, t) against the selected atoms, squared norm
+        `diag` (+ ridge) and correlation `c_new` with x; returns the rows that took it."""
+        if t == 0:
+            w = g.new_zeros(g.shape[0], 0)
+            diag2 = diag
+        else:
+            w = torch.linalg.solve_triangular(self.L[:, :t, :t], g.unsqueeze(-1), upper=False).squeeze(-1)
+            diag2 = diag - (w * w).sum(1)
+        self.active &= diag2 > self.eps * diag.abs().clamp(min=self.eps) * 8
+        if not self.active.any():
+            return None
+        sel = self.active.nonzero().squeeze(1)
+        self.L[sel, t, :t] = w[sel]
+        self.L[sel, t, t] = diag2[sel].sqrt()
+        self.c[sel, t] = c_new[sel]
+        self.n_sel[sel] = t + 1
+        Ls = self.L[sel, : t + 1, : t + 1]
+        z = torch.linalg.solve_triangular(Ls, self.c[sel, : t + 1].unsqueeze(-1), upper=False)
+        self.gamma[sel, : t + 1] = torch.linalg.solve_triangular(Ls.transpose(1, 2), z, upper=True).squeeze(-1)
+        return sel
+
+
+def _omp_block(D: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, ridge: float, normalize: bool):
+    B = X.shape[0]
     idx = torch.zeros(B, k, dtype=torch.long, device=D.device)
-    L = torch.zeros(B, k, k, dtype=D.dtype, device=D.device)  # Cholesky of Gram(selected)
-    c = torch.zeros(B, k, dtype=D.dtype, device=D.device)  # D_S x
-    gamma = torch.zeros(B, k, dtype=D.dtype, device=D.device)
-    active = torch.ones(B, dtype=torch.bool, device=D.device)
-    n_sel = torch.zeros(B, dtype=torch.long, device=D.device)
+    f = _Factor(B, k, D)
+    scale = norms2.clamp(min=f.eps).rsqrt() if normalize else None
     residual = X.clone()
     taken = torch.zeros(B, D.shape[0], dtype=torch.bool, device=D.device)
     for t in range(k):
         corr = (residual @ D.T).abs_()
+        if scale is not None:
+            corr *= scale
         corr.masked_fill_(taken, -1.0)
-        j = corr.argmax(1)  # (B,)
-        atom = D[j]  # (B, d)
-        if t == 0:
-            diag2 = norms2[j]
-            w = torch.zeros(B, 0, dtype=D.dtype, device=D.device)
-        else:
-            g = torch.einsum("btd,bd->bt", D[idx[:, :t]], atom)  # Gram column of the new atom
-            w = torch.linalg.solve_triangular(L[:, :t, :t], g.unsqueeze(-1), upper=False).squeeze(-1)
-            diag2 = norms2[j] - (w * w).sum(1)
-        ok = active & (diag2 > eps * norms2[j].clamp(min=eps))  # linear dependence ends a target
-        active = ok
-        if not active.any():
+        j = corr.argmax(1)
+        atom = D[j]
+        g = torch.einsum("btd,bd->bt", D[idx[:, :t]], atom)
+        sel = f.extend(t, g, norms2[j] + ridge, (atom * X).sum(1))
+        if sel is None:
             break
-        # extend the factor / support only where still active
-        sel = active.nonzero().squeeze(1)
         idx[sel, t] = j[sel]
         taken[sel, j[sel]] = True
-        L[sel, t, :t] = w[sel]
-        L[sel, t, t] = diag2[sel].sqrt()
-        c[sel, t] = (atom[sel] * X[sel]).sum(1)
-        n_sel[sel] = t + 1
-        # refit: L L^T gamma = c over the t+1 selected atoms
-        Ls = L[sel, : t + 1, : t + 1]
-        z = torch.linalg.solve_triangular(Ls, c[sel, : t + 1].unsqueeze(-1), upper=False)
-        g_sel = torch.linalg.solve_triangular(Ls.transpose(1, 2), z, upper=True).squeeze(-1)
-        gamma[sel, : t + 1] = g_sel
-        residual[sel] = X[sel] - torch.einsum("bt,btd->bd", g_sel, D[idx[sel, : t + 1]])
-    res = residual.norm(dim=1) / X.norm(dim=1).clamp(min=eps)
-    return idx, gamma, n_sel, res
+        residual[sel] = X[sel] - torch.einsum("bt,btd->bd", f.gamma[sel, : t + 1], D[idx[sel, : t + 1]])
+    return idx, f.gamma, f.n_sel
+
+
+def _omp_screened_block(D: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, M: int, ridge: float,
+                        normalize: bool):
+    B = X.shape[0]
+    corr0 = X @ D.T  # (B, n)
+    score = corr0.abs()
+    if normalize:
+        score *= norms2.clamp(min=torch.finfo(D.dtype).eps).rsqrt()
+    cand = score.topk(M, dim=1).indices  # (B, M) global atom ids
+    del score
+    alpha = corr0.gather(1, cand)  # <candidate, x>
+    del corr0
+    Dc = D[cand]  # (B, M, d)
+    G = torch.bmm(Dc, Dc.transpose(1, 2))  # (B, M, M) candidate Gram matrices
+    del Dc
+    diagG = G.diagonal(dim1=1, dim2=2).clone()
+    scale = diagG.clamp(min=torch.finfo(D.dtype).eps).rsqrt() if normalize else None
+    rows = torch.arange(B, device=D.device)
+    pos = torch.zeros(B, k, dtype=torch.long, device=D.device)  # selected positions in `cand`
+    Gsel = torch.zeros(B, k, M, dtype=D.dtype, device=D.device)  # Gram rows of the selected atoms
+    f = _Factor(B, k, D)
+    corr = alpha.clone()  # = <candidate, residual>
+    taken = torch.zeros(B, M, dtype=torch.bool, device=D.device)
+    for t in range(k):
+        s = corr.abs()
+        if scale is not None:
+            s *= scale
+        s.masked_fill_(taken, -1.0)
+        j = s.argmax(1)
+        g = Gsel[rows, :t, j] if t else alpha.new_zeros(B, 0)
+        sel = f.extend(t, g, diagG[rows, j] + ridge, alpha[rows, j])
+        if sel is None:
+            break
+        pos[sel, t] = j[sel]
+        taken[sel, j[sel]] = True
+        Gsel[sel, t] = G[sel, j[sel]]
+        corr[sel] = alpha[sel] - torch.bmm(f.gamma[sel, None, : t + 1], Gsel[sel, : t + 1]).squeeze(1)
+    return cand.gather(1, pos), f.gamma, f.n_sel

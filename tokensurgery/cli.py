@@ -182,6 +182,102 @@ def eval_(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], other: st
         json_out.write_text(json.dumps({"window": window, "stride": stride, "max_bytes": max_bytes, "results": payload}, indent=2))
 
 
+# ---- transplant ---------------------------------------------------------------------------
+
+class _GroupedCommand(click.Command):
+    """Shows options under headings (the `group` key of each option's help prefix)."""
+
+    groups: dict[str, list[str]] = {}
+
+    def format_options(self, ctx, formatter):
+        rows = {p.name: p.get_help_record(ctx) for p in self.get_params(ctx) if p.get_help_record(ctx)}
+        placed = set()
+        for title, names in self.groups.items():
+            with formatter.section(title):
+                formatter.write_dl([rows[n] for n in names if n in rows])
+            placed.update(names)
+        rest = [r for n, r in rows.items() if n not in placed]
+        if rest:
+            with formatter.section("Other options"):
+                formatter.write_dl(rest)
+
+
+class _TransplantCommand(_GroupedCommand):
+    groups = {"Method": ["method", "k", "candidates", "ridge", "normalize", "center", "fvt_above"],
+              "Compute": ["dtype", "device", "block_size"],
+              "Output and evaluation": ["force", "eval_texts", "eval_langs", "max_bytes", "report"]}
+
+
+@cli.command(cls=_TransplantCommand)
+@click.argument("base")
+@click.argument("donor")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--method", default="omp", show_default=True, type=click.Choice(["omp", "knn", "fvt", "mean", "zero"]),
+              help="How rows of tokens BASE lacks are computed (fvt/mean/zero need only the donor's tokenizer).")
+@click.option("-k", "k", default=64, show_default=True, help="Shared tokens per new token (omp, knn).")
+@click.option("--candidates", default="1024", show_default=True,
+              help="OMP screening: atoms kept per token before the solve; 'all' runs exact OMP (slow on big vocabularies).")
+@click.option("--ridge", default=0.0, show_default=True, help="OMP: ridge on the refit, relative to the mean squared atom norm.")
+@click.option("--normalize/--no-normalize", default=False, show_default=True, help="OMP: pick atoms by correlation / norm.")
+@click.option("--center/--no-center", default=False, show_default=True, help="Solve on mean-centred embeddings.")
+@click.option("--fvt-above", type=float, default=None, help="OMP: tokens reconstructed worse than this relative error get FVT.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
+              help="Precision of the solve (the output keeps BASE's dtype).")
+@click.option("--device", default="cpu", show_default=True, help="Where the solve runs (cpu, cuda, cuda:1, mps).")
+@click.option("--block-size", default=1024, show_default=True, help="Tokens solved per batch (memory ~ block x dictionary).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--eval", "eval_texts", multiple=True, type=click.Path(path_type=Path),
+              help="Text file to score BASE and OUT on (bits per byte, into the model card); repeatable.")
+@click.option("--eval-lang", "eval_langs", multiple=True, help="Bundled excerpt to score on (en, de, fr, ...); repeatable.")
+@click.option("--max-bytes", type=int, default=8000, show_default=True, help="Bytes of each eval text that are scored.")
+@click.option("--report", type=click.Path(path_type=Path), help="Write a PNG: reconstruction errors and bits per byte.")
+def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates: str, ridge: float, normalize: bool,
+               center: bool, fvt_above: float | None, dtype: str, device: str, block_size: int, force: bool,
+               eval_texts: tuple[Path, ...], eval_langs: tuple[str, ...], max_bytes: int, report: Path | None) -> None:
+    """Give BASE the tokenizer of DONOR, without training; write the result to OUT.
+
+    Tokens both tokenizers share keep BASE's embeddings; the others are computed by
+    --method (default: OMP over the shared tokens in DONOR's embedding space). BASE and
+    DONOR accept bundled aliases, .gguf files, local folders and hub ids.
+    """
+    from .transplant import TransplantOptions, evaluate_transplant, transplant as run
+
+    if candidates != "all" and not candidates.isdigit():
+        raise TokenSurgeryError(f"--candidates must be a number or 'all', got {candidates!r}")
+    opts = TransplantOptions(method=method, k=k, candidates=None if candidates == "all" else int(candidates), ridge=ridge,
+                             normalize=normalize, center=center, fvt_above=fvt_above, dtype=dtype, device=device,
+                             block_size=block_size)
+    files = _eval_files(eval_texts, eval_langs)
+    result = run(base, donor, out, opts, force=force)
+    s = result.summary()
+    click.echo(f"wrote {out}: {s['rows']:,} rows = {s['shared']:,} shared + {s['specials']} specials copied, "
+               f"{s['filled']:,} by {method} ({s['seconds']:.0f}s)")
+    if "rel_error_mean" in s:
+        click.echo(f"reconstruction error in the donor space: mean {s['rel_error_mean']}, "
+                   f"p10/p50/p90 {s['rel_error_p10_p50_p90']}")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    scores = evaluate_transplant(result, base, files, max_bytes=max_bytes) if files else None
+    if scores:
+        for name, (before, after) in scores.items():
+            click.echo(f"{name:14s} bits/byte base {before:.4f} -> transplanted {after:.4f}")
+    if report:
+        from .report import transplant_report
+
+        transplant_report(result, scores, report)
+        click.echo(f"report: {report}")
+
+
+def _eval_files(texts: tuple[Path, ...], langs: tuple[str, ...]) -> list[Path]:
+    from .assets import corpus_path
+    from .evaluate import read_text_file
+
+    files = list(texts) + [corpus_path(lang) for lang in langs]
+    for f in files:
+        read_text_file(f, 1)  # fail before the long work, not after
+    return files
+
+
 def _short(spec: str) -> str:
     return spec if len(spec) <= 24 else "…" + spec[-23:]
 

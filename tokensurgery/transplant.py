@@ -1,0 +1,404 @@
+"""Tokenizer transplantation: give BASE the DONOR's tokenizer and token ids, no training.
+
+Every donor id gets a row in the new embedding matrices:
+- *shared* tokens (same surface bytes) and *specials* (matched by role, then content) copy
+  BASE's row exactly;
+- every other donor row (new text tokens, new specials, unused placeholders, padding rows)
+  is *filled* by the chosen method:
+  - `omp`: write the donor's embedding of the token as a sparse combination of the donor's
+    embeddings of shared tokens (Orthogonal Matching Pursuit, k atoms), then apply the same
+    coefficients to BASE's rows of those shared tokens (Goddard & Fernandes Neto, 2025);
+  - `knn`: the k shared tokens nearest in the donor space, weighted by inverse distance;
+  - `fvt`: the mean of BASE's rows for the pieces BASE's tokenizer splits the token into;
+  - `mean`: the mean BASE row; `zero`: zeros.
+Input and output matrices get their own solve when BASE is untied (from the donor's own
+output matrix when it has one); a tied BASE is solved once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import (Embeddings, NewEmbeddings, check_embeddings_cover, load_embeddings, model_card,
+                         write_patched_checkpoint)
+from .errors import TokenSurgeryError
+from .kernels.omp import omp
+from .progress import bar, status
+from .vocab_map import VocabMap
+from .vocabulary import Vocabulary
+
+METHODS = ("omp", "knn", "fvt", "mean", "zero")
+NEEDS_DONOR_EMBEDDINGS = ("omp", "knn")
+
+
+@dataclass
+class TransplantOptions:
+    """How the filled rows are computed (see the module docstring for the methods)."""
+
+    method: str = "omp"
+    k: int = 64
+    candidates: int | None = 1024  # OMP screening: atoms kept per token (None: exact OMP)
+    ridge: float = 0.0  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
+    normalize: bool = False  # OMP: select atoms by correlation / norm
+    center: bool = False  # subtract each space's mean shared embedding before solving
+    fvt_above: float | None = None  # OMP: tokens reconstructed worse than this relative error get FVT
+    dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
+    device: str = "cpu"
+    block_size: int = 1024
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise TokenSurgeryError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.k < 1:
+            raise TokenSurgeryError(f"k must be at least 1, got {self.k}")
+        if self.dtype not in ("float32", "float64"):
+            raise TokenSurgeryError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.candidates is not None and self.candidates < self.k:
+            raise TokenSurgeryError(f"--candidates ({self.candidates}) must be at least k ({self.k})")
+
+
+@dataclass
+class TransplantResult:
+    """What `transplant` did: the map, the method, per-token reconstruction errors (OMP)."""
+
+    out: Path
+    vocab_map: VocabMap
+    options: TransplantOptions
+    n_rows: int
+    filled: list[int]  # donor ids whose rows the method computed
+    errors: torch.Tensor | None  # relative donor-space reconstruction error per filled row (omp)
+    fvt_fallbacks: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        vm = self.vocab_map
+        out = {"rows": self.n_rows, "shared": len(vm.shared), "specials": len(vm.specials), "filled": len(self.filled),
+               "new_text": len(vm.new_text), "method": self.options.method, "seconds": round(self.seconds, 1)}
+        if self.errors is not None and len(self.errors):
+            q = torch.tensor([0.1, 0.5, 0.9]).to(self.errors.dtype)
+            out["rel_error_p10_p50_p90"] = [round(v, 4) for v in self.errors.quantile(q).tolist()]
+            out["rel_error_mean"] = round(self.errors.mean().item(), 4)
+        return out
+
+
+# ---- inputs -------------------------------------------------------------------------------
+
+@dataclass
+class _Donor:
+    vocab: Vocabulary
+    tokenizer_dir: Path  # folder whose tokenizer files are copied
+    folder: Path | None  # checkpoint folder (None: tokenizer only)
+
+
+def _open_donor(spec: str) -> _Donor:
+    """A donor checkpoint, or (for methods that need no donor weights) a tokenizer folder."""
+    from .assets import load_vocabulary, resolve_model, vocabulary_of_folder
+
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and not (path / "config.json").exists():
+        if not any((path / n).exists() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+            raise TokenSurgeryError(f"{path} holds neither a model (config.json) nor tokenizer files")
+        return _Donor(vocabulary_of_folder(path, name=str(spec)), path, None)
+    folder = resolve_model(spec)
+    return _Donor(load_vocabulary(folder) if folder != path else vocabulary_of_folder(folder, str(spec)), folder, folder)
+
+
+def _has_weights(folder: Path | None) -> bool:
+    return folder is not None and any(folder.glob("*.safetensors"))
+
+
+# ---- the fill methods ---------------------------------------------------------------------
+
+def _solve_omp(dictionary: torch.Tensor, targets: torch.Tensor, opts: TransplantOptions, progress: bool):
+    dt = getattr(torch, opts.dtype)
+    D = dictionary.to(opts.device, dt)
+    ridge = opts.ridge * (D * D).sum(1).mean().item()
+    return omp(D, targets.to(dt), opts.k, block_size=opts.block_size, dtype=dt, progress=progress,
+               candidates=opts.candidates, ridge=ridge, normalize=opts.normalize)
+
+
+def _knn(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int, progress: bool):
+    """Indices and inverse-distance weights (summing to 1) of the k nearest atoms."""
+    D = dictionary.float()
+    d2 = (D * D).sum(1)
+    idx, wts = [], []
+    for s in bar(range(0, len(targets), block_size), "k nearest", total=-(-len(targets) // block_size), enabled=progress):
+        X = targets[s : s + block_size].float()
+        dist2 = (X * X).sum(1, keepdim=True) - 2 * X @ D.T + d2
+        top = dist2.topk(k, dim=1, largest=False)
+        w = 1.0 / (top.values.clamp(min=0).sqrt() + 1e-6)
+        idx.append(top.indices), wts.append(w / w.sum(1, keepdim=True))
+    return torch.cat(idx), torch.cat(wts)
+
+
+def _fvt_rows(vm: VocabMap, ids: list[int], base: torch.Tensor, mean: torch.Tensor, progress: bool) -> torch.Tensor:
+    """Mean of BASE's rows of each token's pieces (BASE's mean row when it has none)."""
+    out = mean.expand(len(ids), -1).clone()
+    text = set(vm.new_text)
+    for r, t in enumerate(bar(ids, "FVT pieces", total=len(ids), enabled=progress)):
+        if t in text:
+            pieces = [p for p in vm.decompose(t) if p < base.shape[0]]
+            if pieces:
+                out[r] = base[pieces].mean(0)
+    return out
+
+
+@dataclass
+class _Solution:
+    """Sparse weights over the dictionary for every filled row, found in one donor space."""
+
+    indices: torch.Tensor  # (B, k) positions in the dictionary
+    weights: torch.Tensor  # (B, k)
+    errors: torch.Tensor | None  # relative reconstruction error in the donor space (omp)
+
+
+def _solve(donor: torch.Tensor, filled: list[int], plan: dict, opts: TransplantOptions, progress: bool) -> _Solution:
+    D, X = donor[torch.tensor(plan["dict_donor"])].float(), donor[torch.tensor(filled)].float()
+    if opts.center:
+        shift = D.mean(0)
+        D, X = D - shift, X - shift
+    if opts.method == "knn":
+        idx, w = _knn(D, X, opts.k, opts.block_size, progress)
+        return _Solution(idx, w, None)
+    res = _solve_omp(D, X, opts, progress)
+    return _Solution(res.indices.cpu(), res.coefs.float().cpu(), res.residual_norm.float().cpu())
+
+
+def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: list[int], opts: TransplantOptions,
+          plan: dict, progress: bool) -> tuple[torch.Tensor, int]:
+    """Rows for the `filled` donor ids in BASE's space (and how many fell back to FVT)."""
+    base = base.float()
+    text_rows = sorted(set(vm.shared.values()))
+    mean = base[text_rows].mean(0) if text_rows else base.mean(0)
+    if opts.method == "zero":
+        return torch.zeros(len(filled), base.shape[1]), 0
+    if opts.method == "mean":
+        return mean.expand(len(filled), -1).clone(), 0
+    if opts.method == "fvt":
+        return _fvt_rows(vm, filled, base, mean, progress), 0
+    atoms = base[torch.tensor(plan["dict_base"])]
+    shift = atoms.mean(0) if opts.center else None
+    if shift is not None:
+        atoms = atoms - shift
+    rows = torch.einsum("bk,bkd->bd", solution.weights, atoms[solution.indices])
+    if shift is not None:
+        rows += shift
+    n_fvt = 0
+    if opts.fvt_above is not None and solution.errors is not None:
+        text = set(vm.new_text)
+        bad = [i for i in (solution.errors > opts.fvt_above).nonzero().squeeze(1).tolist() if filled[i] in text]
+        if bad:
+            rows[bad] = _fvt_rows(vm, [filled[i] for i in bad], base, mean, False)
+            n_fvt = len(bad)
+    return rows, n_fvt
+
+
+# ---- the transplant -----------------------------------------------------------------------
+
+def prepare(base: str, donor: str, progress: bool = True):
+    """Resolve both inputs and map the donor's vocabulary onto BASE's: (base folder, donor, map)."""
+    from .assets import resolve_model, vocabulary_of_folder
+
+    base_dir = resolve_model(base, progress=progress)
+    donor_ = _open_donor(donor)
+    with status("mapping vocabularies", progress):
+        base_vocab = vocabulary_of_folder(base_dir, name=str(base))
+        vm = VocabMap.build(base_vocab, donor_.vocab)
+    if not vm.shared:
+        raise TokenSurgeryError(f"{base} and {donor} share no text tokens; a transplant needs a shared dictionary "
+                                "(use the hypernetwork for unrelated tokenizers)")
+    return base_dir, donor_, vm
+
+
+def transplant(base: str, donor: str, out: str | Path, options: TransplantOptions | None = None, force: bool = False,
+               progress: bool = True, card_quality: str = "") -> TransplantResult:
+    """Write BASE's weights with DONOR's tokenizer to OUT (see the module docstring)."""
+    opts = options or TransplantOptions()
+    opts.check()
+    start = time.perf_counter()
+    base_dir, donor_, vm = prepare(base, donor, progress)
+    emb = load_embeddings(base_dir)
+    check_embeddings_cover(emb, len(vm.source), f"base {base}")
+    notes: list[str] = []
+
+    donor_emb: Embeddings | None = None
+    if opts.method in NEEDS_DONOR_EMBEDDINGS:
+        if not _has_weights(donor_.folder):
+            raise TokenSurgeryError(f"donor {donor} has no weights; --method {opts.method} needs the donor's embeddings "
+                                    "(fvt, mean and zero need only its tokenizer)")
+        donor_emb = load_embeddings(donor_.folder)
+        check_embeddings_cover(donor_emb, len(vm.target), f"donor {donor}")
+    n_rows = donor_emb.input.shape[0] if donor_emb is not None else len(vm.target)
+    n_rows = max(n_rows, len(vm.target))
+    copied = {**vm.shared, **vm.specials}
+    filled = [t for t in range(n_rows) if t not in copied]
+    if opts.method in NEEDS_DONOR_EMBEDDINGS:
+        n_dict = len(vm.shared)
+        limit = min(n_dict, donor_emb.input.shape[1])
+        if opts.k > limit:
+            raise TokenSurgeryError(f"k={opts.k} is larger than the dictionary allows ({n_dict} shared tokens, "
+                                    f"donor width {donor_emb.input.shape[1]}); use -k {limit} or less")
+        if opts.candidates is not None and opts.candidates >= n_dict:
+            opts.candidates = None  # screening would keep every atom anyway
+    shared_pairs = sorted(vm.shared.items())
+    plan = {"dict_donor": [t for t, _ in shared_pairs], "dict_base": [s for _, s in shared_pairs]}
+
+    # (BASE matrix, donor matrix it is solved in): the donor's output matrix when it has one
+    spaces = {"input": (emb.input, donor_emb.input if donor_emb else None)}
+    if not emb.tied:
+        donor_out = None if donor_emb is None else donor_emb.output if donor_emb.output is not None else donor_emb.input
+        spaces["output"] = (emb.output, donor_out)
+    matrices, solutions, errors, n_fvt = {}, {}, None, 0
+    for name, (base_matrix, donor_matrix) in spaces.items():
+        M = torch.empty(n_rows, base_matrix.shape[1], dtype=torch.float32)
+        if copied:
+            M[torch.tensor(list(copied))] = base_matrix[torch.tensor(list(copied.values()))].float()
+        if filled:
+            solution = None
+            if donor_matrix is not None:  # a tied donor is solved once for both BASE matrices
+                key = id(donor_matrix)
+                if key not in solutions:
+                    with status(f"{opts.method}: solving {len(filled):,} rows in the donor's {name} space", progress):
+                        solutions[key] = _solve(donor_matrix, filled, plan, opts, progress)
+                solution = solutions[key]
+            rows, nf = _fill(base_matrix, solution, vm, filled, opts, plan, progress)
+            M[torch.tensor(filled)] = rows
+            if name == "input":
+                errors, n_fvt = (solution.errors if solution else None), nf
+        if not torch.isfinite(M).all():
+            raise TokenSurgeryError(f"the {opts.method} {name} rows are not finite; try --dtype float64 or --ridge 1e-4")
+        matrices[name] = M
+
+    special_ids = {role: vm.target.roles.get(role) for role in ("bos", "eos", "pad")}
+    tokenizer_src, bos_note = _tokenizer_for_output(vm, donor_.tokenizer_dir)
+    if bos_note:
+        notes.append(bos_note)
+    result = TransplantResult(Path(out), vm, opts, n_rows, filled, errors, n_fvt, 0.0, notes)
+    result.seconds = time.perf_counter() - start
+    card = transplant_card(base, donor, result, card_quality)
+    try:
+        with status(f"writing {out}", progress):
+            write_patched_checkpoint(base_dir, out, NewEmbeddings(matrices["input"], matrices.get("output")), tokenizer_src,
+                                     special_ids, card, force=force,
+                                     extra_inputs=[p for p in (donor_.folder, donor_.tokenizer_dir) if p is not None])
+    finally:
+        if tokenizer_src != donor_.tokenizer_dir:
+            import shutil
+
+            shutil.rmtree(tokenizer_src, ignore_errors=True)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ---- tokenizer and BOS ---------------------------------------------------------------------
+
+def _tokenizer_for_output(vm: VocabMap, donor_dir: Path) -> tuple[Path, str]:
+    """The donor's tokenizer files, with BOS switched on when BASE was trained to see one.
+
+    A BASE whose tokenizer adds BOS (Gemma-3) degrades badly without it; if the donor's
+    tokenizer does not add one but has a BOS token, a copy of its files is configured to add
+    it (that token carries BASE's BOS row). Returns (folder to copy from, note for the card)."""
+    base, donor = vm.source, vm.target
+    if base.bos_added is None or donor.bos_added is not None:
+        return donor_dir, ""
+    bos = donor.roles.get("bos")
+    if bos is None or not (donor_dir / "tokenizer.json").exists():
+        msg = (f"BASE's tokenizer adds {base.tokens[base.bos_added]!r} but the donor's has no BOS token to add; "
+               "the transplanted model will see texts without it (expect worse quality)")
+        warnings.warn(msg, stacklevel=3)
+        return donor_dir, msg
+    import tempfile
+
+    from .checkpoint import _TOKENIZER_FILES
+
+    tmp = Path(tempfile.mkdtemp(prefix="tokensurgery-tok-"))
+    for name in _TOKENIZER_FILES:
+        if (donor_dir / name).exists():
+            (tmp / name).write_bytes((donor_dir / name).read_bytes())
+    add_bos_to_tokenizer(tmp, donor.tokens[bos], bos)
+    how = vm.special_how.get(bos, "no base counterpart")
+    return tmp, (f"BASE was trained with {base.tokens[base.bos_added]!r} first; the donor's tokenizer did not add a BOS, "
+                 f"so it now adds {donor.tokens[bos]!r} (id {bos}, mapped {how}).")
+
+
+def add_bos_to_tokenizer(folder: Path, token: str, token_id: int) -> None:
+    """Make the tokenizer in `folder` put `token` in front of every encoded text."""
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    bos = {"SpecialToken": {"id": token, "type_id": 0}}
+    template = {"type": "TemplateProcessing",
+                "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {token: {"id": token, "ids": [token_id], "tokens": [token]}}}
+    old = spec.get("post_processor")
+    if old is None or old.get("type") == "TemplateProcessing":
+        spec["post_processor"] = template
+    elif old.get("type") == "Sequence":
+        old["processors"] = [p for p in old["processors"] if p.get("type") != "TemplateProcessing"] + [template]
+    else:
+        spec["post_processor"] = {"type": "Sequence", "processors": [old, template]}
+    path.write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8")
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+    cfg.update({"add_bos_token": True, "bos_token": token})
+    cfg_path.write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+# ---- model card ---------------------------------------------------------------------------
+
+def transplant_card(base: str, donor: str, result: TransplantResult, quality: str = "") -> str:
+    s, o = result.summary(), result.options
+    params = {"method": o.method, "rows": f"{s['rows']:,}", "shared (copied)": f"{s['shared']:,}",
+              "specials (copied)": f"{s['specials']:,}", "filled by the method": f"{s['filled']:,}"}
+    if o.method in NEEDS_DONOR_EMBEDDINGS:
+        params["k"] = o.k
+    if o.method == "omp":
+        params.update({"candidates (screening)": o.candidates or "all (exact)", "ridge": o.ridge, "normalize": o.normalize,
+                       "center": o.center, "solve dtype": o.dtype})
+        if o.fvt_above is not None:
+            params["FVT above rel. error"] = f"{o.fvt_above} ({result.fvt_fallbacks:,} tokens)"
+    if "rel_error_mean" in s:
+        p10, p50, p90 = s["rel_error_p10_p50_p90"]
+        params["donor-space reconstruction error (rel.)"] = f"mean {s['rel_error_mean']}, p10 {p10}, median {p50}, p90 {p90}"
+    params["seconds"] = s["seconds"]
+    specials = ", ".join(f"{result.vocab_map.target.tokens[t]}<-{result.vocab_map.source.tokens[b]} ({how})"
+                         for t, b in result.vocab_map.specials.items()
+                         for how in [result.vocab_map.special_how[t]])
+    notes = "\n".join([f"Special tokens mapped: {specials or 'none'}.", *result.notes])
+    return model_card(f"{Path(str(base)).name} with the tokenizer of {Path(str(donor)).name}", str(base),
+                      {"base": str(base), "donor": str(donor)}, f"tokensurgery transplant --method {o.method}", params,
+                      quality=quality, notes=notes)
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+
+def evaluate_transplant(result: TransplantResult, base: str, files: list[Path], max_bytes: int | None = 8000,
+                        progress: bool = True) -> dict[str, tuple[float, float]]:
+    """Bits per byte of BASE (own tokenizer) and of the transplanted model on the same texts;
+    the table is added to OUT's model card. Returns {text: (before, after)} plus 'overall'."""
+    from .assets import resolve_model
+    from .evaluate import load_causal_lm, score_files
+
+    scores = {}
+    for key, folder in (("before", resolve_model(base, progress=progress)), ("after", result.out)):
+        model, tok = load_causal_lm(folder)
+        scores[key] = score_files(model, tok, files, max_bytes=max_bytes, progress=progress)
+        del model
+    table = {b.name: (b.bits_per_byte, a.bits_per_byte) for b, a in zip(scores["before"], scores["after"])}
+    lines = ["Bits per byte (lower is better), first {} bytes of each text, 256-token windows, stride 128:".format(
+        max_bytes or "all"), "", "| text | base, own tokenizer | transplanted |", "|---|---|---|"]
+    lines += [f"| {name} | {b:.4f} | {a:.4f} |" for name, (b, a) in table.items()]
+    card = transplant_card(base, str(result.out), result, "\n".join(lines))
+    card_path = result.out / "README.md"
+    donor_line = next((ln for ln in card_path.read_text().splitlines() if ln.startswith("- **donor**")), None)
+    if donor_line:  # keep the donor recorded at write time
+        card = "\n".join(donor_line if ln.startswith("- **donor**") else ln for ln in card.splitlines())
+    card_path.write_text(card)
+    return table
