@@ -78,12 +78,19 @@ BUNDLED: dict[str, BundledModel] = {
 
 # Project Gutenberg excerpts shipped inside music21, by language code.
 CORPUS_LANGUAGES = {"en": "en.txt", "de": "de.txt", "fr": "fr.txt", "it": "it.txt", "nl": "nl.txt", "la": "la.txt", "zh": "cn.txt"}
+# Source code from Python's own standard library (same file on every CPython 3.11+).
+CODE_FILES = {"py": "argparse.py"}
 
 
 def corpus_path(lang: str) -> Path:
-    """Path of music21's Gutenberg excerpt for `lang` (en, de, fr, it, nl, la, zh)."""
+    """Path of music21's Gutenberg excerpt for `lang` (en, de, fr, it, nl, la, zh), or of a
+    Python standard-library module for `py` (code)."""
+    if lang in CODE_FILES:
+        import sysconfig
+
+        return Path(sysconfig.get_paths()["stdlib"]) / CODE_FILES[lang]
     if lang not in CORPUS_LANGUAGES:
-        raise TokenSurgeryError(f"no bundled text for language {lang!r}; choose one of {', '.join(CORPUS_LANGUAGES)}")
+        raise TokenSurgeryError(f"no bundled text for language {lang!r}; choose one of {', '.join([*CORPUS_LANGUAGES, *CODE_FILES])}")
     return _package_dir("music21", "pip install music21") / "languageExcerpts" / "trainingData" / CORPUS_LANGUAGES[lang]
 
 

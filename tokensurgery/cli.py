@@ -134,7 +134,7 @@ def _format_vocab(s: dict, indent: str = "") -> str:
 
 # ---- eval ---------------------------------------------------------------------------------
 
-_LANG_HELP = "Bundled Gutenberg excerpt by language (en, de, fr, it, nl, la, zh); repeatable."
+_LANG_HELP = "Bundled text: Gutenberg excerpt by language (en, de, fr, it, nl, la, zh) or py (Python stdlib code); repeatable."
 
 
 @cli.command("eval")
@@ -257,7 +257,7 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
                    f"p10/p50/p90 {s['rel_error_p10_p50_p90']}")
     for note in result.notes:
         click.echo(f"note: {note}")
-    scores = evaluate_transplant(result, base, files, max_bytes=max_bytes) if files else None
+    scores = evaluate_transplant(result, files, max_bytes=max_bytes) if files else None
     if scores:
         for name, (before, after) in scores.items():
             click.echo(f"{name:14s} bits/byte base {before:.4f} -> transplanted {after:.4f}")

@@ -67,6 +67,8 @@ class TransplantOptions:
 class TransplantResult:
     """What `transplant` did: the map, the method, per-token reconstruction errors (OMP)."""
 
+    base: str
+    donor: str
     out: Path
     vocab_map: VocabMap
     options: TransplantOptions
@@ -217,44 +219,38 @@ def prepare(base: str, donor: str, progress: bool = True):
     return base_dir, donor_, vm
 
 
-def transplant(base: str, donor: str, out: str | Path, options: TransplantOptions | None = None, force: bool = False,
-               progress: bool = True, card_quality: str = "") -> TransplantResult:
-    """Write BASE's weights with DONOR's tokenizer to OUT (see the module docstring)."""
-    opts = options or TransplantOptions()
-    opts.check()
-    start = time.perf_counter()
-    base_dir, donor_, vm = prepare(base, donor, progress)
-    emb = load_embeddings(base_dir)
-    check_embeddings_cover(emb, len(vm.source), f"base {base}")
-    notes: list[str] = []
+@dataclass
+class Transplanted:
+    """New embedding matrices for the donor's ids, and how they were made."""
 
-    donor_emb: Embeddings | None = None
+    embeddings: NewEmbeddings
+    filled: list[int]
+    errors: torch.Tensor | None
+    fvt_fallbacks: int
+
+
+def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: VocabMap, opts: TransplantOptions,
+                   progress: bool = True) -> Transplanted:
+    """Embedding rows for every donor id: copies for shared/special tokens, `opts.method` for
+    the rest. `donor_emb` may be None for methods that need only the donor's tokenizer."""
+    opts.check()
     if opts.method in NEEDS_DONOR_EMBEDDINGS:
-        if not _has_weights(donor_.folder):
-            raise TokenSurgeryError(f"donor {donor} has no weights; --method {opts.method} needs the donor's embeddings "
-                                    "(fvt, mean and zero need only its tokenizer)")
-        donor_emb = load_embeddings(donor_.folder)
-        check_embeddings_cover(donor_emb, len(vm.target), f"donor {donor}")
-    n_rows = donor_emb.input.shape[0] if donor_emb is not None else len(vm.target)
-    n_rows = max(n_rows, len(vm.target))
+        if donor_emb is None:
+            raise TokenSurgeryError(f"--method {opts.method} needs the donor's embeddings")
+        n_dict, width = len(vm.shared), donor_emb.input.shape[1]
+        if opts.k > min(n_dict, width):
+            raise TokenSurgeryError(f"k={opts.k} is larger than the dictionary allows ({n_dict} shared tokens, donor width "
+                                    f"{width}); use -k {min(n_dict, width)} or less")
+    n_rows = max(donor_emb.input.shape[0] if donor_emb is not None else 0, len(vm.target))
     copied = {**vm.shared, **vm.specials}
     filled = [t for t in range(n_rows) if t not in copied]
-    if opts.method in NEEDS_DONOR_EMBEDDINGS:
-        n_dict = len(vm.shared)
-        limit = min(n_dict, donor_emb.input.shape[1])
-        if opts.k > limit:
-            raise TokenSurgeryError(f"k={opts.k} is larger than the dictionary allows ({n_dict} shared tokens, "
-                                    f"donor width {donor_emb.input.shape[1]}); use -k {limit} or less")
-        if opts.candidates is not None and opts.candidates >= n_dict:
-            opts.candidates = None  # screening would keep every atom anyway
     shared_pairs = sorted(vm.shared.items())
     plan = {"dict_donor": [t for t, _ in shared_pairs], "dict_base": [s for _, s in shared_pairs]}
-
     # (BASE matrix, donor matrix it is solved in): the donor's output matrix when it has one
-    spaces = {"input": (emb.input, donor_emb.input if donor_emb else None)}
-    if not emb.tied:
+    spaces = {"input": (base_emb.input, donor_emb.input if donor_emb else None)}
+    if not base_emb.tied:
         donor_out = None if donor_emb is None else donor_emb.output if donor_emb.output is not None else donor_emb.input
-        spaces["output"] = (emb.output, donor_out)
+        spaces["output"] = (base_emb.output, donor_out)
     matrices, solutions, errors, n_fvt = {}, {}, None, 0
     for name, (base_matrix, donor_matrix) in spaces.items():
         M = torch.empty(n_rows, base_matrix.shape[1], dtype=torch.float32)
@@ -262,8 +258,8 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
             M[torch.tensor(list(copied))] = base_matrix[torch.tensor(list(copied.values()))].float()
         if filled:
             solution = None
-            if donor_matrix is not None:  # a tied donor is solved once for both BASE matrices
-                key = id(donor_matrix)
+            if donor_matrix is not None and opts.method in NEEDS_DONOR_EMBEDDINGS:
+                key = id(donor_matrix)  # a tied donor is solved once for both BASE matrices
                 if key not in solutions:
                     with status(f"{opts.method}: solving {len(filled):,} rows in the donor's {name} space", progress):
                         solutions[key] = _solve(donor_matrix, filled, plan, opts, progress)
@@ -275,18 +271,45 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
         if not torch.isfinite(M).all():
             raise TokenSurgeryError(f"the {opts.method} {name} rows are not finite; try --dtype float64 or --ridge 1e-4")
         matrices[name] = M
+    return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt)
 
+
+def load_donor_embeddings(donor_: "_Donor", spec: str, vm: VocabMap, method: str) -> Embeddings | None:
+    """The donor's embeddings when the method needs them (clear errors when it has none)."""
+    if method not in NEEDS_DONOR_EMBEDDINGS:
+        return None
+    if not _has_weights(donor_.folder):
+        raise TokenSurgeryError(f"donor {spec} has no weights; --method {method} needs the donor's embeddings "
+                                "(fvt, mean and zero need only its tokenizer)")
+    donor_emb = load_embeddings(donor_.folder)
+    check_embeddings_cover(donor_emb, len(vm.target), f"donor {spec}")
+    return donor_emb
+
+
+def transplant(base: str, donor: str, out: str | Path, options: TransplantOptions | None = None, force: bool = False,
+               progress: bool = True) -> TransplantResult:
+    """Write BASE's weights with DONOR's tokenizer to OUT (see the module docstring)."""
+    opts = options or TransplantOptions()
+    opts.check()
+    start = time.perf_counter()
+    from .checkpoint import check_output
+
+    check_output(out, force=force)  # fail before the long work
+    base_dir, donor_, vm = prepare(base, donor, progress)
+    emb = load_embeddings(base_dir)
+    check_embeddings_cover(emb, len(vm.source), f"base {base}")
+    donor_emb = load_donor_embeddings(donor_, donor, vm, opts.method)
+    if opts.candidates is not None and opts.candidates >= len(vm.shared):
+        opts.candidates = None  # screening would keep every atom anyway
+    new = new_embeddings(emb, donor_emb, vm, opts, progress)
     special_ids = {role: vm.target.roles.get(role) for role in ("bos", "eos", "pad")}
-    tokenizer_src, bos_note = _tokenizer_for_output(vm, donor_.tokenizer_dir)
-    if bos_note:
-        notes.append(bos_note)
-    result = TransplantResult(Path(out), vm, opts, n_rows, filled, errors, n_fvt, 0.0, notes)
-    result.seconds = time.perf_counter() - start
-    card = transplant_card(base, donor, result, card_quality)
+    tokenizer_src, bos_note = tokenizer_for_output(vm, donor_.tokenizer_dir)
+    result = TransplantResult(str(base), str(donor), Path(out), vm, opts, new.embeddings.input.shape[0], new.filled, new.errors,
+                              new.fvt_fallbacks, time.perf_counter() - start, [bos_note] if bos_note else [])
     try:
         with status(f"writing {out}", progress):
-            write_patched_checkpoint(base_dir, out, NewEmbeddings(matrices["input"], matrices.get("output")), tokenizer_src,
-                                     special_ids, card, force=force,
+            write_patched_checkpoint(base_dir, out, new.embeddings, tokenizer_src, special_ids,
+                                     transplant_card(result), force=force,
                                      extra_inputs=[p for p in (donor_.folder, donor_.tokenizer_dir) if p is not None])
     finally:
         if tokenizer_src != donor_.tokenizer_dir:
@@ -299,7 +322,7 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
 
 # ---- tokenizer and BOS ---------------------------------------------------------------------
 
-def _tokenizer_for_output(vm: VocabMap, donor_dir: Path) -> tuple[Path, str]:
+def tokenizer_for_output(vm: VocabMap, donor_dir: Path) -> tuple[Path, str]:
     """The donor's tokenizer files, with BOS switched on when BASE was trained to see one.
 
     A BASE whose tokenizer adds BOS (Gemma-3) degrades badly without it; if the donor's
@@ -353,7 +376,8 @@ def add_bos_to_tokenizer(folder: Path, token: str, token_id: int) -> None:
 
 # ---- model card ---------------------------------------------------------------------------
 
-def transplant_card(base: str, donor: str, result: TransplantResult, quality: str = "") -> str:
+def transplant_card(result: TransplantResult, quality: str = "") -> str:
+    """The model card: inputs, method and parameters, error distribution, measured quality."""
     s, o = result.summary(), result.options
     params = {"method": o.method, "rows": f"{s['rows']:,}", "shared (copied)": f"{s['shared']:,}",
               "specials (copied)": f"{s['specials']:,}", "filled by the method": f"{s['filled']:,}"}
@@ -372,14 +396,14 @@ def transplant_card(base: str, donor: str, result: TransplantResult, quality: st
                          for t, b in result.vocab_map.specials.items()
                          for how in [result.vocab_map.special_how[t]])
     notes = "\n".join([f"Special tokens mapped: {specials or 'none'}.", *result.notes])
-    return model_card(f"{Path(str(base)).name} with the tokenizer of {Path(str(donor)).name}", str(base),
-                      {"base": str(base), "donor": str(donor)}, f"tokensurgery transplant --method {o.method}", params,
+    base, donor = result.base, result.donor
+    return model_card(f"{Path(base).name} with the tokenizer of {Path(donor).name}", base, {"base": base, "donor": donor}, f"tokensurgery transplant --method {o.method}", params,
                       quality=quality, notes=notes)
 
 
 # ---- evaluation ---------------------------------------------------------------------------
 
-def evaluate_transplant(result: TransplantResult, base: str, files: list[Path], max_bytes: int | None = 8000,
+def evaluate_transplant(result: TransplantResult, files: list[Path], max_bytes: int | None = 8000,
                         progress: bool = True) -> dict[str, tuple[float, float]]:
     """Bits per byte of BASE (own tokenizer) and of the transplanted model on the same texts;
     the table is added to OUT's model card. Returns {text: (before, after)} plus 'overall'."""
@@ -387,18 +411,13 @@ def evaluate_transplant(result: TransplantResult, base: str, files: list[Path], 
     from .evaluate import load_causal_lm, score_files
 
     scores = {}
-    for key, folder in (("before", resolve_model(base, progress=progress)), ("after", result.out)):
+    for key, folder in (("before", resolve_model(result.base, progress=progress)), ("after", result.out)):
         model, tok = load_causal_lm(folder)
         scores[key] = score_files(model, tok, files, max_bytes=max_bytes, progress=progress)
         del model
     table = {b.name: (b.bits_per_byte, a.bits_per_byte) for b, a in zip(scores["before"], scores["after"])}
-    lines = ["Bits per byte (lower is better), first {} bytes of each text, 256-token windows, stride 128:".format(
-        max_bytes or "all"), "", "| text | base, own tokenizer | transplanted |", "|---|---|---|"]
+    lines = [f"Bits per byte (lower is better), first {max_bytes or 'all'} bytes of each text, 256-token windows, "
+             "stride 128:", "", "| text | base, own tokenizer | transplanted |", "|---|---|---|"]
     lines += [f"| {name} | {b:.4f} | {a:.4f} |" for name, (b, a) in table.items()]
-    card = transplant_card(base, str(result.out), result, "\n".join(lines))
-    card_path = result.out / "README.md"
-    donor_line = next((ln for ln in card_path.read_text().splitlines() if ln.startswith("- **donor**")), None)
-    if donor_line:  # keep the donor recorded at write time
-        card = "\n".join(donor_line if ln.startswith("- **donor**") else ln for ln in card.splitlines())
-    card_path.write_text(card)
+    (result.out / "README.md").write_text(transplant_card(result, "\n".join(lines)))
     return table

@@ -1,0 +1,121 @@
+"""Bits per byte of every transplant method on the same texts, side by side, without writing
+checkpoints: the base model is loaded once and its embeddings swapped per method.
+
+Pairs: `light` = SmolLM2-135M's tokenizer onto Gemma-3-270M (~3k new tokens);
+`heavy` = Gemma-3-270M's tokenizer onto SmolLM2-135M (~216k new tokens).
+Variants are `method[:option=value,...]`, e.g. `omp`, `omp:candidates=all`, `omp:center=1`,
+`omp:ridge=0.01`, `knn:k=16`. Writes results/transplant_<pair>.{json,md}.
+
+Run: .venv/bin/python benchmarks/transplant_quality.py --pair light [--variants ...] [--langs en,de,fr,py]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tokensurgery.assets import corpus_path, hf_tokenizer
+from tokensurgery.checkpoint import check_embeddings_cover, load_embeddings
+from tokensurgery.evaluate import load_causal_lm, score_files
+from tokensurgery.transplant import (TransplantOptions, load_donor_embeddings, new_embeddings, prepare,
+                                     tokenizer_for_output)
+
+PAIRS = {"light": ("gemma3-270m", "smollm2-135m"), "heavy": ("smollm2-135m", "gemma3-270m")}
+DEFAULT_VARIANTS = "omp,omp:candidates=all,omp:center=1,omp:normalize=1,omp:ridge=0.01,omp:fvt_above=0.5,knn,fvt,mean,zero"
+
+
+def parse_variant(spec: str) -> TransplantOptions:
+    method, _, rest = spec.partition(":")
+    opts = TransplantOptions(method=method)
+    types = {f.name: f.type for f in dataclasses.fields(TransplantOptions)}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise SystemExit(f"unknown option {key!r} in {spec!r}")
+        if value == "all":
+            setattr(opts, key, None)
+        elif key in ("normalize", "center"):
+            setattr(opts, key, value not in ("0", "false"))
+        elif key in ("k", "candidates", "block_size"):
+            setattr(opts, key, int(value))
+        elif key in ("ridge", "fvt_above"):
+            setattr(opts, key, float(value))
+        else:
+            setattr(opts, key, value)
+    return opts
+
+
+def swap_embeddings(model, new) -> None:
+    """Give a loaded model new embedding matrices (rows = new vocabulary)."""
+    n = new.input.shape[0]
+    model.resize_token_embeddings(n, mean_resizing=False)
+    model.get_input_embeddings().weight.data.copy_(new.input)
+    if new.output is not None:
+        model.get_output_embeddings().weight.data.copy_(new.output)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pair", choices=list(PAIRS), default="light")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS)
+    ap.add_argument("--langs", default="en,de,fr,py")
+    ap.add_argument("--max-bytes", type=int, default=6000)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "results")
+    args = ap.parse_args()
+    command = "python " + " ".join(sys.argv)
+    print(f"command: {command}", flush=True)
+    base, donor = PAIRS[args.pair]
+    langs = args.langs.split(",")
+    files = [corpus_path(lang) for lang in langs]
+    base_dir, donor_, vm = prepare(base, donor)
+    base_emb = load_embeddings(base_dir)
+    check_embeddings_cover(base_emb, len(vm.source), base)
+    donor_emb = load_donor_embeddings(donor_, donor, vm, "omp")
+    tok_dir, note = tokenizer_for_output(vm, donor_.tokenizer_dir)
+    donor_tok = hf_tokenizer(tok_dir)
+    if note:
+        print("note:", note)
+    rows = []
+    model, tok = load_causal_lm(base_dir)
+    scores = score_files(model, tok, files, max_bytes=args.max_bytes)
+    rows.append({"variant": f"base ({base}, own tokenizer)", "seconds": 0.0,
+                 **{s.name: s.bits_per_byte for s in scores}})
+    print(rows[-1], flush=True)
+    for spec in args.variants.split(","):
+        opts = parse_variant(spec)
+        start = time.perf_counter()
+        new = new_embeddings(base_emb, donor_emb, vm, opts)
+        seconds = time.perf_counter() - start
+        model, _ = load_causal_lm(base_dir)
+        swap_embeddings(model, new.embeddings)
+        scores = score_files(model, donor_tok, files, max_bytes=args.max_bytes)
+        row = {"variant": spec, "seconds": round(seconds, 1), **{s.name: s.bits_per_byte for s in scores}}
+        if new.errors is not None:
+            row["rel_error"] = new.errors.mean().item()
+        rows.append(row)
+        print(row, flush=True)
+        del model
+    names = [p.name for p in files] + ["overall"]
+    lines = [f"Pair `{args.pair}`: base {base}, donor {donor}; {len(vm.shared):,} shared, {len(vm.new_text):,} new text "
+             f"tokens; first {args.max_bytes} bytes per text.", "",
+             "| variant | " + " | ".join(names) + " | solve s | rel. error |", "|---" * (len(names) + 3) + "|"]
+    for r in rows:
+        err = f"{r['rel_error']:.3f}" if "rel_error" in r else ""
+        lines.append(f"| {r['variant']} | " + " | ".join(f"{r[n]:.4f}" for n in names) + f" | {r['seconds']} | {err} |")
+    table = "\n".join(lines)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": command, "pair": args.pair, "base": base, "donor": donor, "langs": langs,
+            "max_bytes": args.max_bytes, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    (args.out / f"transplant_{args.pair}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (args.out / f"transplant_{args.pair}.md").write_text(f"Command: `{command}`\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
