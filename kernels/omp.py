@@ -79,13 +79,14 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
 
 
 class _Factor:
-    """Per-target Cholesky factor L (L L^T = Gram of the selected atoms + ridge I) and the
-    refit gamma = (L L^T)^-1 c, extended one atom at a time; targets whose next atom is
-    linearly dependent on their selection stop (their `active` flag drops)."""
+    """Per-target inverse Cholesky factor Linv (L L^T = Gram of the selected atoms + ridge I)
+    and the refit gamma = Linv^T Linv c, extended one atom at a time with batched matrix
+    products only (no per-target triangular solves). Targets whose next atom is linearly
+    dependent on their selection stop (their `active` flag drops)."""
 
     def __init__(self, B: int, k: int, like: torch.Tensor):
-        self.L = torch.zeros(B, k, k, dtype=like.dtype, device=like.device)
-        self.c = torch.zeros(B, k, dtype=like.dtype, device=like.device)  # <selected atom, x>
+        self.Linv = torch.zeros(B, k, k, dtype=like.dtype, device=like.device)
+        self.z = torch.zeros(B, k, dtype=like.dtype, device=like.device)  # Linv c
         self.gamma = torch.zeros(B, k, dtype=like.dtype, device=like.device)
         self.active = torch.ones(B, dtype=torch.bool, device=like.device)
         self.n_sel = torch.zeros(B, dtype=torch.long, device=like.device)
@@ -98,20 +99,24 @@ class _Factor:
             w = g.new_zeros(g.shape[0], 0)
             diag2 = diag
         else:
-            w = torch.linalg.solve_triangular(self.L[:, :t, :t], g.unsqueeze(-1), upper=False).squeeze(-1)
+            w = torch.bmm(self.Linv[:, :t, :t], g.unsqueeze(-1)).squeeze(-1)  # L^-1 g
             diag2 = diag - (w * w).sum(1)
         self.active &= diag2 > self.eps * diag.abs().clamp(min=self.eps) * 8
         if not self.active.any():
             return None
-        sel = self.active.nonzero().squeeze(1)
-        self.L[sel, t, :t] = w[sel]
-        self.L[sel, t, t] = diag2[sel].sqrt()
-        self.c[sel, t] = c_new[sel]
+        rows = self.active.nonzero().squeeze(1)
+        sel = slice(None) if len(rows) == len(self.active) else rows  # all active: views, not gathers
+        delta = diag2[sel].clamp(min=self.eps).sqrt()
+        # new last row of L^-1: [-(w^T L^-1) / delta, 1 / delta]
+        if t:
+            self.Linv[sel, t, :t] = -torch.bmm(w[sel].unsqueeze(1), self.Linv[sel, :t, :t]).squeeze(1) / delta[:, None]
+        self.Linv[sel, t, t] = 1.0 / delta
+        zt = (c_new[sel] - (w[sel] * self.z[sel, :t]).sum(1)) / delta
+        self.z[sel, t] = zt
         self.n_sel[sel] = t + 1
-        Ls = self.L[sel, : t + 1, : t + 1]
-        z = torch.linalg.solve_triangular(Ls, self.c[sel, : t + 1].unsqueeze(-1), upper=False)
-        self.gamma[sel, : t + 1] = torch.linalg.solve_triangular(Ls.transpose(1, 2), z, upper=True).squeeze(-1)
-        return sel
+        Li = self.Linv[sel, : t + 1, : t + 1]
+        self.gamma[sel, : t + 1] = torch.bmm(Li.transpose(1, 2), self.z[sel, : t + 1].unsqueeze(-1)).squeeze(-1)
+        return rows
 
 
 def _omp_block(D: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, ridge: float, normalize: bool):

@@ -79,3 +79,55 @@ def test_bad_arguments():
         omp(torch.randn(10, 4), torch.randn(3, 4), k=5)
     with pytest.raises(ValueError, match="targets must be"):
         omp(torch.randn(10, 4), torch.randn(3, 5), k=2)
+    with pytest.raises(ValueError, match="candidates"):
+        omp(torch.randn(10, 4), torch.randn(3, 4), k=3, candidates=2)
+
+
+def test_screening_keeping_all_but_one_atom_is_exact():
+    rng = np.random.default_rng(2)
+    D, X = torch.from_numpy(rng.standard_normal((400, 32))), torch.from_numpy(rng.standard_normal((30, 32)))
+    full = omp(D, X, 10, dtype=torch.float64)
+    screened = omp(D, X, 10, dtype=torch.float64, candidates=399, block_size=7)
+    assert torch.equal(full.indices, screened.indices)
+    torch.testing.assert_close(full.coefs, screened.coefs, atol=1e-10, rtol=1e-9)
+
+
+def test_screening_is_exact_omp_over_each_targets_top_atoms():
+    """Reference: scikit-learn's OMP over the M atoms most correlated with each target."""
+    rng = np.random.default_rng(3)
+    D, X = rng.standard_normal((500, 24)), rng.standard_normal((12, 24))
+    M, k = 40, 8
+    got = omp(torch.from_numpy(D), torch.from_numpy(X), k, dtype=torch.float64, candidates=M)
+    ours = dense(got, 500)
+    for b in range(len(X)):
+        top = np.argsort(-np.abs(D @ X[b]))[:M]
+        ref = np.zeros(500)
+        ref[top] = sklearn_reference(D[top], X[b : b + 1], k)[0]
+        assert set(np.flatnonzero(ours[b])) == set(np.flatnonzero(ref))
+        np.testing.assert_allclose(ours[b], ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("candidates", [None, 60])
+def test_ridge_solves_the_regularised_normal_equations(candidates):
+    rng = np.random.default_rng(4)
+    D, X = rng.standard_normal((200, 16)), rng.standard_normal((10, 16))
+    lam = 0.5
+    got = omp(torch.from_numpy(D), torch.from_numpy(X), 6, dtype=torch.float64, ridge=lam, candidates=candidates)
+    for b in range(len(X)):
+        S = got.indices[b].numpy()
+        A = D[S]
+        want = np.linalg.solve(A @ A.T + lam * np.eye(len(S)), A @ X[b])
+        np.testing.assert_allclose(got.coefs[b].numpy(), want, atol=1e-9)
+
+
+@pytest.mark.parametrize("candidates", [None, 149])
+def test_normalized_selection_equals_omp_on_unit_atoms(candidates):
+    rng = np.random.default_rng(5)
+    D = rng.standard_normal((150, 20)) * rng.uniform(0.1, 3.0, (150, 1))  # very unequal atom norms
+    X = rng.standard_normal((15, 20))
+    norms = np.linalg.norm(D, axis=1)
+    ref = sklearn_reference(D / norms[:, None], X, 7) / norms  # same fit, coefficients of the raw atoms
+    got = omp(torch.from_numpy(D), torch.from_numpy(X), 7, dtype=torch.float64, normalize=True, candidates=candidates)
+    ours = dense(got, 150)
+    assert ((ours != 0) == (ref != 0)).all()
+    np.testing.assert_allclose(ours, ref, atol=1e-9)
