@@ -143,3 +143,37 @@ def test_output_inside_input(tmp_path):
 def test_debug_shows_the_exception(tmp_path):
     result = CliRunner().invoke(cli, ["--debug", "eval", str(tmp_path / "nope"), "--lang", "en"])
     assert result.exit_code != 0 and type(result.exception).__name__ == "TokenSurgeryError"
+
+
+# ---- transplant ---------------------------------------------------------------------------
+
+def test_transplant_help_groups_options():
+    result = run("transplant", "--help")
+    assert result.exit_code == 0
+    for heading in ("Method:", "Compute:", "Output and evaluation:"):
+        assert heading in result.output
+    for opt in ("--method", "-k", "--candidates", "--dtype", "--device", "--force", "--eval", "--report"):
+        assert opt in result.output
+
+
+def test_transplant_tiny_with_eval_and_report(tiny_model_dirs, tmp_path):
+    out, png = tmp_path / "out", tmp_path / "report.png"
+    result = run("transplant", tiny_model_dirs["tied"], tiny_model_dirs["bos"], out, "-k", "8", "--eval-lang", "en",
+                 "--max-bytes", "400", "--report", png)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "reconstruction error" in result.output and "bits/byte base" in result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (out / "README.md").read_text()
+    assert "Measured quality" in card and "| en.txt |" in card and str(tiny_model_dirs["bos"]) in card
+
+
+def test_transplant_bad_input_one_line(tiny_model_dirs, tmp_path):
+    base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
+    assert_one_line_error(run("transplant", base, donor, tmp_path / "a", "-k", "500"), "larger than the dictionary")
+    assert_one_line_error(run("transplant", base, donor, tmp_path / "b", "--candidates", "many"), "--candidates")
+    assert_one_line_error(run("transplant", base, tmp_path / "nope", tmp_path / "c"), "no such file")
+    assert_one_line_error(run("transplant", base, donor, tmp_path / "d", "--eval", tmp_path / "missing.txt"), "not found")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "keep").write_text("x")
+    assert_one_line_error(run("transplant", base, donor, tmp_path / "e"), "already exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
