@@ -3,8 +3,8 @@ checkpoints: the base model is loaded once and its embeddings swapped per method
 
 Pairs: `light` = SmolLM2-135M's tokenizer onto Gemma-3-270M (~3k new tokens);
 `heavy` = Gemma-3-270M's tokenizer onto SmolLM2-135M (~216k new tokens).
-Variants are `method[:option=value,...]`, e.g. `omp`, `omp:candidates=all`, `omp:center=1`,
-`omp:ridge=0.01`, `knn:k=16`. Writes results/transplant_<pair>.{json,md}.
+Variants are `method[:option=value,...]` separated by `;`, e.g. `omp`, `omp:candidates=all`,
+`omp:center=1`, `omp:ridge=0.01,fvt_prior=1`, `knn:k=16`. Writes results/transplant_<pair>.{json,md}.
 
 Run: .venv/bin/python benchmarks/transplant_quality.py --pair light [--variants ...] [--langs en,de,fr,py]
 """
@@ -27,7 +27,7 @@ from tokensurgery.transplant import (TransplantOptions, load_donor_embeddings, n
                                      tokenizer_for_output)
 
 PAIRS = {"light": ("gemma3-270m", "smollm2-135m"), "heavy": ("smollm2-135m", "gemma3-270m")}
-DEFAULT_VARIANTS = "omp,omp:candidates=all,omp:center=1,omp:normalize=1,omp:ridge=0.01,omp:fvt_above=0.5,knn,fvt,mean,zero"
+DEFAULT_VARIANTS = "omp;omp:candidates=all;omp:center=1;omp:normalize=1;omp:ridge=0.01;omp:fvt_prior=1;knn;fvt;mean;zero"
 
 
 def parse_variant(spec: str) -> TransplantOptions:
@@ -63,7 +63,7 @@ def swap_embeddings(model, new) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pair", choices=list(PAIRS), default="light")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS)
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="`;`-separated variants")
     ap.add_argument("--langs", default="en,de,fr,py")
     ap.add_argument("--max-bytes", type=int, default=6000)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "results")
@@ -87,7 +87,7 @@ def main() -> None:
     rows.append({"variant": f"base ({base}, own tokenizer)", "seconds": 0.0,
                  **{s.name: s.bits_per_byte for s in scores}})
     print(rows[-1], flush=True)
-    for spec in args.variants.split(","):
+    for spec in args.variants.split(";"):
         opts = parse_variant(spec)
         start = time.perf_counter()
         new = new_embeddings(base_emb, donor_emb, vm, opts)
