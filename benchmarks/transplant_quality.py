@@ -4,7 +4,7 @@ checkpoints: the base model is loaded once and its embeddings swapped per method
 Pairs: `light` = SmolLM2-135M's tokenizer onto Gemma-3-270M (~3k new tokens);
 `heavy` = Gemma-3-270M's tokenizer onto SmolLM2-135M (~216k new tokens).
 Variants are `method[:option=value,...]` separated by `;`, e.g. `omp`, `omp:candidates=all`,
-`omp:center=1`, `omp:ridge=0.01,fvt_prior=1`, `knn:k=16`. Writes results/transplant_<pair>.{json,md}.
+`omp:ridge=0.01,fvt_above=0.4`, `knn:k=16` (`all`/`none` for None). Writes results/transplant_<pair>.{json,md}.
 
 Run: .venv/bin/python benchmarks/transplant_quality.py --pair light [--variants ...] [--langs en,de,fr,py]
 """
@@ -27,7 +27,7 @@ from tokensurgery.transplant import (TransplantOptions, load_donor_embeddings, n
                                      tokenizer_for_output)
 
 PAIRS = {"light": ("gemma3-270m", "smollm2-135m"), "heavy": ("smollm2-135m", "gemma3-270m")}
-DEFAULT_VARIANTS = "omp;omp:candidates=all;omp:center=1;omp:normalize=1;omp:ridge=0.01;omp:fvt_prior=1;knn;fvt;mean;zero"
+DEFAULT_VARIANTS = "omp;omp:candidates=all;omp:normalize=1;omp:ridge=0;omp:fvt_above=none;knn;fvt;mean;zero"
 
 
 def parse_variant(spec: str) -> TransplantOptions:
@@ -38,9 +38,9 @@ def parse_variant(spec: str) -> TransplantOptions:
         key, _, value = item.partition("=")
         if key not in types:
             raise SystemExit(f"unknown option {key!r} in {spec!r}")
-        if value == "all":
+        if value in ("all", "none"):
             setattr(opts, key, None)
-        elif key in ("normalize", "center", "fvt_prior"):
+        elif key == "normalize":
             setattr(opts, key, value not in ("0", "false"))
         elif key in ("k", "candidates", "block_size"):
             setattr(opts, key, int(value))

@@ -46,7 +46,7 @@ def test_omp_rows_match_sklearn_and_shared_rows_are_copied(tiny_model_dirs, tmp_
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     out = tmp_path / "omp"
     k = 6
-    result = transplant(str(base), str(donor), out, TransplantOptions(k=k, candidates=None, dtype="float64"), progress=False)
+    result = transplant(str(base), str(donor), out, TransplantOptions(k=k, candidates=None, dtype="float64", fvt_above=None), progress=False)
     vm = result.vocab_map
     new = load_embeddings(out)
     B, D = load_embeddings(base).input.double(), load_embeddings(donor).input.double()
@@ -66,10 +66,24 @@ def test_omp_rows_match_sklearn_and_shared_rows_are_copied(tiny_model_dirs, tmp_
     assert "omp" in card and f"| k | {k} |" in card and "reconstruction error" in card
 
 
+def test_fvt_fallback_replaces_poorly_reconstructed_text_tokens(tiny_model_dirs, tmp_path):
+    base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
+    plain = transplant(str(base), str(donor), tmp_path / "plain", TransplantOptions(k=3, fvt_above=None), progress=False)
+    mixed = transplant(str(base), str(donor), tmp_path / "mixed", TransplantOptions(k=3, fvt_above=0.7), progress=False)
+    fvt = transplant(str(base), str(donor), tmp_path / "fvt", TransplantOptions(method="fvt"), progress=False)
+    rows = {name: load_embeddings(tmp_path / name).input for name in ("plain", "mixed", "fvt")}
+    text = set(plain.vocab_map.new_text)
+    swapped = [t for t, e in zip(plain.filled, plain.errors.tolist()) if e > 0.7 and t in text]
+    kept = [t for t, e in zip(plain.filled, plain.errors.tolist()) if e <= 0.7 or t not in text]
+    assert swapped and kept and mixed.fvt_fallbacks == len(swapped)
+    assert torch.equal(rows["mixed"][swapped], rows["fvt"][swapped])
+    assert torch.equal(rows["mixed"][kept], rows["plain"][kept])
+
+
 def test_untied_base_gets_both_matrices_from_one_solve_of_a_tied_donor(tiny_model_dirs, tmp_path):
     base, donor = tiny_model_dirs["untied"], tiny_model_dirs["bos"]
     out = tmp_path / "untied"
-    result = transplant(str(base), str(donor), out, TransplantOptions(k=5, candidates=None, dtype="float64"), progress=False)
+    result = transplant(str(base), str(donor), out, TransplantOptions(k=5, candidates=None, dtype="float64", fvt_above=None), progress=False)
     vm, new, old = result.vocab_map, load_embeddings(out), load_embeddings(base)
     assert not new.tied and new.output.shape == new.input.shape
     for t, s in vm.shared.items():

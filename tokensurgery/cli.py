@@ -203,7 +203,7 @@ class _GroupedCommand(click.Command):
 
 
 class _TransplantCommand(_GroupedCommand):
-    groups = {"Method": ["method", "k", "candidates", "ridge", "normalize", "center", "fvt_above"],
+    groups = {"Method": ["method", "k", "candidates", "ridge", "normalize", "fvt_above"],
               "Compute": ["dtype", "device", "block_size"],
               "Output and evaluation": ["force", "eval_texts", "eval_langs", "max_bytes", "report"]}
 
@@ -215,12 +215,13 @@ class _TransplantCommand(_GroupedCommand):
 @click.option("--method", default="omp", show_default=True, type=click.Choice(["omp", "knn", "fvt", "mean", "zero"]),
               help="How rows of tokens BASE lacks are computed (fvt/mean/zero need only the donor's tokenizer).")
 @click.option("-k", "k", default=64, show_default=True, help="Shared tokens per new token (omp, knn).")
-@click.option("--candidates", default="1024", show_default=True,
-              help="OMP screening: atoms kept per token before the solve; 'all' runs exact OMP (slow on big vocabularies).")
+@click.option("--candidates", default="auto", show_default=True,
+              help="OMP screening: atoms kept per token before the solve (auto: max(128, 2k)); 'all' runs exact OMP "
+                   "(slow on big vocabularies).")
 @click.option("--ridge", default=0.0, show_default=True, help="OMP: ridge on the refit, relative to the mean squared atom norm.")
 @click.option("--normalize/--no-normalize", default=False, show_default=True, help="OMP: pick atoms by correlation / norm.")
-@click.option("--center/--no-center", default=False, show_default=True, help="Solve on mean-centred embeddings.")
-@click.option("--fvt-above", type=float, default=None, help="OMP: tokens reconstructed worse than this relative error get FVT.")
+@click.option("--fvt-above", default="0.6", show_default=True,
+              help="OMP: text tokens whose donor-space reconstruction error exceeds this get FVT instead; 'off' keeps OMP everywhere.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
               help="Precision of the solve (the output keeps BASE's dtype).")
 @click.option("--device", default="cpu", show_default=True, help="Where the solve runs (cpu, cuda, cuda:1, mps).")
@@ -232,7 +233,7 @@ class _TransplantCommand(_GroupedCommand):
 @click.option("--max-bytes", type=int, default=8000, show_default=True, help="Bytes of each eval text that are scored.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write a PNG: reconstruction errors and bits per byte.")
 def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates: str, ridge: float, normalize: bool,
-               center: bool, fvt_above: float | None, dtype: str, device: str, block_size: int, force: bool,
+               fvt_above: str, dtype: str, device: str, block_size: int, force: bool,
                eval_texts: tuple[Path, ...], eval_langs: tuple[str, ...], max_bytes: int, report: Path | None) -> None:
     """Give BASE the tokenizer of DONOR, without training; write the result to OUT.
 
@@ -242,10 +243,15 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
     """
     from .transplant import TransplantOptions, evaluate_transplant, transplant as run
 
-    if candidates != "all" and not candidates.isdigit():
-        raise TokenSurgeryError(f"--candidates must be a number or 'all', got {candidates!r}")
-    opts = TransplantOptions(method=method, k=k, candidates=None if candidates == "all" else int(candidates), ridge=ridge,
-                             normalize=normalize, center=center, fvt_above=fvt_above, dtype=dtype, device=device,
+    if candidates not in ("all", "auto") and not candidates.isdigit():
+        raise TokenSurgeryError(f"--candidates must be a number, 'auto' or 'all', got {candidates!r}")
+    n_candidates = None if candidates == "all" else max(128, 2 * k) if candidates == "auto" else int(candidates)
+    try:
+        fvt_limit = None if fvt_above == "off" else float(fvt_above)
+    except ValueError:
+        raise TokenSurgeryError(f"--fvt-above must be a number or 'off', got {fvt_above!r}") from None
+    opts = TransplantOptions(method=method, k=k, candidates=n_candidates, ridge=ridge,
+                             normalize=normalize, fvt_above=fvt_limit, dtype=dtype, device=device,
                              block_size=block_size)
     files = _eval_files(eval_texts, eval_langs)
     result = run(base, donor, out, opts, force=force)

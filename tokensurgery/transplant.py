@@ -43,12 +43,10 @@ class TransplantOptions:
 
     method: str = "omp"
     k: int = 64
-    candidates: int | None = 1024  # OMP screening: atoms kept per token (None: exact OMP)
+    candidates: int | None = 128  # OMP screening: atoms kept per token (None: exact OMP)
     ridge: float = 0.0  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
-    center: bool = False  # subtract each space's mean shared embedding before solving
-    fvt_above: float | None = None  # OMP: tokens reconstructed worse than this relative error get FVT
-    fvt_prior: bool = False  # OMP: start from the FVT combination (scaled), solve for the rest
+    fvt_above: float | None = 0.6  # OMP: text tokens reconstructed worse than this relative error get FVT
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
     block_size: int = 1024
@@ -162,43 +160,13 @@ class _Solution:
     errors: torch.Tensor | None  # relative reconstruction error in the donor space (omp)
 
 
-def _prior(vm: VocabMap, filled: list[int], plan: dict, max_pieces: int = 16):
-    """FVT as a combination of dictionary atoms: (positions (B, P), weights (B, P)); a token
-    gets a prior only when every base piece of it is a shared token (weights 1/pieces)."""
-    pos = torch.zeros(len(filled), max_pieces, dtype=torch.long)
-    w = torch.zeros(len(filled), max_pieces)
-    where = {b: i for i, b in enumerate(plan["dict_base"])}
-    text = set(vm.new_text)
-    for r, t in enumerate(filled):
-        if t not in text:
-            continue
-        pieces = [where.get(p) for p in vm.decompose(t)]
-        if pieces and len(pieces) <= max_pieces and None not in pieces:
-            pos[r, : len(pieces)] = torch.tensor(pieces)
-            w[r, : len(pieces)] = 1.0 / len(pieces)
-    return pos, w
-
-
-def _solve(donor: torch.Tensor, filled: list[int], plan: dict, opts: TransplantOptions, progress: bool,
-           vm: VocabMap | None = None) -> _Solution:
+def _solve(donor: torch.Tensor, filled: list[int], plan: dict, opts: TransplantOptions, progress: bool) -> _Solution:
     D, X = donor[torch.tensor(plan["dict_donor"])].float(), donor[torch.tensor(filled)].float()
-    if opts.center:
-        shift = D.mean(0)
-        D, X = D - shift, X - shift
     if opts.method == "knn":
         idx, w = _knn(D, X, opts.k, opts.block_size, progress)
         return _Solution(idx, w, None)
-    if not opts.fvt_prior:
-        res = _solve_omp(D, X, opts, progress)
-        return _Solution(res.indices.cpu(), res.coefs.float().cpu(), res.residual_norm.float().cpu())
-    # FVT prior: x = a * fvt + sparse rest; a is the least-squares scale of the FVT vector
-    pos, w = _prior(vm, filled, plan)
-    fvt = torch.einsum("bp,bpd->bd", w, D[pos])
-    a = (fvt * X).sum(1) / (fvt * fvt).sum(1).clamp(min=1e-12)
-    rest = X - a[:, None] * fvt
-    res = _solve_omp(D, rest, opts, progress)
-    err = res.residual_norm.float().cpu() * rest.norm(dim=1) / X.norm(dim=1).clamp(min=1e-12)
-    return _Solution(torch.cat([pos, res.indices.cpu()], 1), torch.cat([a[:, None] * w, res.coefs.float().cpu()], 1), err)
+    res = _solve_omp(D, X, opts, progress)
+    return _Solution(res.indices.cpu(), res.coefs.float().cpu(), res.residual_norm.float().cpu())
 
 
 def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: list[int], opts: TransplantOptions,
@@ -214,12 +182,7 @@ def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: 
     if opts.method == "fvt":
         return _fvt_rows(vm, filled, base, mean, progress), 0
     atoms = base[torch.tensor(plan["dict_base"])]
-    shift = atoms.mean(0) if opts.center else None
-    if shift is not None:
-        atoms = atoms - shift
     rows = torch.einsum("bk,bkd->bd", solution.weights, atoms[solution.indices])
-    if shift is not None:
-        rows += shift
     n_fvt = 0
     if opts.fvt_above is not None and solution.errors is not None:
         text = set(vm.new_text)
@@ -290,7 +253,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
                 key = id(donor_matrix)  # a tied donor is solved once for both BASE matrices
                 if key not in solutions:
                     with status(f"{opts.method}: solving {len(filled):,} rows in the donor's {name} space", progress):
-                        solutions[key] = _solve(donor_matrix, filled, plan, opts, progress, vm)
+                        solutions[key] = _solve(donor_matrix, filled, plan, opts, progress)
                 solution = solutions[key]
             rows, nf = _fill(base_matrix, solution, vm, filled, opts, plan, progress)
             M[torch.tensor(filled)] = rows
@@ -413,9 +376,7 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
         params["k"] = o.k
     if o.method == "omp":
         params.update({"candidates (screening)": o.candidates or "all (exact)", "ridge": o.ridge, "normalize": o.normalize,
-                       "center": o.center, "solve dtype": o.dtype})
-        if o.fvt_prior:
-            params["FVT prior"] = "yes"
+                       "solve dtype": o.dtype})
         if o.fvt_above is not None:
             params["FVT above rel. error"] = f"{o.fvt_above} ({result.fvt_fallbacks:,} tokens)"
     if "rel_error_mean" in s:
