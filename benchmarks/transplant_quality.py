@@ -87,10 +87,11 @@ def main() -> None:
     rows.append({"variant": f"base ({base}, own tokenizer)", "seconds": 0.0,
                  **{s.name: s.bits_per_byte for s in scores}})
     print(rows[-1], flush=True)
+    solutions = {}  # variants that differ only in how rows are filled share one solve
     for spec in args.variants.split(";"):
         opts = parse_variant(spec)
         start = time.perf_counter()
-        new = new_embeddings(base_emb, donor_emb, vm, opts)
+        new = new_embeddings(base_emb, donor_emb, vm, opts, solutions=solutions)
         seconds = time.perf_counter() - start
         model, _ = load_causal_lm(base_dir)
         swap_embeddings(model, new.embeddings)
@@ -98,16 +99,18 @@ def main() -> None:
         row = {"variant": spec, "seconds": round(seconds, 1), **{s.name: s.bits_per_byte for s in scores}}
         if new.errors is not None:
             row["rel_error"] = new.errors.mean().item()
+        row["fvt_fallbacks"], row["capped"] = new.fvt_fallbacks, new.capped
         rows.append(row)
         print(row, flush=True)
         del model
     names = [p.name for p in files] + ["overall"]
     lines = [f"Pair `{args.pair}`: base {base}, donor {donor}; {len(vm.shared):,} shared, {len(vm.new_text):,} new text "
              f"tokens; first {args.max_bytes} bytes per text.", "",
-             "| variant | " + " | ".join(names) + " | solve s | rel. error |", "|---" * (len(names) + 3) + "|"]
+             "| variant | " + " | ".join(names) + " | solve s | rel. error | FVT rows | capped |", "|---" * (len(names) + 5) + "|"]
     for r in rows:
         err = f"{r['rel_error']:.3f}" if "rel_error" in r else ""
-        lines.append(f"| {r['variant']} | " + " | ".join(f"{r[n]:.4f}" for n in names) + f" | {r['seconds']} | {err} |")
+        lines.append(f"| {r['variant']} | " + " | ".join(f"{r[n]:.4f}" for n in names) + f" | {r['seconds']} | {err} | "
+                     f"{r.get('fvt_fallbacks', '')} | {r.get('capped', '')} |")
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,13 @@ def weights(folder):
     return out
 
 
+def capped(rows: np.ndarray, base: torch.Tensor) -> np.ndarray:
+    """The transplant's guard: rows longer than BASE's longest row are scaled down to it."""
+    limit = base.double().norm(dim=1).max().item()
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.where(norms > limit, rows * limit / norms, rows)
+
+
 def pair(base, donor):
     return VocabMap.build(Vocabulary.load(base), Vocabulary.load(donor))
 
@@ -46,7 +53,7 @@ def test_omp_rows_match_sklearn_and_shared_rows_are_copied(tiny_model_dirs, tmp_
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     out = tmp_path / "omp"
     k = 6
-    result = transplant(str(base), str(donor), out, TransplantOptions(k=k, candidates=None, dtype="float64", fvt_above=None), progress=False)
+    result = transplant(str(base), str(donor), out, TransplantOptions(k=k, candidates=None, dtype="float64", fvt_above=None, ridge=0.0), progress=False)
     vm = result.vocab_map
     new = load_embeddings(out)
     B, D = load_embeddings(base).input.double(), load_embeddings(donor).input.double()
@@ -58,7 +65,9 @@ def test_omp_rows_match_sklearn_and_shared_rows_are_copied(tiny_model_dirs, tmp_
     atoms_base = B[[s for _, s in pairs]].numpy()
     filled = result.filled
     coef = orthogonal_mp_gram(atoms_donor @ atoms_donor.T, atoms_donor @ D[filled].numpy().T, n_nonzero_coefs=k).T
-    np.testing.assert_allclose(new.input[filled].double().numpy(), coef @ atoms_base, atol=1e-5, rtol=1e-4)
+    want = capped(coef @ atoms_base, B)
+    assert result.capped == int((np.abs(want - coef @ atoms_base).max(1) > 0).sum())
+    np.testing.assert_allclose(new.input[filled].double().numpy(), want, atol=1e-5, rtol=1e-4)
     recon = coef @ atoms_donor
     err = np.linalg.norm(D[filled].numpy() - recon, axis=1) / np.linalg.norm(D[filled].numpy(), axis=1)
     np.testing.assert_allclose(result.errors.numpy(), err, atol=1e-5)
@@ -68,8 +77,8 @@ def test_omp_rows_match_sklearn_and_shared_rows_are_copied(tiny_model_dirs, tmp_
 
 def test_fvt_fallback_replaces_poorly_reconstructed_text_tokens(tiny_model_dirs, tmp_path):
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
-    plain = transplant(str(base), str(donor), tmp_path / "plain", TransplantOptions(k=3, fvt_above=None), progress=False)
-    mixed = transplant(str(base), str(donor), tmp_path / "mixed", TransplantOptions(k=3, fvt_above=0.7), progress=False)
+    plain = transplant(str(base), str(donor), tmp_path / "plain", TransplantOptions(k=3, fvt_above=None, ridge=0.0), progress=False)
+    mixed = transplant(str(base), str(donor), tmp_path / "mixed", TransplantOptions(k=3, fvt_above=0.7, ridge=0.0), progress=False)
     fvt = transplant(str(base), str(donor), tmp_path / "fvt", TransplantOptions(method="fvt"), progress=False)
     rows = {name: load_embeddings(tmp_path / name).input for name in ("plain", "mixed", "fvt")}
     text = set(plain.vocab_map.new_text)
@@ -83,7 +92,7 @@ def test_fvt_fallback_replaces_poorly_reconstructed_text_tokens(tiny_model_dirs,
 def test_untied_base_gets_both_matrices_from_one_solve_of_a_tied_donor(tiny_model_dirs, tmp_path):
     base, donor = tiny_model_dirs["untied"], tiny_model_dirs["bos"]
     out = tmp_path / "untied"
-    result = transplant(str(base), str(donor), out, TransplantOptions(k=5, candidates=None, dtype="float64", fvt_above=None), progress=False)
+    result = transplant(str(base), str(donor), out, TransplantOptions(k=5, candidates=None, dtype="float64", fvt_above=None, ridge=0.0), progress=False)
     vm, new, old = result.vocab_map, load_embeddings(out), load_embeddings(base)
     assert not new.tied and new.output.shape == new.input.shape
     for t, s in vm.shared.items():
@@ -92,8 +101,8 @@ def test_untied_base_gets_both_matrices_from_one_solve_of_a_tied_donor(tiny_mode
     D = load_embeddings(donor).input.double()
     atoms = D[[t for t, _ in pairs]].numpy()
     coef = orthogonal_mp_gram(atoms @ atoms.T, atoms @ D[result.filled].numpy().T, n_nonzero_coefs=5).T
-    np.testing.assert_allclose(new.output[result.filled].double().numpy(),
-                               coef @ old.output.double()[[s for _, s in pairs]].numpy(), atol=1e-5, rtol=1e-4)
+    want = capped(coef @ old.output.double()[[s for _, s in pairs]].numpy(), old.output)
+    np.testing.assert_allclose(new.output[result.filled].double().numpy(), want, atol=1e-5, rtol=1e-4)
     config = json.loads((out / "config.json").read_text())
     assert config["tie_word_embeddings"] is False and config["vocab_size"] == new.input.shape[0]
 

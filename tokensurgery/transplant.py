@@ -44,7 +44,7 @@ class TransplantOptions:
     method: str = "omp"
     k: int = 64
     candidates: int | None = 128  # OMP screening: atoms kept per token (None: exact OMP)
-    ridge: float = 0.0  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
+    ridge: float = 0.01  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
     fvt_above: float | None = 0.6  # OMP: text tokens reconstructed worse than this relative error get FVT
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
@@ -77,6 +77,7 @@ class TransplantResult:
     fvt_fallbacks: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    capped: int = 0  # computed rows scaled down to BASE's largest row norm
 
     def summary(self) -> dict:
         vm = self.vocab_map
@@ -182,7 +183,9 @@ def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: 
     if opts.method == "fvt":
         return _fvt_rows(vm, filled, base, mean, progress), 0
     atoms = base[torch.tensor(plan["dict_base"])]
-    rows = torch.einsum("bk,bkd->bd", solution.weights, atoms[solution.indices])
+    rows = torch.empty(len(filled), base.shape[1])
+    for s in range(0, len(filled), 8192):  # blocks: the gathered atoms of 200k tokens would not fit
+        rows[s : s + 8192] = torch.einsum("bk,bkd->bd", solution.weights[s : s + 8192], atoms[solution.indices[s : s + 8192]])
     n_fvt = 0
     if opts.fvt_above is not None and solution.errors is not None:
         text = set(vm.new_text)
@@ -218,12 +221,15 @@ class Transplanted:
     filled: list[int]
     errors: torch.Tensor | None
     fvt_fallbacks: int
+    capped: int = 0  # input rows scaled down to BASE's largest row norm
 
 
 def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: VocabMap, opts: TransplantOptions,
-                   progress: bool = True) -> Transplanted:
+                   progress: bool = True, solutions: dict | None = None) -> Transplanted:
     """Embedding rows for every donor id: copies for shared/special tokens, `opts.method` for
-    the rest. `donor_emb` may be None for methods that need only the donor's tokenizer."""
+    the rest. `donor_emb` may be None for methods that need only the donor's tokenizer.
+    `solutions` (a dict the caller keeps) reuses solves across calls that differ only in
+    how rows are filled (e.g. `fvt_above`)."""
     opts.check()
     if opts.method in NEEDS_DONOR_EMBEDDINGS:
         if donor_emb is None:
@@ -242,7 +248,8 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
     if not base_emb.tied:
         donor_out = None if donor_emb is None else donor_emb.output if donor_emb.output is not None else donor_emb.input
         spaces["output"] = (base_emb.output, donor_out)
-    matrices, solutions, errors, n_fvt = {}, {}, None, 0
+    solutions = {} if solutions is None else solutions
+    matrices, errors, n_fvt, n_capped = {}, None, 0, 0
     for name, (base_matrix, donor_matrix) in spaces.items():
         M = torch.empty(n_rows, base_matrix.shape[1], dtype=torch.float32)
         if copied:
@@ -250,19 +257,25 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
         if filled:
             solution = None
             if donor_matrix is not None and opts.method in NEEDS_DONOR_EMBEDDINGS:
-                key = id(donor_matrix)  # a tied donor is solved once for both BASE matrices
+                # a tied donor is solved once for both BASE matrices
+                key = (id(donor_matrix), opts.method, opts.k, opts.candidates, opts.ridge, opts.normalize, opts.dtype)
                 if key not in solutions:
                     with status(f"{opts.method}: solving {len(filled):,} rows in the donor's {name} space", progress):
                         solutions[key] = _solve(donor_matrix, filled, plan, opts, progress)
                 solution = solutions[key]
             rows, nf = _fill(base_matrix, solution, vm, filled, opts, plan, progress)
+            # guard: no computed row may be longer than the longest row BASE itself has
+            limit = base_matrix.float().norm(dim=1).max()
+            norms = rows.norm(dim=1)
+            over = norms > limit
+            rows[over] *= (limit / norms[over]).unsqueeze(1)
             M[torch.tensor(filled)] = rows
             if name == "input":
-                errors, n_fvt = (solution.errors if solution else None), nf
+                errors, n_fvt, n_capped = (solution.errors if solution else None), nf, int(over.sum())
         if not torch.isfinite(M).all():
             raise TokenSurgeryError(f"the {opts.method} {name} rows are not finite; try --dtype float64 or --ridge 1e-4")
         matrices[name] = M
-    return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt)
+    return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt, n_capped)
 
 
 def load_donor_embeddings(donor_: "_Donor", spec: str, vm: VocabMap, method: str) -> Embeddings | None:
@@ -296,7 +309,8 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
     special_ids = {role: vm.target.roles.get(role) for role in ("bos", "eos", "pad")}
     tokenizer_src, bos_note = tokenizer_for_output(vm, donor_.tokenizer_dir)
     result = TransplantResult(str(base), str(donor), Path(out), vm, opts, new.embeddings.input.shape[0], new.filled, new.errors,
-                              new.fvt_fallbacks, time.perf_counter() - start, [bos_note] if bos_note else [])
+                              new.fvt_fallbacks, time.perf_counter() - start, [bos_note] if bos_note else [],
+                              capped=new.capped)
     try:
         with status(f"writing {out}", progress):
             write_patched_checkpoint(base_dir, out, new.embeddings, tokenizer_src, special_ids,
@@ -379,6 +393,7 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
                        "solve dtype": o.dtype})
         if o.fvt_above is not None:
             params["FVT above rel. error"] = f"{o.fvt_above} ({result.fvt_fallbacks:,} tokens)"
+    params["rows capped to BASE's largest norm"] = f"{result.capped:,}"
     if "rel_error_mean" in s:
         p10, p50, p90 = s["rel_error_p10_p50_p90"]
         params["donor-space reconstruction error (rel.)"] = f"mean {s['rel_error_mean']}, p10 {p10}, median {p50}, p90 {p90}"
