@@ -203,7 +203,7 @@ class _GroupedCommand(click.Command):
 
 
 class _TransplantCommand(_GroupedCommand):
-    groups = {"Method": ["method", "k", "candidates", "ridge", "normalize", "fvt_above", "fvt_if_better"],
+    groups = {"Method": ["method", "k", "candidates", "ridge", "normalize", "fvt_above"],
               "Compute": ["dtype", "device", "block_size"],
               "Output and evaluation": ["force", "eval_texts", "eval_langs", "max_bytes", "report"]}
 
@@ -218,14 +218,10 @@ class _TransplantCommand(_GroupedCommand):
 @click.option("--candidates", default="auto", show_default=True,
               help="OMP screening: atoms kept per token before the solve (auto: max(128, 2k)); 'all' runs exact OMP "
                    "(slow on big vocabularies).")
-@click.option("--ridge", default=0.01, show_default=True,
-              help="OMP: ridge on the refit, relative to the mean squared atom norm (0: plain OMP, whose coefficients "
-                   "of nearly collinear atoms can explode).")
+@click.option("--ridge", default=0.0, show_default=True, help="OMP: ridge on the refit, relative to the mean squared atom norm.")
 @click.option("--normalize/--no-normalize", default=False, show_default=True, help="OMP: pick atoms by correlation / norm.")
-@click.option("--fvt-above", default="off", show_default=True,
+@click.option("--fvt-above", default="0.6", show_default=True,
               help="OMP: text tokens whose donor-space reconstruction error exceeds this get FVT instead; 'off' keeps OMP everywhere.")
-@click.option("--fvt-if-better/--no-fvt-if-better", default=False, show_default=True,
-              help="OMP: text tokens whose FVT (mean of pieces) reconstructs the donor row better than OMP get FVT.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
               help="Precision of the solve (the output keeps BASE's dtype).")
 @click.option("--device", default="cpu", show_default=True, help="Where the solve runs (cpu, cuda, cuda:1, mps).")
@@ -237,7 +233,7 @@ class _TransplantCommand(_GroupedCommand):
 @click.option("--max-bytes", type=int, default=8000, show_default=True, help="Bytes of each eval text that are scored.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write a PNG: reconstruction errors and bits per byte.")
 def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates: str, ridge: float, normalize: bool,
-               fvt_above: str, fvt_if_better: bool, dtype: str, device: str, block_size: int, force: bool,
+               fvt_above: str, dtype: str, device: str, block_size: int, force: bool,
                eval_texts: tuple[Path, ...], eval_langs: tuple[str, ...], max_bytes: int, report: Path | None) -> None:
     """Give BASE the tokenizer of DONOR, without training; write the result to OUT.
 
@@ -255,7 +251,7 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
     except ValueError:
         raise TokenSurgeryError(f"--fvt-above must be a number or 'off', got {fvt_above!r}") from None
     opts = TransplantOptions(method=method, k=k, candidates=n_candidates, ridge=ridge,
-                             normalize=normalize, fvt_above=fvt_limit, fvt_if_better=fvt_if_better, dtype=dtype, device=device,
+                             normalize=normalize, fvt_above=fvt_limit, dtype=dtype, device=device,
                              block_size=block_size)
     files = _eval_files(eval_texts, eval_langs)
     result = run(base, donor, out, opts, force=force)

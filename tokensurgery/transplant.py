@@ -46,8 +46,7 @@ class TransplantOptions:
     candidates: int | None = 128  # OMP screening: atoms kept per token (None: exact OMP)
     ridge: float = 0.01  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
-    fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
-    fvt_if_better: bool = False  # OMP: text tokens whose FVT reconstructs the donor row better get FVT
+    fvt_above: float | None = 0.6  # OMP: text tokens reconstructed worse than this relative error get FVT
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
     block_size: int = 1024
@@ -160,32 +159,15 @@ class _Solution:
     indices: torch.Tensor  # (B, k) positions in the dictionary
     weights: torch.Tensor  # (B, k)
     errors: torch.Tensor | None  # relative reconstruction error in the donor space (omp)
-    fvt_errors: torch.Tensor | None = None  # the same for FVT's mean of pieces (inf: not comparable)
 
 
-def _fvt_errors(D: torch.Tensor, X: torch.Tensor, vm: VocabMap, filled: list[int], plan: dict) -> torch.Tensor:
-    """Donor-space relative error of FVT (mean of the donor rows of BASE's pieces) for each
-    filled text token whose pieces are all shared tokens; inf for the others."""
-    where = {b: i for i, b in enumerate(plan["dict_base"])}
-    text = set(vm.new_text)
-    out = torch.full((len(filled),), float("inf"))
-    for r, t in enumerate(filled):
-        if t in text:
-            pieces = [where.get(p) for p in vm.decompose(t)]
-            if pieces and None not in pieces:
-                out[r] = (X[r] - D[pieces].mean(0)).norm() / X[r].norm().clamp(min=1e-12)
-    return out
-
-
-def _solve(donor: torch.Tensor, filled: list[int], plan: dict, opts: TransplantOptions, progress: bool,
-           vm: VocabMap) -> _Solution:
+def _solve(donor: torch.Tensor, filled: list[int], plan: dict, opts: TransplantOptions, progress: bool) -> _Solution:
     D, X = donor[torch.tensor(plan["dict_donor"])].float(), donor[torch.tensor(filled)].float()
     if opts.method == "knn":
         idx, w = _knn(D, X, opts.k, opts.block_size, progress)
         return _Solution(idx, w, None)
     res = _solve_omp(D, X, opts, progress)
-    fvt_errors = _fvt_errors(D, X, vm, filled, plan) if opts.fvt_if_better else None
-    return _Solution(res.indices.cpu(), res.coefs.float().cpu(), res.residual_norm.float().cpu(), fvt_errors)
+    return _Solution(res.indices.cpu(), res.coefs.float().cpu(), res.residual_norm.float().cpu())
 
 
 def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: list[int], opts: TransplantOptions,
@@ -205,14 +187,9 @@ def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: 
     for s in range(0, len(filled), 8192):  # blocks: the gathered atoms of 200k tokens would not fit
         rows[s : s + 8192] = torch.einsum("bk,bkd->bd", solution.weights[s : s + 8192], atoms[solution.indices[s : s + 8192]])
     n_fvt = 0
-    if solution.errors is not None and (opts.fvt_above is not None or opts.fvt_if_better):
+    if opts.fvt_above is not None and solution.errors is not None:
         text = set(vm.new_text)
-        worse = torch.zeros(len(filled), dtype=torch.bool)
-        if opts.fvt_above is not None:
-            worse |= solution.errors > opts.fvt_above
-        if opts.fvt_if_better:
-            worse |= solution.fvt_errors < solution.errors
-        bad = [i for i in worse.nonzero().squeeze(1).tolist() if filled[i] in text]
+        bad = [i for i in (solution.errors > opts.fvt_above).nonzero().squeeze(1).tolist() if filled[i] in text]
         if bad:
             rows[bad] = _fvt_rows(vm, [filled[i] for i in bad], base, mean, False)
             n_fvt = len(bad)
@@ -281,11 +258,10 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
             solution = None
             if donor_matrix is not None and opts.method in NEEDS_DONOR_EMBEDDINGS:
                 # a tied donor is solved once for both BASE matrices
-                key = (id(donor_matrix), opts.method, opts.k, opts.candidates, opts.ridge, opts.normalize, opts.dtype,
-                       opts.fvt_if_better)
+                key = (id(donor_matrix), opts.method, opts.k, opts.candidates, opts.ridge, opts.normalize, opts.dtype)
                 if key not in solutions:
                     with status(f"{opts.method}: solving {len(filled):,} rows in the donor's {name} space", progress):
-                        solutions[key] = _solve(donor_matrix, filled, plan, opts, progress, vm)
+                        solutions[key] = _solve(donor_matrix, filled, plan, opts, progress)
                 solution = solutions[key]
             rows, nf = _fill(base_matrix, solution, vm, filled, opts, plan, progress)
             # guard: no computed row may be longer than the longest row BASE itself has
