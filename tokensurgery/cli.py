@@ -218,9 +218,11 @@ class _TransplantCommand(_GroupedCommand):
 @click.option("--candidates", default="auto", show_default=True,
               help="OMP screening: atoms kept per token before the solve (auto: max(128, 2k)); 'all' runs exact OMP "
                    "(slow on big vocabularies).")
-@click.option("--ridge", default=0.0, show_default=True, help="OMP: ridge on the refit, relative to the mean squared atom norm.")
+@click.option("--ridge", default=0.1, show_default=True,
+              help="OMP: ridge on the refit, relative to the mean squared atom norm (0: plain OMP, whose coefficients "
+                   "of nearly collinear atoms can explode).")
 @click.option("--normalize/--no-normalize", default=False, show_default=True, help="OMP: pick atoms by correlation / norm.")
-@click.option("--fvt-above", default="0.6", show_default=True,
+@click.option("--fvt-above", default="off", show_default=True,
               help="OMP: text tokens whose donor-space reconstruction error exceeds this get FVT instead; 'off' keeps OMP everywhere.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
               help="Precision of the solve (the output keeps BASE's dtype).")

@@ -44,9 +44,9 @@ class TransplantOptions:
     method: str = "omp"
     k: int = 64
     candidates: int | None = 128  # OMP screening: atoms kept per token (None: exact OMP)
-    ridge: float = 0.01  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
+    ridge: float = 0.1  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
-    fvt_above: float | None = 0.6  # OMP: text tokens reconstructed worse than this relative error get FVT
+    fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
     block_size: int = 1024
