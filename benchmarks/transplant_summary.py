@@ -17,7 +17,10 @@ def main() -> None:
     out = ["# Transplant variants, bits per byte (lower is better)", "",
            "First 4,000 bytes of each text, 256-token windows, stride 128; `solve s` is the time to compute the rows.",
            "Option names are `TransplantOptions` fields; unlisted options had the defaults of the time "
-           "(screening 1024 candidates in light round 1, 128 later; ridge 0; no FVT fallback).", ""]
+           "(screening 1024 candidates in light round 1, 128 later; ridge 0; no FVT fallback).",
+           "`center`, `fvt_prior` and `fvt_if_better` were options that lost here and were removed afterwards; "
+           "heavy round 1 shows what unregularised OMP coefficients do to a tied model (rows hundreds of times too long; "
+           "the ridge default and the row-norm guard came from it).", ""]
     for pair in ("light", "heavy"):
         out += [f"## {pair} pair", "", "| run | variant | " + " | ".join(TEXTS) + " | solve s | rel. error |",
                 "|---" * (len(TEXTS) + 4) + "|"]
