@@ -216,8 +216,8 @@ class _TransplantCommand(_GroupedCommand):
               help="How rows of tokens BASE lacks are computed (fvt/mean/zero need only the donor's tokenizer).")
 @click.option("-k", "k", default=64, show_default=True, help="Shared tokens per new token (omp, knn).")
 @click.option("--candidates", default="auto", show_default=True,
-              help="OMP screening: atoms kept per token before the solve (auto: max(128, 2k)); 'all' runs exact OMP "
-                   "(slow on big vocabularies).")
+              help="OMP screening: atoms kept per token before the solve (auto: 128 to 1024, the more the fewer tokens "
+                   "there are to solve; at least 2k); 'all' runs exact OMP (slow on big vocabularies).")
 @click.option("--ridge", default=0.1, show_default=True,
               help="OMP: ridge on the refit, relative to the mean squared atom norm (0: plain OMP, whose coefficients "
                    "of nearly collinear atoms can explode).")
@@ -247,7 +247,7 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
 
     if candidates not in ("all", "auto") and not candidates.isdigit():
         raise TokenSurgeryError(f"--candidates must be a number, 'auto' or 'all', got {candidates!r}")
-    n_candidates = None if candidates == "all" else max(128, 2 * k) if candidates == "auto" else int(candidates)
+    n_candidates = None if candidates == "all" else candidates if candidates == "auto" else int(candidates)
     try:
         fvt_limit = None if fvt_above == "off" else float(fvt_above)
     except ValueError:

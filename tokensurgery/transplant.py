@@ -43,7 +43,7 @@ class TransplantOptions:
 
     method: str = "omp"
     k: int = 64
-    candidates: int | None = 128  # OMP screening: atoms kept per token (None: exact OMP)
+    candidates: int | str | None = "auto"  # OMP screening: atoms kept per token ("auto", a number, None: exact)
     ridge: float = 0.1  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
     fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
@@ -58,7 +58,9 @@ class TransplantOptions:
             raise TokenSurgeryError(f"k must be at least 1, got {self.k}")
         if self.dtype not in ("float32", "float64"):
             raise TokenSurgeryError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        if self.candidates is not None and self.candidates < self.k:
+        if isinstance(self.candidates, str) and self.candidates != "auto":
+            raise TokenSurgeryError(f"candidates must be a number, 'auto' or None (exact), got {self.candidates!r}")
+        if isinstance(self.candidates, int) and self.candidates < self.k:
             raise TokenSurgeryError(f"--candidates ({self.candidates}) must be at least k ({self.k})")
 
 
@@ -117,6 +119,21 @@ def _has_weights(folder: Path | None) -> bool:
 
 
 # ---- the fill methods ---------------------------------------------------------------------
+
+# screening cost grows with tokens x candidates^2; "auto" keeps it near the heavy pair's
+# (216k tokens x 128^2), so a few thousand new tokens get 1024 candidates
+AUTO_BUDGET = 216_000 * 128**2
+
+
+def resolve_candidates(candidates: int | str | None, k: int, n_tokens: int, n_atoms: int) -> int | None:
+    """The number of screening candidates actually used (None: exact OMP)."""
+    if candidates == "auto":
+        m = 128
+        while m < 1024 and n_tokens * (2 * m) ** 2 <= AUTO_BUDGET:
+            m *= 2
+        candidates = max(m, 2 * k)
+    return None if candidates is None or candidates >= n_atoms else int(candidates)
+
 
 def _solve_omp(dictionary: torch.Tensor, targets: torch.Tensor, opts: TransplantOptions, progress: bool):
     dt = getattr(torch, opts.dtype)
@@ -241,6 +258,8 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
     n_rows = max(donor_emb.input.shape[0] if donor_emb is not None else 0, len(vm.target))
     copied = {**vm.shared, **vm.specials}
     filled = [t for t in range(n_rows) if t not in copied]
+    if opts.method == "omp":
+        opts.candidates = resolve_candidates(opts.candidates, opts.k, len(filled), len(vm.shared))
     shared_pairs = sorted(vm.shared.items())
     plan = {"dict_donor": [t for t, _ in shared_pairs], "dict_base": [s for _, s in shared_pairs]}
     # (BASE matrix, donor matrix it is solved in): the donor's output matrix when it has one
@@ -303,8 +322,6 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
     emb = load_embeddings(base_dir)
     check_embeddings_cover(emb, len(vm.source), f"base {base}")
     donor_emb = load_donor_embeddings(donor_, donor, vm, opts.method)
-    if opts.candidates is not None and opts.candidates >= len(vm.shared):
-        opts.candidates = None  # screening would keep every atom anyway
     new = new_embeddings(emb, donor_emb, vm, opts, progress)
     special_ids = {role: vm.target.roles.get(role) for role in ("bos", "eos", "pad")}
     tokenizer_src, bos_note = tokenizer_for_output(vm, donor_.tokenizer_dir)
