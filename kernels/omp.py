@@ -45,12 +45,14 @@ class OMPResult:
 
 def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int = 1024,
         dtype: torch.dtype = torch.float32, progress: bool = False, candidates: int | None = None,
-        ridge: float = 0.0, normalize: bool = False) -> OMPResult:
+        ridge: float = 0.0, normalize: bool = False, max_block_bytes: int = 2**30) -> OMPResult:
     """Batched OMP of `targets` (B, d) over the rows of `dictionary` (n, d), k atoms each.
 
     Work is done in blocks of `block_size` targets (memory ~ block_size * n floats for the
     correlations, plus block_size * M * (M + d) with screening); `dtype` float64 gives
-    bit-for-bit stable supports on hard cases. See the module docstring for `candidates`."""
+    bit-for-bit stable supports on hard cases. See the module docstring for `candidates`; with
+    screening, blocks shrink so that one block's candidate atoms and Gram matrices stay under
+    `max_block_bytes`."""
     n, d = dictionary.shape
     if targets.ndim != 2 or targets.shape[1] != d:
         raise ValueError(f"targets must be (B, {d}), got {tuple(targets.shape)}")
@@ -66,6 +68,9 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
     # screening only ranks atoms, so a float32 solve ranks them in bfloat16 (about 3x faster
     # on CPUs with bf16 units); the solve itself uses exact correlations of the kept atoms
     D_screen = D.to(torch.bfloat16) if screened and dtype == torch.float32 else D
+    if screened:
+        per_target = D.element_size() * candidates * (candidates + d + k)
+        block_size = max(1, min(block_size, max_block_bytes // per_target))
     out_idx, out_coef, out_n, out_res = [], [], [], []
     blocks = range(0, targets.shape[0], block_size)
     if progress:
