@@ -98,7 +98,7 @@ result.summary()"""),
     new_markdown_cell("""Gemma-3 was trained with `<bos>` in front of every text; SmolLM2's tokenizer adds none, so
 the transplant configures the new tokenizer to add SmolLM2's BOS token (carrying Gemma-3's `<bos>`
 row). The notes say so, and so does the model card."""),
-    new_code_cell("""print(*result.notes, sep="\n")
+    new_code_cell("""print(*result.notes, sep="\\n")
 print((result.out / "README.md").read_text()[:1200])"""),
     new_markdown_cell("""## Plain transformers loads the result"""),
     new_code_cell("""from transformers import AutoModelForCausalLM, AutoTokenizer
