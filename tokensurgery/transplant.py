@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -239,6 +239,7 @@ class Transplanted:
     errors: torch.Tensor | None
     fvt_fallbacks: int
     capped: int = 0  # input rows scaled down to BASE's largest row norm
+    options: TransplantOptions | None = None  # as used ("auto" candidates resolved)
 
 
 def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: VocabMap, opts: TransplantOptions,
@@ -258,8 +259,8 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
     n_rows = max(donor_emb.input.shape[0] if donor_emb is not None else 0, len(vm.target))
     copied = {**vm.shared, **vm.specials}
     filled = [t for t in range(n_rows) if t not in copied]
-    if opts.method == "omp":
-        opts.candidates = resolve_candidates(opts.candidates, opts.k, len(filled), len(vm.shared))
+    if opts.method == "omp":  # a copy: the caller's options keep "auto"
+        opts = replace(opts, candidates=resolve_candidates(opts.candidates, opts.k, len(filled), len(vm.shared)))
     shared_pairs = sorted(vm.shared.items())
     plan = {"dict_donor": [t for t, _ in shared_pairs], "dict_base": [s for _, s in shared_pairs]}
     # (BASE matrix, donor matrix it is solved in): the donor's output matrix when it has one
@@ -294,7 +295,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
         if not torch.isfinite(M).all():
             raise TokenSurgeryError(f"the {opts.method} {name} rows are not finite; try --dtype float64 or --ridge 1e-4")
         matrices[name] = M
-    return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt, n_capped)
+    return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt, n_capped, opts)
 
 
 def load_donor_embeddings(donor_: "_Donor", spec: str, vm: VocabMap, method: str) -> Embeddings | None:
@@ -325,7 +326,8 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
     new = new_embeddings(emb, donor_emb, vm, opts, progress)
     special_ids = {role: vm.target.roles.get(role) for role in ("bos", "eos", "pad")}
     tokenizer_src, bos_note = tokenizer_for_output(vm, donor_.tokenizer_dir)
-    result = TransplantResult(str(base), str(donor), Path(out), vm, opts, new.embeddings.input.shape[0], new.filled, new.errors,
+    result = TransplantResult(str(base), str(donor), Path(out), vm, new.options, new.embeddings.input.shape[0],
+                              new.filled, new.errors,
                               new.fvt_fallbacks, time.perf_counter() - start, [bos_note] if bos_note else [],
                               capped=new.capped)
     try:
