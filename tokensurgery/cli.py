@@ -151,14 +151,12 @@ _LANG_HELP = "Bundled text: Gutenberg excerpt by language (en, de, fr, it, nl, l
 def eval_(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], other: str | None, max_bytes: int | None,
           window: int, stride: int, dtype: str, device: str, json_out: Path | None) -> None:
     """Bits per byte (and tokens per byte) of MODEL on text files."""
-    from .assets import corpus_path, resolve_model
-    from .evaluate import load_causal_lm, read_text_file, score_files
+    from .assets import resolve_model
+    from .evaluate import load_causal_lm, score_files
 
-    files = list(texts) + [corpus_path(lang) for lang in langs]
+    files = _eval_files(texts, langs)
     if not files:
         raise TokenSurgeryError("give at least one --text FILE or --lang CODE")
-    for f in files:
-        read_text_file(f, 1)  # fail fast on a missing / unreadable file
     results = {}
     for spec in [model] + ([other] if other else []):
         folder = resolve_model(spec)
@@ -277,6 +275,7 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
 
 
 def _eval_files(texts: tuple[Path, ...], langs: tuple[str, ...]) -> list[Path]:
+    """Text files and bundled texts, each checked readable before any long work starts."""
     from .assets import corpus_path
     from .evaluate import read_text_file
 
