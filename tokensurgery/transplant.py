@@ -293,7 +293,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
             if name == "input":
                 errors, n_fvt, n_capped = (solution.errors if solution else None), nf, int(over.sum())
         if not torch.isfinite(M).all():
-            raise TokenSurgeryError(f"the {opts.method} {name} rows are not finite; try --dtype float64 or --ridge 1e-4")
+            raise TokenSurgeryError(f"the {opts.method} {name} rows are not finite; try --dtype float64 or a larger --ridge")
         matrices[name] = M
     return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt, n_capped, opts)
 
