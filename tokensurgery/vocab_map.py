@@ -27,6 +27,7 @@ class VocabMap:
     special_how: dict[int, str] = field(default_factory=dict)  # target id -> "role:bos" / "content"
     new: list[int] = field(default_factory=list)  # target ids with no source counterpart
     unused: list[int] = field(default_factory=list)  # target placeholders (no text, no role)
+    _pieces: dict[int, list[int]] = field(default_factory=dict, repr=False, compare=False)  # decompose() cache
 
     @classmethod
     def build(cls, source: Vocabulary, target: Vocabulary) -> "VocabMap":
@@ -72,7 +73,9 @@ class VocabMap:
             return [self.shared[target_id]]
         if target_id in self.specials:
             return [self.specials[target_id]]
-        return self.source.decompose(self.target.surface[target_id])
+        if target_id not in self._pieces:  # FVT asks once per matrix; the tokenizer call is the slow part
+            self._pieces[target_id] = self.source.decompose(self.target.surface[target_id])
+        return list(self._pieces[target_id])
 
     def decompositions(self, target_ids: list[int] | None = None, progress: bool = False) -> dict[int, list[int]]:
         ids = self.new_text if target_ids is None else target_ids
