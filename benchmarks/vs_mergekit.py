@@ -31,9 +31,9 @@ import torch
 
 from tokensurgery.assets import corpus_path, resolve_model
 from tokensurgery.evaluate import load_causal_lm, score_files
+from transplant_quality import PAIRS  # the same two pairs (this script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIRS = {"light": ("gemma3-270m", "smollm2-135m"), "heavy": ("smollm2-135m", "gemma3-270m")}
 MERGEKIT = "mergekit==0.1.5"
 
 
