@@ -1,1 +1,6 @@
-"""tokensurgery.byte_models — see DESIGN.md; filled in by later issues."""
+"""tokensurgery.byte_models: exact byte-level probabilities from tokenized LMs (`ByteLM`,
+`ensemble`); Byte2Word / hierarchical encoders come later (see DESIGN.md)."""
+
+from .byte_lm import ByteLM, ByteScore, ByteStream, Sampling, ZeroProbability
+
+__all__ = ["ByteLM", "ByteScore", "ByteStream", "Sampling", "ZeroProbability"]

@@ -1,0 +1,566 @@
+"""ByteLM: a tokenized causal LM read as an exact next-byte model.
+
+For a byte prefix x, the probability that the text starts with x is the mass of the valid
+token sequences that cover x (see `cover_tree.py`; validity in `canonical.py`). Next-byte
+distributions are ratios of such masses, so they come straight out of the token model with
+no training. Special tokens in a prompt are honoured the way the tokenizer reads them;
+the byte model itself only ever produces text bytes and end-of-sequence.
+
+Three ways to use it, by how much of the text is known:
+- `score(text)` / `distributions(text)`: every branch is known in advance, so all of them
+  are evaluated in a few large tree-attention calls.
+- `generate(prompt)` / `heal(prompt)`: the prompt's ragged end is resolved exactly (one
+  cover is drawn from the exact distribution), then ordinary token sampling goes on.
+- `stream(prompt)` / `next_byte_logprobs(prefix)`: the distribution after every byte,
+  with likely branches evaluated ahead of time so most bytes need no model call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.kernels.surface_index import SurfaceIndex
+from tokensurgery.vocabulary import TokenKind, Vocabulary
+
+from .canonical import Canonical
+from .cover_tree import EOS, Accumulator, Node, exact_children, node_groups, set_distribution
+from .token_model import Query, TreeLM
+
+_FIM_NAMES = (("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+              ("[PREFIX]", "[SUFFIX]", "[MIDDLE]"))
+
+
+class ZeroProbability(TokenSurgeryError):
+    """The byte prefix cannot be produced by any valid token sequence of this model."""
+
+
+@dataclass
+class Sampling:
+    """How token distributions are reshaped before bytes are read from them: the byte model
+    is then exactly that of the reshaped token model (temperature 0 = most likely token)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def apply(self, logprobs: torch.Tensor) -> torch.Tensor:
+        if self.temperature == 1.0 and not self.top_k and self.top_p >= 1.0:
+            return logprobs
+        x = logprobs.clone()
+        if self.temperature <= 0:
+            top = x.argmax(-1, keepdim=True)
+            out = torch.full_like(x, -math.inf)
+            return out.scatter_(-1, top, 0.0)
+        x = (x / self.temperature).log_softmax(-1)
+        if self.top_k and self.top_k < x.shape[-1]:
+            kth = x.topk(self.top_k, dim=-1).values[..., -1:]
+            x = x.masked_fill(x < kth, -math.inf)
+        if self.top_p < 1.0:
+            sorted_x, order = x.sort(-1, descending=True)
+            cum = sorted_x.exp().cumsum(-1)
+            drop = cum - sorted_x.exp() >= self.top_p  # keep the smallest set reaching top_p
+            x = x.masked_fill(drop.scatter(-1, order, drop), -math.inf)
+        return x.log_softmax(-1)
+
+
+@dataclass
+class ByteScore:
+    """Byte-level log-likelihood of a text: `logprobs[i]` = log P(byte i | bytes before)."""
+
+    logprobs: np.ndarray
+    eos_logprob: float | None = None
+
+    @property
+    def total(self) -> float:
+        return float(self.logprobs.sum() + (self.eos_logprob or 0.0))
+
+    @property
+    def bits_per_byte(self) -> float:
+        return -float(self.logprobs.sum()) / math.log(2) / max(len(self.logprobs), 1)
+
+
+class ByteLM:
+    """Exact next-byte view of a causal LM and its tokenizer (see the module docstring).
+
+    `model` is a transformers causal LM; `vocab` the `Vocabulary` of its tokenizer.
+    `start` is the token that begins a document when the prompt has no special tokens
+    ("auto": the BOS the tokenizer adds, else `<|endoftext|>`, else the BOS role).
+    `settle_bytes`: prompt text further than this before the end is taken in its canonical
+    tokenization (exact whenever no valid encoding of the prompt's end reaches back that far).
+    """
+
+    def __init__(self, model, vocab: Vocabulary, start: int | str | None = "auto", eos: int | None = None,
+                 settle_bytes: int = 96, speculate: int = 8, name: str = ""):
+        self.vocab = vocab
+        self.name = name or vocab.name
+        self.canonical = Canonical(vocab)
+        self.index = SurfaceIndex(vocab.surface, np.flatnonzero(self.canonical.continuable).tolist())
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < len(vocab):
+            raise TokenSurgeryError(f"the model has {rows} output rows but the tokenizer has {len(vocab)} tokens")
+        self.lm = TreeLM(model)
+        self.start = self._start_token(start)
+        self.eos = eos if eos is not None else self._document_end()
+        self.settle_bytes = settle_bytes
+        self.speculate = speculate
+        self._specials = sorted(((vocab.surface[i], i) for i, k in enumerate(vocab.kinds)
+                                 if k in (TokenKind.SPECIAL, TokenKind.ADDED, TokenKind.UNUSED) and vocab.surface[i]),
+                                key=lambda p: -len(p[0]))
+
+    # ---- construction ---------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, spec: str | Path, dtype: str = "float32", device: str = "cpu", **kwargs) -> "ByteLM":
+        """Load a bundled alias (`smollm2-135m`, `gemma3-270m`), local folder, `.gguf` or hub id."""
+        from tokensurgery.assets import resolve_model
+        from tokensurgery.evaluate import load_causal_lm
+
+        folder = resolve_model(spec, progress=False)
+        model, _ = load_causal_lm(folder, dtype=dtype, device=device)
+        return cls(model, Vocabulary.load(folder), name=str(spec), **kwargs)
+
+    def _special_id(self, content: str) -> int | None:
+        for i, t in enumerate(self.vocab.tokens):
+            if t == content and self.vocab.kinds[i] == TokenKind.SPECIAL:
+                return i
+        return None
+
+    def _start_token(self, start) -> int:
+        if isinstance(start, int):
+            return start
+        if isinstance(start, str) and start != "auto":
+            found = self._special_id(start)
+            if found is None:
+                raise TokenSurgeryError(f"start token {start!r} is not a special token of {self.name}")
+            return found
+        for candidate in (self.vocab.bos_added, self._special_id("<|endoftext|>"), self.vocab.roles.get("bos")):
+            if candidate is not None:
+                return candidate
+        raise TokenSurgeryError(f"{self.name}: no BOS or <|endoftext|> token to start a document; pass start=<token id>")
+
+    def _document_end(self) -> int:
+        for candidate in (self._special_id("<|endoftext|>"), self.vocab.roles.get("eos")):
+            if candidate is not None:
+                return candidate
+        raise TokenSurgeryError(f"{self.name}: no end-of-text token; pass eos=<token id>")
+
+    # ---- prompts --------------------------------------------------------------------
+
+    @staticmethod
+    def _bytes(text: str | bytes) -> bytes:
+        if isinstance(text, str):
+            return text.encode("utf-8")
+        if isinstance(text, (bytes, bytearray)):
+            return bytes(text)
+        raise TokenSurgeryError(f"expected str or bytes, got {type(text).__name__}")
+
+    def _split(self, data: bytes) -> tuple[list[int], bytes]:
+        """Context token ids (start token, everything up to the last special token in the
+        prompt, and a settled canonical prefix) and the free byte region after them."""
+        ids, pos, i = [self.start], 0, 0
+        while i < len(data):
+            for content, tok in self._specials:
+                if data.startswith(content, i):
+                    ids += self.vocab.decompose(data[pos:i]) + [tok]
+                    i = pos = i + len(content)
+                    break
+            else:
+                i += 1
+        region = data[pos:]
+        if len(region) > self.settle_bytes:
+            tokens = self.vocab.decompose(region)
+            done, keep = 0, 0
+            for n, t in enumerate(tokens):
+                if len(region) - (done + len(self.vocab.surface[t])) < self.settle_bytes:
+                    break
+                done += len(self.vocab.surface[t])
+                keep = n + 1
+            ids += tokens[:keep]
+            region = region[done:]
+        return ids, region
+
+
+    # ---- evaluating nodes -------------------------------------------------------------
+
+    def _root(self, context: list[int]) -> Node:
+        logprobs = self.lm.reset(context)
+        root = Node(None, None, 0, 0.0, (), committed=True, trunk_pos=len(context))
+        self._set(root, logprobs)
+        return root
+
+    def _set(self, node: Node, logprobs: torch.Tensor) -> None:
+        """Store the node's next-token distribution (invalid continuations at 0) and give its
+        existing children their log-probabilities."""
+        probs = logprobs[torch.from_numpy(self.index.ids)].exp().numpy().copy()
+        invalid = self.canonical.invalid_after(node.tail)
+        if len(invalid):
+            probs[self.index.position[invalid]] = 0.0
+        set_distribution(node, probs, math.exp(float(logprobs[self.eos])))
+        for child in node.children.values():
+            self._child_logp(node, child)
+
+    def _child_logp(self, node: Node, child: Node) -> None:
+        p = node.probs[self.index.position[child.token]]
+        child.logp = node.logp + math.log(p) if p > 0 else -math.inf
+
+    def _evaluate(self, targets: Sequence[Node], commit: Node | None = None) -> None:
+        """Give every target its next-token distribution in as few calls as fit; `commit`
+        (a descendant of the trunk's last node) and its ancestors join the trunk."""
+        chain: list[Node] = []
+        n = commit
+        while n is not None and not n.committed:
+            chain.append(n)
+            n = n.parent
+        chain.reverse()
+        pending = sorted({id(t): t for t in targets if t.probs is None}.values(), key=lambda t: t.depth)
+        while chain or pending:
+            tokens, parents, fork, nodes, at = [], [], [], [], {}
+            for node in chain:
+                self._pack(node, tokens, parents, fork, nodes, at)
+            rest = []
+            for t in pending:
+                path, n = [], t
+                while not n.committed and id(n) not in at:
+                    path.append(n)
+                    n = n.parent
+                if len(tokens) + len(path) > self.lm.max_query and len(tokens) > len(chain):
+                    rest.append(t)
+                    continue
+                for node in reversed(path):
+                    self._pack(node, tokens, parents, fork, nodes, at)
+            out = self.lm.forward(Query(tokens, parents, fork, commit=len(chain)))
+            base = len(self.lm.trunk) - len(chain)
+            for i, node in enumerate(chain):
+                node.committed, node.trunk_pos = True, base + i + 1
+            for i, node in enumerate(nodes):  # parents come before children
+                if node.probs is None:
+                    self._set(node, out[i])
+            chain, pending = [], rest
+
+    @staticmethod
+    def _pack(node: Node, tokens, parents, fork, nodes, at) -> None:
+        at[id(node)] = len(tokens)
+        tokens.append(node.token)
+        nodes.append(node)
+        if id(node.parent) in at:
+            parents.append(at[id(node.parent)])
+            fork.append(0)
+        else:
+            parents.append(-1)
+            fork.append(node.parent.trunk_pos)
+
+    # ---- the tree over known bytes ----------------------------------------------------------
+
+    def _grow(self, node: Node, data: bytes, only: int | None = None) -> list[Node]:
+        """Children of `node` whose tokens spell data[node.end:node.end+k] exactly (only k =
+        `only` when given) and may follow it."""
+        out = []
+        ks = [only] if only is not None else range(1, min(self.index.max_len, len(data) - node.end) + 1)
+        for k in ks:
+            piece = data[node.end : node.end + k]
+            lo, hi = self.index.range(piece)
+            if hi <= lo:
+                break
+            for r in self.index.exact(lo, hi, k):
+                tok = int(self.index.ids[r])
+                child = node.children.get(tok)
+                if child is None:
+                    if node.probs is not None and node.probs[r] == 0 or not self.canonical.valid_next(node.tail, tok):
+                        continue
+                    child = Node(node, tok, node.end + k, math.nan, self.canonical.tail(node.tail, tok), node.depth + 1)
+                    node.children[tok] = child
+                    if node.probs is not None:
+                        self._child_logp(node, child)
+                out.append(child)
+        return out
+
+    def _tree(self, root: Node, data: bytes) -> list[Node]:
+        """Every valid node along `data`, ordered by end (parents before children)."""
+        by_end: list[list[Node]] = [[] for _ in range(len(data) + 1)]
+        by_end[0].append(root)
+        ordered = []
+        for j in range(len(data) + 1):
+            for node in by_end[j]:
+                ordered.append(node)
+                for child in self._grow(node, data):
+                    by_end[child.end].append(child)
+        return ordered
+
+    def _evaluate_tree(self, nodes: list[Node], commit_to: Node | None, on_node=None) -> None:
+        """Evaluate all nodes (ordered by end) in chunks; the branch to `commit_to` joins the
+        trunk as it goes so side branches fork from the KV cache. `on_node(node)` runs once a
+        node's distribution and log-probability are both known."""
+        main: dict[int, Node] = {}
+        n = commit_to
+        while n is not None:
+            main[id(n)] = n
+            n = n.parent
+        todo = [n for n in nodes if n.probs is None]
+        if on_node:
+            for node in nodes:
+                if node.probs is not None:
+                    on_node(node)
+        step = max(1, self.lm.max_query // 2)
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            commit = None
+            for node in chunk:
+                if id(node) in main:
+                    commit = node
+            self._evaluate(chunk, commit=commit)
+            if on_node:
+                for node in chunk:
+                    on_node(node)
+
+    # ---- public API: known text -------------------------------------------------------
+
+    def distributions(self, text: str | bytes, context: str | bytes = b"") -> np.ndarray:
+        """Log next-byte distributions at every position of `text` (len+1 rows; columns are
+        bytes 0..255 and EOS at 256) after the prompt `context`, from few batched calls."""
+        data = self._bytes(text)
+        ids, region = self._split(self._bytes(context))
+        full = region + data
+        root = self._root(ids)
+        nodes = self._tree(root, full)
+        acc = Accumulator(len(full) + 1)
+        first = len(region)
+
+        def on_node(node: Node) -> None:
+            for k in range(0, min(self.index.max_len, len(full) - node.end) + 1):
+                groups = node_groups(self.index, node, full[node.end : node.end + k])
+                if groups is None:
+                    break
+                if node.end + k >= first:
+                    acc.add(node.end + k, node.logp, groups)
+            node.probs = node.cum = None  # fully used: keep memory bounded on long texts
+
+        last = max(nodes, key=lambda n: (n.end, -n.depth))
+        self._evaluate_tree(nodes, last, on_node)
+        out = acc.log_distributions()[first:]
+        if data:
+            picked = out[np.arange(len(data)), np.frombuffer(data, dtype=np.uint8)]
+            if not np.isfinite(picked).all():
+                bad = int(np.flatnonzero(~np.isfinite(picked))[0])
+                raise ZeroProbability(f"byte {data[bad]:#04x} at offset {bad} cannot follow the bytes before it under "
+                                      f"{self.name} (no valid token sequence spells it)")
+        return out
+
+    def score(self, text: str | bytes, context: str | bytes = b"", eos: bool = False) -> ByteScore:
+        """Byte-level log-likelihood (natural log) of `text` after `context`, per byte and total;
+        with `eos`, the end of the text is scored too."""
+        data = self._bytes(text)
+        dist = self.distributions(data, context)
+        picked = dist[np.arange(len(data)), np.frombuffer(data, dtype=np.uint8)] if data else np.zeros(0)
+        return ByteScore(picked, float(dist[-1, EOS]) if eos else None)
+
+    def next_byte_logprobs(self, prefix: str | bytes, context: str | bytes = b"") -> np.ndarray:
+        """Log-probabilities of the next byte (0..255) and of EOS (index 256) after `prefix`."""
+        return self.stream(self._bytes(context) + self._bytes(prefix)).logprobs()
+
+    # ---- public API: unknown continuation -----------------------------------------------------
+
+    def stream(self, prompt: str | bytes = b"", speculate: int | None = None) -> "ByteStream":
+        """A live cover tree after `prompt`: read `.logprobs()`, `.advance(byte)`, repeat."""
+        return ByteStream(self, self._bytes(prompt), self.speculate if speculate is None else speculate)
+
+    def generate(self, prompt: str | bytes = b"", max_new_bytes: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, stop: Iterable[str | bytes] = (), seed: int | None = None, as_bytes: bool = False):
+        """Continue `prompt`, which may end mid-token or mid-character. The prompt's end is
+        resolved by drawing one covering token from the exact distribution, then tokens are
+        sampled as usual, each checked against the canonical rule. Sampling options act on
+        every generated token (temperature 0: the most likely one). Returns the new text."""
+        sampling = Sampling(temperature, top_k, top_p)
+        rng = np.random.default_rng(seed)
+        stops = [self._bytes(s) for s in stop]
+        stream = ByteStream(self, self._bytes(prompt), speculate=0)
+        node, token, out = stream.resolve(rng, sampling)
+        tail = self.canonical.tail(node.tail, token) if token is not None else None
+        if token is not None:
+            self._evaluate([], commit=node)
+        while token is not None and len(out) < max_new_bytes and not any(s in out for s in stops):
+            logprobs = self.lm.forward(Query([token], [-1], [len(self.lm.trunk)], commit=1))[0]
+            token = self._sample_token(logprobs, tail, sampling, rng)
+            if token is not None:
+                out += self.vocab.surface[token]
+                tail = self.canonical.tail(tail, token)
+        for s in stops:
+            if s in out:
+                out = out[: out.index(s)]
+        out = out[:max_new_bytes]
+        return out if as_bytes else out.decode("utf-8", "replace")
+
+    def _sample_token(self, logprobs: torch.Tensor, tail, sampling: Sampling, rng) -> int | None:
+        """One valid next token (None for end of text) from the reshaped distribution."""
+        allowed = torch.zeros(len(logprobs), dtype=torch.bool)
+        allowed[torch.from_numpy(self.index.ids)] = True
+        allowed[self.eos] = True
+        lp = sampling.apply(logprobs.masked_fill(~allowed, -math.inf))
+        for _ in range(64):
+            p = lp.exp().numpy()
+            tok = int(np.argmax(p)) if sampling.temperature <= 0 else int(rng.choice(len(p), p=p / p.sum()))
+            if tok == self.eos:
+                return None
+            if self.canonical.valid_next(tail, tok):
+                return tok
+            lp[tok] = -math.inf  # rejection: sampling from the distribution restricted to valid tokens
+            lp = lp - torch.logsumexp(lp, 0)
+        return None
+
+    def heal(self, prompt: str | bytes, temperature: float = 0.0, seed: int | None = None) -> bytes:
+        """Prompt-boundary completion: the bytes that finish the token the prompt ends inside
+        (empty when the chosen cover ends exactly at the prompt's end)."""
+        stream = ByteStream(self, self._bytes(prompt), speculate=0)
+        _, _, out = stream.resolve(np.random.default_rng(seed), Sampling(temperature))
+        return out
+
+    def fill_in_middle(self, prefix: str | bytes, suffix: str | bytes, max_new_bytes: int = 128, **kwargs):
+        """Generate the middle between `prefix` and `suffix` with the model's FIM tokens
+        (prefix-suffix-middle order); keyword arguments as for `generate`."""
+        names = next((n for n in _FIM_NAMES if all(self._special_id(t) is not None for t in n)), None)
+        if names is None:
+            raise TokenSurgeryError(f"{self.name} has no fill-in-the-middle tokens (looked for "
+                                    f"{', '.join('/'.join(n) for n in _FIM_NAMES)})")
+        prompt = names[0].encode() + self._bytes(prefix) + names[1].encode() + self._bytes(suffix) + names[2].encode()
+        return self.generate(prompt, max_new_bytes=max_new_bytes, **kwargs)
+
+
+class ByteStream:
+    """The live cover tree after a byte prefix: `logprobs()` gives the exact next-byte
+    distribution, `advance(byte)` extends the prefix. After each step the most likely
+    tokens that may end within the next bytes are evaluated ahead (`speculate` of them, in
+    the same batched call), so most bytes need no model call of their own."""
+
+    def __init__(self, blm: ByteLM, prompt: bytes, speculate: int = 8):
+        self.blm = blm
+        self.speculate = speculate
+        context, region = blm._split(prompt)
+        self.data = bytearray(region)
+        root = blm._root(context)
+        nodes = blm._tree(root, region)
+        reach = [n for n in nodes if n.end == len(region) or blm.index.range(region[n.end:])[1] > blm.index.range(region[n.end:])[0]]
+        blm._evaluate_tree(nodes, _common_ancestor(reach) if reach else None)
+        self.live = [n for n in nodes if self._is_live(n)]
+        for n in nodes:
+            if not any(n is m for m in self.live):
+                n.probs = n.cum = None
+        if not self.live:
+            raise ZeroProbability(f"the prompt cannot be spelled by any valid token sequence of {blm.name}")
+        self._look_ahead()
+
+    def _is_live(self, node: Node) -> bool:
+        rest = bytes(self.data[node.end :])
+        if not rest:
+            return True
+        groups = node_groups(self.blm.index, node, rest)
+        return groups is not None and groups[:256].sum() > 0
+
+    def logprobs(self) -> np.ndarray:
+        """Log-probabilities of bytes 0..255 and EOS (256) after the current prefix."""
+        acc = Accumulator(1)
+        for node in self.live:
+            acc.add(0, node.logp, node_groups(self.blm.index, node, bytes(self.data[node.end :])))
+        return acc.log_distributions()[0]
+
+    def advance(self, byte: int) -> None:
+        """Append one byte to the prefix."""
+        if not 0 <= byte < 256:
+            raise TokenSurgeryError(f"a byte is 0..255, got {byte}")
+        self.data.append(byte)
+        data, live = bytes(self.data), []
+        for node in self.live:
+            live += self.blm._grow(node, data, only=len(data) - node.end)
+            if self._is_live(node):
+                live.append(node)
+        live = [n for n in live if n.logp > -math.inf]
+        if not live:
+            raise ZeroProbability(f"byte {byte:#04x} cannot follow {bytes(self.data[:-1][-20:])!r} under {self.blm.name}")
+        self.live = live
+        if any(n.probs is None for n in live):
+            self._look_ahead(must=[n for n in live if n.probs is None])
+
+    def _look_ahead(self, must: list[Node] = ()) -> None:
+        """Evaluate the nodes that must be known now plus the most likely future ones."""
+        targets = list(must)
+        if self.speculate:
+            index, cands = self.blm.index, []
+            ref = max(n.logp for n in self.live)
+            for node in self.live:
+                if node.probs is None:
+                    continue
+                rest = bytes(self.data[node.end :])
+                lo, hi = index.range(rest)
+                longer = lo + np.flatnonzero(index.next_byte[lo:hi, len(rest)] >= 0) if len(rest) <= index.max_len else []
+                if len(longer) == 0:
+                    continue
+                w = node.probs[longer]
+                top = longer[np.argsort(-w)[: self.speculate]]
+                cands += [(math.exp(node.logp - ref) * node.probs[r], node, int(index.ids[r])) for r in top if node.probs[r] > 0]
+            cands.sort(key=lambda c: -c[0])
+            for _, node, tok in cands[: self.speculate]:
+                child = node.children.get(tok)
+                if child is None:
+                    surf = self.blm.vocab.surface[tok]
+                    child = Node(node, tok, node.end + len(surf), math.nan, self.blm.canonical.tail(node.tail, tok), node.depth + 1)
+                    node.children[tok] = child
+                    self.blm._child_logp(node, child)
+                if child.probs is None:
+                    targets.append(child)
+        commit = _common_ancestor(self.live)
+        if targets or (commit is not None and not commit.committed):
+            self.blm._evaluate(targets, commit=commit)
+
+    def resolve(self, rng, sampling: Sampling) -> tuple[Node, int | None, bytes]:
+        """Draw one cover of the prefix: (node, token, bytes past the prefix); token None = EOS.
+        Node weights are the prompt's own probabilities; `sampling` reshapes each node's
+        next-token choice (temperature 0 takes the most likely cover)."""
+        index, options = self.blm.index, []
+        for node in self.live:
+            rest = bytes(self.data[node.end :])
+            lo, hi = index.range(rest)
+            if len(rest) > index.max_len or hi <= lo:
+                continue
+            probs = np.append(node.probs, node.eos)
+            shaped = sampling.apply(torch.from_numpy(np.log(np.maximum(probs, 0)))).numpy()
+            rows = lo + np.flatnonzero(index.next_byte[lo:hi, len(rest)] >= 0)
+            for r in rows[np.isfinite(shaped[rows])]:
+                options.append((node.logp + shaped[r], node, int(index.ids[r])))
+            if not rest and np.isfinite(shaped[-1]):
+                options.append((node.logp + shaped[-1], node, None))
+        if not options:
+            raise ZeroProbability(f"no valid token continues the prompt under {self.blm.name}")
+        logw = np.array([o[0] for o in options])
+        if sampling.temperature <= 0:
+            pick = int(np.argmax(logw))
+        else:
+            p = np.exp(logw - logw.max())
+            pick = int(rng.choice(len(p), p=p / p.sum()))
+        _, node, tok = options[pick]
+        out = b"" if tok is None else self.blm.vocab.surface[tok][len(self.data) - node.end :]
+        return node, tok, out
+
+
+def _common_ancestor(nodes: Sequence[Node]) -> Node | None:
+    """Deepest node that is an ancestor-or-self of every node given."""
+    if not nodes:
+        return None
+    paths = []
+    for node in nodes:
+        path, n = [], node
+        while n is not None:
+            path.append(n)
+            n = n.parent
+        paths.append(path[::-1])
+    common = None
+    for column in zip(*paths):
+        if all(c is column[0] for c in column):
+            common = column[0]
+        else:
+            break
+    return common

@@ -1,0 +1,189 @@
+"""ByteLM against brute force: every valid token sequence enumerated, probabilities summed.
+
+The tiny models run in float64 so that the batched tree-attention path and the plain
+forward passes of the reference agree far below the 1e-6 tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tokensurgery.byte_models import ByteLM, ZeroProbability
+from tokensurgery.byte_models.canonical import Canonical
+from tokensurgery.errors import TokenSurgeryError
+
+
+@pytest.fixture(scope="module")
+def tiny_byte_lms(tiny_model_dirs):
+    """{family: ByteLM} on float64 tiny Llamas: byte-level BPE and SentencePiece BPE with
+    byte fallback and BOS."""
+    return {"byte_level_bpe": ByteLM.from_pretrained(tiny_model_dirs["tied"], dtype="float64"),
+            "sentencepiece_bpe": ByteLM.from_pretrained(tiny_model_dirs["bos"], dtype="float64")}
+
+
+class BruteForce:
+    """Next-byte distributions by enumerating token sequences. A sequence counts when every
+    prefix of it is the tokenizer's own encoding of that prefix's bytes (the global
+    definition, checked with `Vocabulary.decompose` on whole prefixes, not pair by pair)."""
+
+    def __init__(self, blm: ByteLM):
+        self.blm, self.vocab = blm, blm.vocab
+        self.model = blm.lm.model
+        self.text_ids = [i for i in range(len(self.vocab)) if blm.canonical.continuable[i]]
+        self.logprobs = lru_cache(maxsize=None)(self._logprobs)
+
+    def _logprobs(self, seq: tuple) -> np.ndarray:
+        ids = torch.tensor([[self.blm.start, *seq]])
+        with torch.no_grad():
+            return self.model(ids).logits[0, -1].double().log_softmax(-1).numpy()
+
+    def canonical(self, seq: tuple) -> bool:
+        return self.vocab.decompose(self.vocab.decode_bytes(seq)) == list(seq)
+
+    def next_byte(self, prefix: bytes) -> np.ndarray:
+        mass = np.zeros(257)
+
+        def walk(seq: tuple, pos: int, logp: float) -> None:
+            lp = self.logprobs(seq)
+            if pos == len(prefix):
+                mass[256] += math.exp(logp + lp[self.blm.eos])
+            for v in self.text_ids:
+                s = self.vocab.surface[v]
+                need = prefix[pos:]
+                if len(s) <= len(need):
+                    if need.startswith(s) and self.canonical(seq + (v,)):
+                        walk(seq + (v,), pos + len(s), logp + lp[v])
+                elif s.startswith(need) and self.canonical(seq + (v,)):
+                    mass[s[len(need)]] += math.exp(logp + lp[v])
+
+        walk((), 0, 0.0)
+        return mass / mass.sum()
+
+
+PREFIXES = {
+    "byte_level_bpe": [b"", b"T", b"The", b"the qu", b"and th", b" ", b"Der Ha", b"\xc3", b"caf\xc3", b"a,  b"],
+    "sentencepiece_bpe": [b"", b"T", b"The", b"the qu", b" ", b"Der Ha", b"\xc3", b"a\xe4\xb8", b"\xe4\xb8\xad", b"a\xff"],
+}
+
+
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
+def test_next_byte_matches_brute_force(tiny_byte_lms, family):
+    blm = tiny_byte_lms[family]
+    brute = BruteForce(blm)
+    for prefix in PREFIXES[family]:
+        ours = np.exp(blm.next_byte_logprobs(prefix))
+        ref = brute.next_byte(prefix)
+        assert abs(ours.sum() - 1) < 1e-9, prefix
+        assert np.abs(ours - ref).max() < 1e-6, (prefix, np.abs(ours - ref).max())
+
+
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
+def test_score_stream_and_chunking_agree(tiny_byte_lms, family):
+    """The batched scoring path (tree attention in chunks, main path committed), the
+    streaming path with and without look-ahead, and a tiny query limit that forces
+    re-feeding of uncommitted ancestors all give the same per-byte log-probabilities."""
+    blm = tiny_byte_lms[family]
+    text = "Der Hase, the quick fox — 中文 ok."
+    data = text.encode()
+    score = blm.score(text, eos=True)
+    for speculate in (0, 4):
+        stream = blm.stream(b"", speculate=speculate)
+        got = []
+        for b in data:
+            got.append(stream.logprobs()[b])
+            stream.advance(b)
+        assert np.allclose(got, score.logprobs, atol=1e-9)
+        assert abs(stream.logprobs()[256] - score.eos_logprob) < 1e-9
+    saved = blm.lm.max_query
+    try:
+        blm.lm.max_query = 6
+        small = blm.score(text, eos=True)
+    finally:
+        blm.lm.max_query = saved
+    assert np.allclose(small.logprobs, score.logprobs, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
+def test_whole_text_equals_canonical_tokens_plus_renormalisation(tiny_byte_lms, family):
+    """log Q(text, EOS) = log P(canonical tokens, EOS) + R, where R >= 0 is the log of the
+    mass the canonical rule removed on the way (reported by `score`)."""
+    blm = tiny_byte_lms[family]
+    text = "The cat sat on the mat."
+    score = blm.score(text, eos=True)
+    ids = blm.vocab.decompose(text.encode())
+    seq = torch.tensor([[blm.start, *ids, blm.eos]])
+    with torch.no_grad():
+        lp = blm.lm.model(seq).logits[0, :-1].double().log_softmax(-1)
+    token_ll = lp[torch.arange(len(ids) + 1), seq[0, 1:]].sum().item()
+    assert score.renormalisation >= -1e-12
+    assert abs(score.total - (token_ll + score.renormalisation)) < 1e-9
+
+
+def test_canonical_pairs_equal_global_canonicality(tiny_byte_lms):
+    """The pairwise rule agrees with 'the tokenizer's own encoding of the bytes' on every
+    sampled sequence of up to three tokens (BPE canonicality is a pairwise property)."""
+    rng = np.random.default_rng(0)
+    for blm in tiny_byte_lms.values():
+        vocab, canon = blm.vocab, blm.canonical
+        ids = np.flatnonzero(canon.continuable)
+        for _ in range(3000):
+            seq = [int(t) for t in rng.choice(ids, size=int(rng.integers(1, 4)))]
+            data = vocab.decode_bytes(seq)
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue  # the global check has no pretokenizer for broken UTF-8
+            assert canon.is_valid(seq) == (vocab.decompose(data) == seq), [vocab.tokens[t] for t in seq]
+        for text in ["The quick brown fox", "Der Hase läuft über die Straße", "中文 text", "  indented\n\tcode()"]:
+            assert canon.is_valid(vocab.decompose(text.encode()))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=12), family=st.sampled_from(["byte_level_bpe", "sentencepiece_bpe"]))
+def test_arbitrary_bytes_give_normalised_distributions(tiny_byte_lms, data, family):
+    blm = tiny_byte_lms[family]
+    missing = set(blm.vocab.missing_bytes)
+    try:
+        lp = blm.next_byte_logprobs(data)
+    except ZeroProbability:
+        assert missing & set(data), "only bytes no token spells may make a prefix impossible"
+        return
+    p = np.exp(lp)
+    assert np.isfinite(lp[p > 0]).all() and abs(p.sum() - 1) < 1e-9
+    assert (p[list(missing)] == 0).all()
+
+
+def test_specials_in_prompt_and_bos(tiny_byte_lms):
+    """Special tokens in the prompt are read as the tokenizer reads them: the byte region
+    starts after the last one, and BOS comes first."""
+    blm = tiny_byte_lms["sentencepiece_bpe"]
+    ids, region = blm._split("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHel".encode())
+    vocab = blm.vocab
+    assert ids[0] == vocab.bos_added
+    assert vocab.tokens[ids[-1]] == "<|im_start|>" and region == b"assistant\nHel"
+    lp = blm.next_byte_logprobs("<|im_start|>assistant\nHel")
+    assert abs(np.exp(lp).sum() - 1) < 1e-9
+
+
+def test_generate_heal_and_errors(tiny_byte_lms):
+    blm = tiny_byte_lms["byte_level_bpe"]
+    out = blm.generate("The qu", max_new_bytes=20, seed=1, as_bytes=True)
+    assert isinstance(out, bytes) and len(out) <= 20
+    assert blm.generate("The qu", max_new_bytes=20, seed=1, as_bytes=True) == out  # seeded
+    greedy = blm.generate("The", max_new_bytes=16, temperature=0, as_bytes=True)
+    assert greedy == blm.generate("The", max_new_bytes=16, temperature=0, as_bytes=True)
+    assert blm.generate("The", max_new_bytes=40, temperature=0, stop=[greedy[3:6]], as_bytes=True) == greedy[:3]
+    healed = blm.heal("The qu")
+    # the healed bytes finish a token: prompt + healed is spelled by a valid sequence ending there
+    assert blm.canonical.is_valid(blm.vocab.decompose(b"The qu" + healed)) or healed == b""
+    with pytest.raises(TokenSurgeryError, match="fill-in-the-middle"):
+        blm.fill_in_middle("def f(", "):")
+    with pytest.raises(TokenSurgeryError, match="str or bytes"):
+        blm.score(123)
