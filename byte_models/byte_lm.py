@@ -76,6 +76,7 @@ class ByteScore:
 
     logprobs: np.ndarray
     eos_logprob: float | None = None
+    renormalisation: float = 0.0  # see ByteLM.score
 
     @property
     def total(self) -> float:
@@ -321,11 +322,9 @@ class ByteLM:
 
     # ---- public API: known text -------------------------------------------------------
 
-    def distributions(self, text: str | bytes, context: str | bytes = b"") -> np.ndarray:
-        """Log next-byte distributions at every position of `text` (len+1 rows; columns are
-        bytes 0..255 and EOS at 256) after the prompt `context`, from few batched calls."""
-        data = self._bytes(text)
-        ids, region = self._split(self._bytes(context))
+    def _accumulate(self, data: bytes, context: bytes) -> tuple[Accumulator, int]:
+        """Scaled next-byte masses at every position of region+data (see `distributions`)."""
+        ids, region = self._split(context)
         full = region + data
         root = self._root(ids)
         nodes = self._tree(root, full)
@@ -343,6 +342,14 @@ class ByteLM:
 
         last = max(nodes, key=lambda n: (n.end, -n.depth))
         self._evaluate_tree(nodes, last, on_node)
+        return acc, first
+
+    def distributions(self, text: str | bytes, context: str | bytes = b"") -> np.ndarray:
+        """Log next-byte distributions at every position of `text` (len+1 rows; columns are
+        bytes 0..255 and EOS at 256) after the prompt `context`, from few batched calls."""
+        data = self._bytes(text)
+        acc, first = self._accumulate(data, self._bytes(context))
+        self._last = (acc, first)
         out = acc.log_distributions()[first:]
         if data:
             picked = out[np.arange(len(data)), np.frombuffer(data, dtype=np.uint8)]
@@ -353,12 +360,25 @@ class ByteLM:
         return out
 
     def score(self, text: str | bytes, context: str | bytes = b"", eos: bool = False) -> ByteScore:
-        """Byte-level log-likelihood (natural log) of `text` after `context`, per byte and total;
-        with `eos`, the end of the text is scored too."""
+        """Byte-level log-likelihood (natural log) of `text` after `context`, per byte and
+        total; with `eos`, the end of the text is scored too. `renormalisation` is the total
+        minus the log-probability of the token sequences that spell the text exactly (with
+        EOS) or cover it (without): the log of the mass the canonical rule pruned on the way."""
         data = self._bytes(text)
         dist = self.distributions(data, context)
+        acc, _ = self._last
         picked = dist[np.arange(len(data)), np.frombuffer(data, dtype=np.uint8)] if data else np.zeros(0)
-        return ByteScore(picked, float(dist[-1, EOS]) if eos else None)
+        result = ByteScore(picked, float(dist[-1, EOS]) if eos else None)
+        n = len(acc.scale) - 1
+        with np.errstate(divide="ignore"):
+            if eos:
+                direct = math.log(acc.mass[n, EOS]) + acc.scale[n]
+            elif data:
+                direct = math.log(acc.mass[n - 1, data[-1]]) + acc.scale[n - 1]
+            else:
+                direct = 0.0
+        result.renormalisation = result.total - direct
+        return result
 
     def next_byte_logprobs(self, prefix: str | bytes, context: str | bytes = b"") -> np.ndarray:
         """Log-probabilities of the next byte (0..255) and of EOS (index 256) after `prefix`."""
@@ -527,7 +547,9 @@ class ByteStream:
             if len(rest) > index.max_len or hi <= lo:
                 continue
             probs = np.append(node.probs, node.eos)
-            shaped = sampling.apply(torch.from_numpy(np.log(np.maximum(probs, 0)))).numpy()
+            with np.errstate(divide="ignore"):
+                logs = torch.from_numpy(np.log(probs))
+            shaped = sampling.apply(logs).numpy()
             rows = lo + np.flatnonzero(index.next_byte[lo:hi, len(rest)] >= 0)
             for r in rows[np.isfinite(shaped[rows])]:
                 options.append((node.logp + shaped[r], node, int(index.ids[r])))

@@ -39,6 +39,10 @@ class TreeLM:
         self.dtype = next(model.parameters()).dtype
         # keep one call's float32 logits near 256 MiB
         self.max_query = max_query or max(16, min(512, (1 << 26) // self.vocab_rows))
+        import inspect
+
+        # transformers 5.x renames `past_key_values` to `cache`
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.calls = 0
         self.reset([])
 
@@ -75,7 +79,7 @@ class TreeLM:
         neg = torch.finfo(self.dtype).min
 
         def additive(ok):
-            return torch.where(ok, 0.0, neg).to(self.dtype)[None, None].to(self.device)
+            return torch.zeros(ok.shape, dtype=self.dtype).masked_fill(~ok, neg)[None, None].to(self.device)
 
         full = additive(allowed)
         if "sliding_attention" in self.layer_types and self.window:
@@ -92,7 +96,7 @@ class TreeLM:
             raise ValueError(f"query of {len(q.tokens)} tokens exceeds max_query={self.max_query}")
         mask, pos = self._masks(q)
         ids = torch.tensor([q.tokens], device=self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache, use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_arg: self.cache})
         self.calls += 1
         drop = len(q.tokens) - q.commit
         if drop:
