@@ -29,7 +29,7 @@ from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.kernels.surface_index import SurfaceIndex
 from tokensurgery.vocabulary import TokenKind, Vocabulary
 
-from .canonical import Canonical
+from .canonical import canonical_for
 from .cover_tree import EOS, Accumulator, Node, exact_children, node_groups, set_distribution
 from .token_model import Query, TreeLM
 
@@ -101,7 +101,7 @@ class ByteLM:
                  settle_bytes: int = 96, speculate: int = 8, name: str = ""):
         self.vocab = vocab
         self.name = name or vocab.name
-        self.canonical = Canonical(vocab)
+        self.canonical = canonical_for(vocab)
         self.index = SurfaceIndex(vocab.surface, np.flatnonzero(self.canonical.continuable).tolist())
         rows = model.get_output_embeddings().weight.shape[0]
         if rows < len(vocab):

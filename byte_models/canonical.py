@@ -90,3 +90,163 @@ class Canonical:
                 return False
             tail = self.tail(tail, t)
         return True
+
+
+def _merge_ranks(vocab: Vocabulary) -> dict[tuple[str, str], int] | None:
+    """{(left, right): rank} of a Hugging Face BPE tokenizer, or None for other models."""
+    import json
+
+    if vocab._hf is None:
+        return None
+    model = json.loads(vocab._hf.to_str())["model"]
+    if model.get("type") != "BPE" or model.get("ignore_merges") or model.get("dropout"):
+        return None
+    ranks: dict[tuple[str, str], int] = {}
+    for rank, m in enumerate(model.get("merges", [])):
+        pair = tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+        ranks.setdefault(pair, rank)
+    return ranks
+
+
+def _spines(chars: list[str], ranks: dict) -> tuple[bool, list, list]:
+    """Run BPE on one token's characters; return whether it ends as one symbol and the
+    left and right spines: the symbols that were leftmost / rightmost over time, each with
+    the merge rank that created it (-1 for a character) and the rank that absorbed it."""
+    parts = list(chars)
+    left, right, lborn, rborn = [], [], -1, -1
+    while len(parts) > 1:
+        best, best_rank = -1, None
+        for i in range(len(parts) - 1):
+            r = ranks.get((parts[i], parts[i + 1]))
+            if r is not None and (best_rank is None or r < best_rank):
+                best, best_rank = i, r
+        if best < 0:
+            break
+        if best == 0:
+            left.append((parts[0], lborn, best_rank))
+            lborn = best_rank
+        if best == len(parts) - 2:
+            right.append((parts[-1], rborn, best_rank))
+            rborn = best_rank
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    inf = np.iinfo(np.int64).max
+    left.append((parts[0], lborn, inf))
+    right.append((parts[-1], rborn, inf))
+    return len(parts) == 1, left, right
+
+
+class MergeCanonical(Canonical):
+    """The same rule, fast, for Hugging Face BPE: a pair (a, b) is invalid exactly when a
+    merge (r, q) joins a symbol r that is rightmost in a's derivation with a symbol q that
+    is leftmost in b's while both are alive (BPE applies the lowest-ranked merge first, the
+    leftmost on ties). Pairs the merges alone cannot decide (a pre-tokenizer regex acting
+    at a trailing space or apostrophe; byte-fallback characters) use the general check."""
+
+    def __init__(self, vocab: Vocabulary, ranks: dict[tuple[str, str], int]):
+        super().__init__(vocab)
+        self.ranks = ranks
+        symbol = {t: i for i, t in enumerate(vocab.tokens) if vocab.kinds[i] in (TokenKind.NORMAL, TokenKind.UNUSED)}
+        normal = [i for i in np.flatnonzero(self.continuable) if vocab.kinds[i] == TokenKind.NORMAL]
+        self.right: dict[int, list] = {}
+        entries = []  # (left symbol id, token, born, dies)
+        for i in normal:
+            ok, left, right = _spines(list(vocab.tokens[i]), ranks)
+            if not ok:
+                continue
+            self.right[i] = [(symbol.get(s, -1), born, dies) for s, born, dies in right]
+            entries += [(symbol.get(s, -1), i, born, dies) for s, born, dies in left]
+        e = np.array(entries, dtype=np.int64).reshape(-1, 4)
+        e = e[np.argsort(e[:, 0], kind="stable")]
+        self._lq, self._lb, self._lborn, self._ldies = e[:, 0], e[:, 1], e[:, 2], e[:, 3]
+        self._lstart = np.searchsorted(self._lq, np.arange(len(vocab) + 1))
+        by_left: dict[int, list] = {}
+        for (l, r), rank in ranks.items():
+            li, ri = symbol.get(l), symbol.get(r)
+            if li is not None and ri is not None:
+                by_left.setdefault(li, []).append((rank, ri))
+        self._merges = {li: np.array(sorted(v), dtype=np.int64) for li, v in by_left.items()}
+        pre = json_types_of(vocab)
+        self._regex = vocab.family.startswith("byte_level") and "ByteLevel" in pre
+        # tokens outside the merge table (byte fallback, added text tokens) are checked one by one
+        self._fallback_ids = np.array([i for i in np.flatnonzero(self.continuable) if vocab.kinds[i] != TokenKind.NORMAL],
+                                      dtype=np.int64)
+        # a regex run of punctuation may swallow the start of the next token (" (" + "'m")
+        self._punct_start = np.array([i for i in normal if _punct(vocab.surface[i], first=True)], dtype=np.int64)
+
+    def _check(self, tail: Tail, candidates: np.ndarray) -> np.ndarray:
+        return np.array([b for b in candidates if not self.valid_next(tail, int(b))], dtype=np.int64)
+
+    def _compute_invalid(self, tail: Tail) -> np.ndarray:
+        if not tail:
+            return np.zeros(0, dtype=np.int64)
+        a = tail[-1]
+        if self.is_fallback[a]:  # nothing merges across a byte-fallback character
+            return self._check(tail, self._fallback_ids)
+        if self.vocab.kinds[a] != TokenKind.NORMAL:
+            return super()._compute_invalid(tail)
+        surface = self.vocab.surface[a]
+        if a not in self.right or (self._regex and (_space(surface, first=False) or b"'" in surface)):
+            return super()._compute_invalid(tail)  # whitespace look-ahead, contractions: check every pair
+        found = []
+        if self._regex and _punct(surface, first=False):
+            found.append(self._check(tail, self._punct_start))
+        for r, born, dies in self.right[a]:
+            merges = self._merges.get(r)
+            if merges is None:
+                continue
+            live = merges[(merges[:, 0] > born) & (merges[:, 0] < dies)]
+            for mu, q in live:
+                lo, hi = self._lstart[q], self._lstart[q + 1]
+                if hi > lo:
+                    sel = (self._lborn[lo:hi] < mu) & (mu <= self._ldies[lo:hi])
+                    found.append(self._lb[lo:hi][sel])
+        if len(self._fallback_ids):
+            found.append(self._check(tail, self._fallback_ids))
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+def _punct(data: bytes, first: bool) -> bool:
+    """Does the token start (`first`) or end with a character of the regex's punctuation
+    class `[^\\s\\p{L}\\p{N}]`?"""
+    import unicodedata
+
+    text = data.decode("utf-8", "ignore")
+    if not text:
+        return False
+    ch = text[0] if first else text[-1]
+    return not _is_space(ch) and unicodedata.category(ch)[0] not in "LN"
+
+
+def _is_space(ch: str) -> bool:
+    """Unicode White_Space, the regex's `\\s` (Python's isspace also counts \\x1c-\\x1f)."""
+    return ch.isspace() and ch not in "\x1c\x1d\x1e\x1f"
+
+
+def _space(data: bytes, first: bool) -> bool:
+    text = data.decode("utf-8", "ignore")
+    return bool(text) and _is_space(text[0] if first else text[-1])
+
+
+def json_types_of(vocab: Vocabulary) -> set[str]:
+    """Component types in the tokenizer's pre-tokenizer (e.g. {'ByteLevel'})."""
+    import json
+
+    from tokensurgery.vocabulary import _json_types
+
+    return _json_types(json.loads(vocab._hf.to_str()).get("pre_tokenizer")) if vocab._hf is not None else set()
+
+
+def canonical_for(vocab: Vocabulary) -> Canonical:
+    """The fastest exact validity rule available for this vocabulary: merge spines for HF BPE
+    with no pre-tokenizer (Gemma) or GPT-2's ByteLevel regex alone (SmolLM2); the general
+    check for anything else (Llama-3/Tekken digit groups, WordPiece, Unigram, tiktoken)."""
+    import json
+
+    ranks = _merge_ranks(vocab)
+    if ranks:
+        pre = json.loads(vocab._hf.to_str()).get("pre_tokenizer")
+        types = json_types_of(vocab)
+        if pre is None or types == {"Split"} and pre.get("pattern") == {"String": " "} and not vocab.family.startswith("byte") \
+                or (types == {"ByteLevel"} and pre.get("use_regex", True)):
+            return MergeCanonical(vocab, ranks)
+    return Canonical(vocab)
