@@ -505,67 +505,71 @@ class ByteStream:
         if any(n.probs is None for n in live):
             self._look_ahead(must=[n for n in live if n.probs is None])
 
-    def _look_ahead(self, must: list[Node] = ()) -> None:
-        """Evaluate the nodes that must be known now plus the most likely future ones."""
+    def _look_ahead(self, must: Sequence[Node] = ()) -> None:
+        """Evaluate the nodes needed now plus the `speculate` future nodes most likely to be
+        needed: a token that continues a live node is ranked by the mass of all tokens that
+        start with its bytes (the chance that the text will pass through its end)."""
         targets = list(must)
         if self.speculate:
             index, cands = self.blm.index, []
             ref = max(n.logp for n in self.live)
             for node in self.live:
-                if node.probs is None:
-                    continue
                 rest = bytes(self.data[node.end :])
                 lo, hi = index.range(rest)
-                longer = lo + np.flatnonzero(index.next_byte[lo:hi, len(rest)] >= 0) if len(rest) <= index.max_len else []
-                if len(longer) == 0:
+                if node.probs is None or hi <= lo or len(rest) > index.max_len:
                     continue
-                w = node.probs[longer]
-                top = longer[np.argsort(-w)[: self.speculate]]
-                cands += [(math.exp(node.logp - ref) * node.probs[r], node, int(index.ids[r])) for r in top if node.probs[r] > 0]
+                rows = lo + np.flatnonzero(index.next_byte[lo:hi, len(rest)] >= 0)
+                rows = rows[np.argsort(-node.probs[rows])[: 4 * self.speculate]]
+                weight = math.exp(node.logp - ref)
+                for r in rows:
+                    tok = int(index.ids[r])
+                    child = node.children.get(tok)
+                    if node.probs[r] <= 0 or (child is not None and child.probs is not None):
+                        continue
+                    slo, shi = index.range(index.surfaces[r])
+                    cands.append((weight * (node.cum[shi] - node.cum[slo]), node, tok))
             cands.sort(key=lambda c: -c[0])
             for _, node, tok in cands[: self.speculate]:
                 child = node.children.get(tok)
                 if child is None:
-                    surf = self.blm.vocab.surface[tok]
-                    child = Node(node, tok, node.end + len(surf), math.nan, self.blm.canonical.tail(node.tail, tok), node.depth + 1)
+                    end = node.end + len(self.blm.vocab.surface[tok])
+                    child = Node(node, tok, end, math.nan, self.blm.canonical.tail(node.tail, tok), node.depth + 1)
                     node.children[tok] = child
                     self.blm._child_logp(node, child)
-                if child.probs is None:
-                    targets.append(child)
+                targets.append(child)
         commit = _common_ancestor(self.live)
         if targets or (commit is not None and not commit.committed):
             self.blm._evaluate(targets, commit=commit)
 
     def resolve(self, rng, sampling: Sampling) -> tuple[Node, int | None, bytes]:
-        """Draw one cover of the prefix: (node, token, bytes past the prefix); token None = EOS.
-        Node weights are the prompt's own probabilities; `sampling` reshapes each node's
-        next-token choice (temperature 0 takes the most likely cover)."""
-        index, options = self.blm.index, []
+        """Draw one cover of the prefix: (node, token, its bytes past the prefix); token None
+        means EOS. Covers are weighted by their exact probability, P(node) * p(token | node);
+        `sampling` reshapes that distribution (temperature 0: the most likely cover)."""
+        index, nodes, tokens, logw = self.blm.index, [], [], []
         for node in self.live:
             rest = bytes(self.data[node.end :])
             lo, hi = index.range(rest)
             if len(rest) > index.max_len or hi <= lo:
                 continue
-            probs = np.append(node.probs, node.eos)
-            with np.errstate(divide="ignore"):
-                logs = torch.from_numpy(np.log(probs))
-            shaped = sampling.apply(logs).numpy()
             rows = lo + np.flatnonzero(index.next_byte[lo:hi, len(rest)] >= 0)
-            for r in rows[np.isfinite(shaped[rows])]:
-                options.append((node.logp + shaped[r], node, int(index.ids[r])))
-            if not rest and np.isfinite(shaped[-1]):
-                options.append((node.logp + shaped[-1], node, None))
-        if not options:
+            rows = rows[node.probs[rows] > 0]
+            with np.errstate(divide="ignore"):
+                logw.append(node.logp + np.log(np.append(node.probs[rows], node.eos if not rest else 0.0)))
+            tokens.append(np.append(index.ids[rows], -1))
+            nodes += [node] * (len(rows) + 1)
+        if not nodes:
             raise ZeroProbability(f"no valid token continues the prompt under {self.blm.name}")
-        logw = np.array([o[0] for o in options])
+        logw, tokens = np.concatenate(logw), np.concatenate(tokens)
+        shaped = sampling.apply(torch.from_numpy(logw - logw.max()).log_softmax(-1)).numpy()
         if sampling.temperature <= 0:
-            pick = int(np.argmax(logw))
+            pick = int(np.argmax(shaped))
         else:
-            p = np.exp(logw - logw.max())
+            p = np.exp(shaped)
             pick = int(rng.choice(len(p), p=p / p.sum()))
-        _, node, tok = options[pick]
-        out = b"" if tok is None else self.blm.vocab.surface[tok][len(self.data) - node.end :]
-        return node, tok, out
+        node, tok = nodes[pick], int(tokens[pick])
+        if tok < 0:
+            return node, None, b""
+        return node, tok, self.blm.vocab.surface[tok][len(self.data) - node.end :]
 
 
 def _common_ancestor(nodes: Sequence[Node]) -> Node | None:

@@ -2,7 +2,8 @@
 
 A token sequence is *valid* when every token can be produced by the tokenizer alone
 (`decompose(surface) == [token]`) and every adjacent pair is the tokenizer's own split of
-the pair's bytes. For BPE without pre-tokenization this is exactly canonicality (a BPE
+the pair's bytes (for a pair ending in whitespace under a regex pre-tokenizer: of the
+pair's bytes, or of them followed by a letter, since the regex looks one character ahead). For BPE without pre-tokenization this is exactly canonicality (a BPE
 encoding is canonical iff all its adjacent pairs are; Berglund et al. 2023, Vieira et al.
 2025); with a pre-tokenizer regex the pair sees the regex too. SentencePiece byte
 fallback needs more than a pair: `<0xE4><0xB8><0xAD>` is canonical only if the character
@@ -52,11 +53,19 @@ class Canonical:
         for i in text:
             self.continuable[i] = vocab.decompose(vocab.surface[i]) == [i]
         self._invalid = lru_cache(maxsize=4096)(self._compute_invalid)
+        # regex pre-tokenizers look ahead at whitespace: `\\s+(?!\\S)` splits "\\n\\n\\n\\nL" as
+        # "\\n\\n\\n" + "\\n" + "L", so a step ending in whitespace is judged with a letter after it
+        # too, and a whitespace run is judged as a whole
+        self._lookahead = vocab.family.startswith("byte_level") or vocab.family == "tiktoken"
 
     # ---- tails ------------------------------------------------------------------------
 
     def tail(self, prev: Tail, token: int) -> Tail:
-        """The context that decides what may follow `prev + (token,)`."""
+        """The context that decides what may follow `prev + (token,)`: the token, or the
+        whole byte-fallback character / whitespace run it continues."""
+        surface = self.vocab.surface
+        if self._lookahead and prev and len(prev) < 16 and surface[token].isspace() and all(surface[t].isspace() for t in prev):
+            return prev + (token,)  # a regex reads a whitespace run as one piece
         if self.is_fallback[token] and prev and self.is_fallback[prev[-1]]:
             run = bytes(self.vocab.surface[t][0] for t in prev)
             if len(run) < utf8_length(run[0]) and 0x80 <= self.vocab.surface[token][0] < 0xC0:
@@ -70,7 +79,10 @@ class Canonical:
         if not tail:
             return True
         data = b"".join(self.vocab.surface[t] for t in tail) + self.vocab.surface[token]
-        return self.vocab.decompose(data) == list(tail) + [token]
+        want = list(tail) + [token]
+        if self.vocab.decompose(data) == want:
+            return True
+        return self._lookahead and data[-1:].isspace() and self.vocab.decompose(data + b"x")[: len(want)] == want
 
     def invalid_after(self, tail: Tail) -> np.ndarray:
         """Continuable token ids that may not follow `tail` (cached)."""
