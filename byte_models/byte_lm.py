@@ -390,48 +390,91 @@ class ByteLM:
         """A live cover tree after `prompt`: read `.logprobs()`, `.advance(byte)`, repeat."""
         return ByteStream(self, self._bytes(prompt), self.speculate if speculate is None else speculate)
 
-    def generate(self, prompt: str | bytes = b"", max_new_bytes: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, stop: Iterable[str | bytes] = (), seed: int | None = None, as_bytes: bool = False):
-        """Continue `prompt`, which may end mid-token or mid-character. The prompt's end is
-        resolved by drawing one covering token from the exact distribution, then tokens are
-        sampled as usual, each checked against the canonical rule. Sampling options act on
-        every generated token (temperature 0: the most likely one). Returns the new text."""
+    def generate(self, prompt: str | bytes | Sequence[str | bytes] = b"", max_new_bytes: int = 128, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, stop: Iterable[str | bytes] = (), seed: int | None = None,
+                 as_bytes: bool = False):
+        """Continue `prompt` (or each prompt of a list, batched), which may end mid-token or
+        mid-character. The prompt's end is resolved by drawing one covering token from the
+        exact byte-level distribution; then ordinary token sampling goes on (transformers'
+        `generate`, batched over prompts) with every step restricted to tokens the canonical
+        rule allows. Sampling options act on each token (temperature 0: greedy). Returns the
+        new text (a list for a list of prompts)."""
+        batch = isinstance(prompt, (list, tuple))
+        prompts = [self._bytes(p) for p in (prompt if batch else [prompt])]
         sampling = Sampling(temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
+        rows, outs, tails = [], [], []
+        for p in prompts:
+            stream = ByteStream(self, p, speculate=0)
+            node, token, out = stream.resolve(rng, sampling)
+            rows.append(None if token is None else stream.context + node.path() + [token])
+            tails.append(None if token is None else self.canonical.tail(node.tail, token))
+            outs.append(out)
+        live = [r for r, row in enumerate(rows) if row is not None]
+        budget = max_new_bytes - min((len(outs[r]) for r in live), default=0)
+        if live and budget > 0:
+            new = self._continue([rows[r] for r in live], [tails[r] for r in live], budget, sampling, seed, stop)
+            for r, data in zip(live, new):
+                outs[r] += data
         stops = [self._bytes(s) for s in stop]
-        stream = ByteStream(self, self._bytes(prompt), speculate=0)
-        node, token, out = stream.resolve(rng, sampling)
-        tail = self.canonical.tail(node.tail, token) if token is not None else None
-        if token is not None:
-            self._evaluate([], commit=node)
-        while token is not None and len(out) < max_new_bytes and not any(s in out for s in stops):
-            logprobs = self.lm.forward(Query([token], [-1], [len(self.lm.trunk)], commit=1))[0]
-            token = self._sample_token(logprobs, tail, sampling, rng)
-            if token is not None:
-                out += self.vocab.surface[token]
-                tail = self.canonical.tail(tail, token)
-        for s in stops:
-            if s in out:
-                out = out[: out.index(s)]
-        out = out[:max_new_bytes]
-        return out if as_bytes else out.decode("utf-8", "replace")
+        for r, out in enumerate(outs):
+            for s in stops:
+                if s in out:
+                    out = out[: out.index(s)]
+            outs[r] = out[:max_new_bytes] if as_bytes else out[:max_new_bytes].decode("utf-8", "replace")
+        return outs if batch else outs[0]
 
-    def _sample_token(self, logprobs: torch.Tensor, tail, sampling: Sampling, rng) -> int | None:
-        """One valid next token (None for end of text) from the reshaped distribution."""
-        allowed = torch.zeros(len(logprobs), dtype=torch.bool)
+    def _continue(self, rows: list[list[int]], tails: list, max_new_bytes: int, sampling: Sampling, seed, stop) -> list[bytes]:
+        """Token sampling with transformers' `generate` from token rows (left-padded), masked
+        to valid continuations; returns each row's new bytes."""
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        blm, width = self, max(map(len, rows))
+        allowed = torch.zeros(self.lm.vocab_rows, dtype=torch.bool)
         allowed[torch.from_numpy(self.index.ids)] = True
         allowed[self.eos] = True
-        lp = sampling.apply(logprobs.masked_fill(~allowed, -math.inf))
-        for _ in range(64):
-            p = lp.exp().numpy()
-            tok = int(np.argmax(p)) if sampling.temperature <= 0 else int(rng.choice(len(p), p=p / p.sum()))
-            if tok == self.eos:
-                return None
-            if self.canonical.valid_next(tail, tok):
-                return tok
-            lp[tok] = -math.inf  # rejection: sampling from the distribution restricted to valid tokens
-            lp = lp - torch.logsumexp(lp, 0)
-        return None
+        state = {"tails": list(tails), "seen": width}
+        stops = [self._bytes(s) for s in stop]
+
+        class Canonical(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                if input_ids.shape[1] > state["seen"]:  # one new token per row since the last call
+                    state["seen"] = input_ids.shape[1]
+                    for r, tok in enumerate(input_ids[:, -1].tolist()):
+                        if tok != blm.eos and state["tails"][r] is not None:
+                            state["tails"][r] = blm.canonical.tail(state["tails"][r], tok)
+                mask = (~allowed).repeat(len(scores), 1)
+                for r, tail in enumerate(state["tails"]):
+                    if tail is not None:
+                        mask[r, torch.from_numpy(blm.canonical.invalid_after(tail))] = True
+                return scores.masked_fill(mask.to(scores.device), -math.inf)
+
+        class Budget(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                done = []
+                for row in input_ids[:, width:].tolist():
+                    data = blm.vocab.decode_bytes(t for t in row if t != blm.eos)
+                    done.append(len(data) >= max_new_bytes or any(s in data for s in stops) or blm.eos in row)
+                return torch.tensor(done, device=input_ids.device)
+
+        ids = torch.full((len(rows), width), self.eos, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row):] = torch.tensor(row)
+            mask[r, width - len(row):] = 1
+        if seed is not None:
+            torch.manual_seed(seed)
+        options = dict(do_sample=sampling.temperature > 0, max_new_tokens=max_new_bytes, pad_token_id=self.eos,
+                       eos_token_id=self.eos, logits_processor=LogitsProcessorList([Canonical()]),
+                       stopping_criteria=StoppingCriteriaList([Budget()]))
+        if sampling.temperature > 0:
+            options.update(temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p)
+        else:
+            options.update(temperature=None, top_k=None, top_p=None)
+        model = self.lm.model
+        out = model.generate(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device), **options)
+        self.lm.calls += out.shape[1] - width
+        return [self.vocab.decode_bytes(t for t in row if t != self.eos) for row in out[:, width:].tolist()]
 
     def heal(self, prompt: str | bytes, temperature: float = 0.0, seed: int | None = None) -> bytes:
         """Prompt-boundary completion: the bytes that finish the token the prompt ends inside
@@ -461,6 +504,7 @@ class ByteStream:
         self.blm = blm
         self.speculate = speculate
         context, region = blm._split(prompt)
+        self.context = context
         self.data = bytearray(region)
         root = blm._root(context)
         nodes = blm._tree(root, region)

@@ -186,7 +186,8 @@ def test_generate_heal_and_errors(tiny_byte_lms):
     assert blm.generate("The qu", max_new_bytes=20, seed=1, as_bytes=True) == out  # seeded
     greedy = blm.generate("The", max_new_bytes=16, temperature=0, as_bytes=True)
     assert greedy == blm.generate("The", max_new_bytes=16, temperature=0, as_bytes=True)
-    assert blm.generate("The", max_new_bytes=40, temperature=0, stop=[greedy[3:6]], as_bytes=True) == greedy[:3]
+    stop = greedy[3:6]
+    assert blm.generate("The", max_new_bytes=40, temperature=0, stop=[stop], as_bytes=True) == greedy[: greedy.index(stop)]
     healed = blm.heal("The qu")
     # the healed bytes finish a token: prompt + healed is spelled by a valid sequence ending there
     assert blm.canonical.is_valid(blm.vocab.decompose(b"The qu" + healed)) or healed == b""
@@ -222,3 +223,39 @@ def test_fast_merge_rule_on_smollm2(smollm2_vocab):
     tails = [smollm2_vocab.encode(w)[-1] for w in words] + [int(t) for t in rng.choice(np.flatnonzero(fast.continuable), 8)]
     for t in tails:
         assert set(fast.invalid_after((t,)).tolist()) == set(slow.invalid_after((t,)).tolist()), smollm2_vocab.tokens[t]
+
+
+def test_ensemble_of_different_tokenizers(tiny_byte_lms):
+    """A mixture's per-byte probability is the weighted mean of the members'; a product is
+    their renormalised weighted geometric mean; both are normalised."""
+    from tokensurgery.byte_models import ensemble
+
+    a, b = tiny_byte_lms["byte_level_bpe"], tiny_byte_lms["sentencepiece_bpe"]
+    text = "The cat."
+    pa, pb = np.exp(a.distributions(text)), np.exp(b.distributions(text))
+    mix = np.exp(ensemble([a, b], "mix", [3, 1]).distributions(text))
+    assert np.allclose(mix, 0.75 * pa + 0.25 * pb, atol=1e-12)
+    prod = np.exp(ensemble([a, b], "product").distributions(text))
+    ref = np.sqrt(pa * pb)
+    assert np.allclose(prod, ref / ref.sum(-1, keepdims=True), atol=1e-12)
+    assert np.allclose(ensemble([a, b]).next_byte_logprobs("The c"), np.log(0.5 * np.exp(a.next_byte_logprobs("The c")) + 0.5 * np.exp(b.next_byte_logprobs("The c"))))
+    out = ensemble([a, b]).generate("The", max_new_bytes=8, seed=0, as_bytes=True)
+    assert len(out) <= 8
+    with pytest.raises(TokenSurgeryError, match="mode"):
+        ensemble([a, b], "avg")
+    with pytest.raises(TokenSurgeryError, match="weights"):
+        ensemble([a, b], weights=[1.0])
+
+
+def test_fill_in_middle_uses_fim_tokens(tmp_path):
+    from helpers import make_tiny_model, train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer("byte_level_bpe")
+    tok.add_special_tokens(["<fim_prefix>", "<fim_suffix>", "<fim_middle>"])
+    make_tiny_model(tmp_path, tok)
+    blm = ByteLM.from_pretrained(tmp_path, dtype="float64")
+    fim = [tok.token_to_id(t) for t in ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")]
+    ids, region = blm._split(b"<fim_prefix>def f(x):\n    ret<fim_suffix>\n<fim_middle>")
+    assert [i for i in ids if i in fim] == fim and ids[-1] == fim[2] and region == b""
+    out = blm.fill_in_middle("def f(x):\n    ret", "\n", max_new_bytes=12, seed=0, as_bytes=True)
+    assert isinstance(out, bytes) and len(out) <= 12
