@@ -177,3 +177,31 @@ def test_transplant_bad_input_one_line(tiny_model_dirs, tmp_path):
     (tmp_path / "e" / "keep").write_text("x")
     assert_one_line_error(run("transplant", base, donor, tmp_path / "e"), "already exists")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_bytes_commands_on_tiny_model(tiny_model_dirs, tmp_path):
+    folder = str(tiny_model_dirs["tied"])
+    r = CliRunner().invoke(cli, ["bytes", "next", folder, "The qu", "--top", "3"])
+    assert r.exit_code == 0, r.output
+    probs = [float(line.split()[-1]) for line in r.output.strip().splitlines()]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+    r = CliRunner().invoke(cli, ["bytes", "generate", folder, r"The\xc3", "--escapes", "--max-bytes", "5", "--seed", "0"])
+    assert r.exit_code == 0, r.output
+    text = tmp_path / "t.txt"
+    text.write_text("The cat sat on the mat.\n")
+    out = tmp_path / "s.json"
+    r = CliRunner().invoke(cli, ["bytes", "score", folder, str(tiny_model_dirs["bos"]), "--text", str(text),
+                                 "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["results"]
+    assert [row["model"].startswith("mix(") for row in rows] == [False, False, True]
+    assert all(row["bytes"] == 24 and row["bits_per_byte"] > 0 for row in rows)
+
+
+def test_bytes_bad_input(tiny_model_dirs):
+    r = CliRunner().invoke(cli, ["bytes", "score", str(tiny_model_dirs["tied"])])
+    assert r.exit_code == 2 and "--text" in r.output
+    r = CliRunner().invoke(cli, ["bytes", "next", str(tiny_model_dirs["tied"]), r"\x", "--escapes"])
+    assert r.exit_code == 2 and "escape" in r.output
+    r = CliRunner().invoke(cli, ["bytes", "score", str(tiny_model_dirs["tied"]), "--lang", "en", "--weights", "1,2"])
+    assert r.exit_code == 0  # one model: weights unused

@@ -285,6 +285,116 @@ def _eval_files(texts: tuple[Path, ...], langs: tuple[str, ...]) -> list[Path]:
     return files
 
 
+# ---- byte-level probabilities -----------------------------------------------------------------
+
+@cli.group("bytes")
+def bytes_() -> None:
+    """Exact byte-level probabilities from a tokenized model: score, sample, inspect.
+
+    MODEL is a bundled alias (smollm2-135m, gemma3-270m), a local folder or a .gguf file."""
+
+
+def _prompt_bytes(text: str, escapes: bool) -> bytes:
+    if not escapes:
+        return text.encode("utf-8")
+    import codecs
+
+    try:
+        return codecs.escape_decode(text.encode("utf-8"))[0]
+    except ValueError as e:
+        raise TokenSurgeryError(f"bad escape sequence in {text!r}: {e}") from None
+
+
+def _byte_lms(specs: tuple[str, ...], dtype: str, device: str):
+    from .byte_models import ByteLM
+
+    return [ByteLM.from_pretrained(spec, dtype=dtype, device=device) for spec in specs]
+
+
+_ESCAPES = click.option("--escapes", is_flag=True, help=r"Read \n, \t and \xNN in PROMPT (any byte, even invalid UTF-8).")
+_DTYPE = click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64", "bfloat16"]))
+_DEVICE = click.option("--device", default="cpu", show_default=True)
+
+
+@bytes_.command("score")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--text", "texts", multiple=True, type=click.Path(path_type=Path), help="UTF-8 text file; repeatable.")
+@click.option("--lang", "langs", multiple=True, help=_LANG_HELP)
+@click.option("--max-bytes", type=int, default=2000, show_default=True, help="Score the first N bytes of each text.")
+@click.option("--mode", default="mix", show_default=True, type=click.Choice(["mix", "product"]),
+              help="How several MODELS are combined per byte.")
+@click.option("--weights", help="Comma-separated ensemble weights (default: equal).")
+@_DTYPE
+@_DEVICE
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+def bytes_score(models, texts, langs, max_bytes, mode, weights, dtype, device, json_out) -> None:
+    """Byte-level bits per byte of one model, or of several combined (ensemble)."""
+    import time
+
+    from .byte_models import ensemble
+    from .evaluate import read_text_file
+
+    files = _eval_files(texts, langs)
+    if not files:
+        raise TokenSurgeryError("give at least one --text FILE or --lang CODE")
+    lms = _byte_lms(models, dtype, device)
+    w = [float(x) for x in weights.split(",")] if weights else None
+    scorers = [(m, lm) for m, lm in zip(models, lms)] + ([(f"{mode}({', '.join(models)})", ensemble(lms, mode, w))]
+                                                          if len(lms) > 1 else [])
+    rows = []
+    for f in files:
+        text = read_text_file(f, max_bytes)
+        for name, scorer in scorers:
+            start = time.time()
+            result = scorer.score(text)
+            rows.append({"text": Path(f).name, "model": name, "bytes": len(result.logprobs),
+                         "bits_per_byte": result.bits_per_byte, "seconds": time.time() - start})
+            click.echo(f"{Path(f).name:16s} {_short(name):24s} {rows[-1]['bytes']:7,d} bytes  "
+                       f"{result.bits_per_byte:.4f} bits/byte  ({rows[-1]['seconds']:.1f}s)")
+    if json_out:
+        json_out.write_text(json.dumps({"max_bytes": max_bytes, "mode": mode, "results": rows}, indent=2))
+
+
+@bytes_.command("generate")
+@click.argument("model")
+@click.argument("prompt")
+@click.option("--max-bytes", default=128, show_default=True, help="Stop after this many new bytes.")
+@click.option("--temperature", default=0.8, show_default=True, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0 = all).")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass.")
+@click.option("--stop", "stops", multiple=True, help="Stop at this string; repeatable.")
+@click.option("--seed", type=int, default=None)
+@_ESCAPES
+@_DTYPE
+@_DEVICE
+def bytes_generate(model, prompt, max_bytes, temperature, top_k, top_p, stops, seed, escapes, dtype, device) -> None:
+    """Continue PROMPT, which may end in the middle of a word or character: its end is
+    resolved exactly, then tokens are sampled as usual."""
+    (lm,) = _byte_lms((model,), dtype, device)
+    data = _prompt_bytes(prompt, escapes)
+    out = lm.generate(data, max_new_bytes=max_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
+                      stop=stops, seed=seed, as_bytes=True)
+    click.echo(data.decode("utf-8", "replace") + click.style(out.decode("utf-8", "replace"), bold=True))
+
+
+@bytes_.command("next")
+@click.argument("model")
+@click.argument("prefix")
+@click.option("--top", default=10, show_default=True, help="How many bytes to list.")
+@_ESCAPES
+@_DTYPE
+@_DEVICE
+def bytes_next(model, prefix, top, escapes, dtype, device) -> None:
+    """The exact distribution of the byte after PREFIX (most likely first)."""
+    import numpy as np
+
+    (lm,) = _byte_lms((model,), dtype, device)
+    lp = lm.next_byte_logprobs(_prompt_bytes(prefix, escapes))
+    for i in np.argsort(-lp)[:top]:
+        label = "EOS" if i == 256 else repr(bytes([i]))
+        click.echo(f"{label:8s} {np.exp(lp[i]):.6f}")
+
+
 def _short(spec: str) -> str:
     return spec if len(spec) <= 24 else "…" + spec[-23:]
 
