@@ -125,7 +125,8 @@ class ByteLM:
 
         folder = resolve_model(spec, progress=False)
         model, _ = load_causal_lm(folder, dtype=dtype, device=device)
-        return cls(model, Vocabulary.load(folder), name=str(spec), **kwargs)
+        kwargs.setdefault("name", str(spec))
+        return cls(model, Vocabulary.load(folder), **kwargs)
 
     def _special_id(self, content: str) -> int | None:
         for i, t in enumerate(self.vocab.tokens):

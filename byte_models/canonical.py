@@ -57,6 +57,15 @@ class Canonical:
         # "\\n\\n\\n" + "\\n" + "L", so a step ending in whitespace is judged with a letter after it
         # too, and a whitespace run is judged as a whole
         self._lookahead = vocab.family.startswith("byte_level") or vocab.family == "tiktoken"
+        self._batchable = False
+        if vocab._hf is not None and vocab.family.startswith("byte_level"):
+            import json
+            import re
+
+            spec = json.loads(vocab._hf.to_str())
+            added = [a["content"] for a in spec.get("added_tokens", [])]
+            self._batchable = spec.get("normalizer") is None
+            self._added = re.compile("|".join(map(re.escape, added)) if added else r"(?!)")
 
     # ---- tails ------------------------------------------------------------------------
 
@@ -91,8 +100,33 @@ class Canonical:
     def _compute_invalid(self, tail: Tail) -> np.ndarray:
         if not tail:
             return np.zeros(0, dtype=np.int64)
-        ids = np.flatnonzero(self.continuable)
-        return np.array([i for i in ids if not self.valid_next(tail, int(i))], dtype=np.int64)
+        return self._check(tail, np.flatnonzero(self.continuable))
+
+    def _check(self, tail: Tail, candidates: np.ndarray) -> np.ndarray:
+        """The candidates that may not follow `tail`, by `valid_next`; for byte-level BPE the
+        tokenizer's own batch encoder does the same splits (pre-tokenizer, then model)."""
+        if not self._batchable or len(candidates) < 256:
+            return np.array([b for b in candidates if not self.valid_next(tail, int(b))], dtype=np.int64)
+        surface, want = self.vocab.surface, list(tail)
+        prefix = b"".join(surface[t] for t in tail)
+        texts, ids, slow = [], [], []
+        for b in candidates.tolist():
+            data = prefix + surface[b]
+            text = data.decode("utf-8", "ignore")
+            if len(text.encode()) != len(data) or self._added.search(text):
+                slow.append(b)  # broken UTF-8 or an added token's text: the one-by-one path
+            else:
+                texts.append(text)
+                ids.append(b)
+        bad, probe = [], []
+        for b, text, enc in zip(ids, texts, self.vocab._hf.encode_batch(texts, add_special_tokens=False)):
+            if enc.ids != want + [b]:
+                (probe if self._lookahead and text.encode()[-1:].isspace() else bad).append((b, text))
+        if probe:
+            encs = self.vocab._hf.encode_batch([t + "x" for _, t in probe], add_special_tokens=False)
+            bad += [(b, t) for (b, t), enc in zip(probe, encs) if enc.ids[: len(want) + 1] != want + [b]]
+        bad_ids = [b for b, _ in bad] + [b for b in slow if not self.valid_next(tail, b)]
+        return np.array(sorted(bad_ids), dtype=np.int64)
 
     def is_valid(self, tokens: list[int]) -> bool:
         """Is the whole sequence valid (every token continuable, every step allowed)?"""
@@ -184,9 +218,6 @@ class MergeCanonical(Canonical):
                                       dtype=np.int64)
         # a regex run of punctuation may swallow the start of the next token (" (" + "'m")
         self._punct_start = np.array([i for i in normal if _punct(vocab.surface[i], first=True)], dtype=np.int64)
-
-    def _check(self, tail: Tail, candidates: np.ndarray) -> np.ndarray:
-        return np.array([b for b in candidates if not self.valid_next(tail, int(b))], dtype=np.int64)
 
     def _compute_invalid(self, tail: Tail) -> np.ndarray:
         if not tail:

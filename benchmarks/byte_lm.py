@@ -1,0 +1,256 @@
+"""Byte-level probabilities (ByteLM): speed per mode, prompt-boundary quality, ensemble.
+
+One run, both bundled models, float32, this machine:
+  * generation: transformers' greedy `generate` vs `ByteLM.generate` on the same prompts,
+    batch 1 (prompts one after another) and batch 8 (one batched call);
+  * scoring a known text (`ByteLM.score`, per-byte conditionals of every prefix);
+  * streaming next-byte distributions (`ByteLM.stream`), without and with look-ahead;
+  * prompt boundaries: prompts cut inside a word (English prose, Python stdlib code):
+    log-likelihood of the rest of the word and exact match of the greedy completion for
+    the exact method, naive tokenization, and transformers' `token_healing=True`;
+  * ensemble: bits per byte of SmolLM2 + Gemma-3 (mix, product) vs each alone.
+Reference: ByteSampler streams ~12.5 bytes/s with SmolLM2-135M on this machine (one model
+call per byte; figure from the issue, not re-run here: it is not on PyPI).
+
+    .venv/bin/python benchmarks/byte_lm.py [--quick] [--out results/byte_lm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokensurgery.assets import corpus_text, resolve_model
+from tokensurgery.byte_models import ByteLM, ensemble
+from tokensurgery.evaluate import load_causal_lm
+
+BYTESAMPLER_BPS = 12.5
+PROMPTS = ["The capital of France is", "Once upon a time, there was a", "def fibonacci(n):\n    ret",
+           "import numpy as", "The meaning of life is", "In the beginning God cre", "class Stack:\n    def __init__(self",
+           "She opened the door and saw a"]
+
+
+def held_out(lang: str, n: int, skip: int = 30_000) -> str:
+    """Text from deep inside a bundled corpus (the tests and demos use its start)."""
+    text = corpus_text(lang, skip + n + 100)[skip:].encode()
+    return text[:n].decode("utf-8", "ignore")
+
+
+def plain_generate(model, tok_ids: list[list[int]], new_tokens: int, pad: int) -> tuple[list[bytes], float, int]:
+    width = max(map(len, tok_ids))
+    ids = torch.full((len(tok_ids), width), pad)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(tok_ids):
+        ids[r, width - len(row):] = torch.tensor(row)
+        mask[r, width - len(row):] = 1
+    start = time.time()
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=pad)
+    return out[:, width:].tolist(), time.time() - start, new_tokens + 0
+
+
+def bench_model(name: str, quick: bool) -> dict:
+    folder = resolve_model(name, progress=False)
+    t0 = time.time()
+    blm = ByteLM.from_pretrained(folder, name=name)
+    load_s = time.time() - t0
+    model, vocab = blm.lm.model, blm.vocab
+    res = {"model": name, "load_seconds": load_s}
+    n_new = 32 if quick else 64  # tokens for plain generate; ours gets the same number of bytes it produced
+
+    # ---- generation -----------------------------------------------------------------
+    gen = {}
+    rows = [[blm.start] + vocab.encode(p) for p in PROMPTS]
+    blm.generate(PROMPTS[0], max_new_bytes=8, temperature=0)  # warm-up (lazy validity rows, threads)
+    for batch in (1, 8):
+        outs, secs = [], 0.0
+        for chunk in ([[r] for r in rows] if batch == 1 else [rows]):
+            o, s, _ = plain_generate(model, chunk, n_new, blm.eos)
+            outs += o
+            secs += s
+        plain_bytes = sum(len(vocab.decode_bytes(t for t in o if t != blm.eos)) for o in outs)
+        target = max(1, plain_bytes // len(PROMPTS))
+        calls0, start = blm.lm.calls, time.time()
+        if batch == 1:
+            ours = [blm.generate(p, max_new_bytes=target, temperature=0, as_bytes=True) for p in PROMPTS]
+        else:
+            ours = blm.generate(PROMPTS, max_new_bytes=target, temperature=0, as_bytes=True)
+        ours_s, ours_calls = time.time() - start, blm.lm.calls - calls0
+        ours_bytes = sum(map(len, ours))
+        gen[batch] = {"plain_bytes_per_s": plain_bytes / secs, "plain_calls_per_byte": n_new * (len(PROMPTS) if batch == 1 else 1) / plain_bytes,
+                      "ours_bytes_per_s": ours_bytes / ours_s, "ours_calls_per_byte": ours_calls / ours_bytes,
+                      "ratio": (ours_bytes / ours_s) / (plain_bytes / secs)}
+        print(f"[{name}] generate batch {batch}: plain {gen[batch]['plain_bytes_per_s']:.1f} B/s, ours "
+              f"{gen[batch]['ours_bytes_per_s']:.1f} B/s ({gen[batch]['ratio']:.2f}x)", flush=True)
+    res["generate"] = gen
+
+    # ---- scoring ----------------------------------------------------------------------
+    n_score = 1000 if quick else 3000
+    score = {}
+    for label, lang in (("cold_en", "en"), ("warm_de", "de"), ("py", "py")):
+        text = held_out(lang, n_score)
+        calls0, start = blm.lm.calls, time.time()
+        s = blm.score(text)
+        secs = time.time() - start
+        n = len(text.encode())
+        score[label] = {"bytes": n, "bytes_per_s": n / secs, "calls_per_byte": (blm.lm.calls - calls0) / n,
+                        "bits_per_byte": s.bits_per_byte, "x_bytesampler": n / secs / BYTESAMPLER_BPS}
+        print(f"[{name}] score {label}: {n / secs:.0f} B/s, {(blm.lm.calls - calls0) / n:.3f} calls/B, "
+              f"{s.bits_per_byte:.3f} bpb", flush=True)
+    res["score"] = score
+
+    # ---- streaming ----------------------------------------------------------------------
+    stream_text = held_out("en", 120 if quick else 300, skip=40_000).encode()
+    streams = {}
+    for k in (0, 8):
+        st = blm.stream(b"It was a", speculate=k)
+        calls0, start = blm.lm.calls, time.time()
+        for b in stream_text:
+            st.logprobs()
+            st.advance(b)
+        secs = time.time() - start
+        streams[k] = {"bytes_per_s": len(stream_text) / secs, "calls_per_byte": (blm.lm.calls - calls0) / len(stream_text),
+                      "x_bytesampler": len(stream_text) / secs / BYTESAMPLER_BPS}
+        print(f"[{name}] stream speculate={k}: {streams[k]['bytes_per_s']:.1f} B/s, {streams[k]['calls_per_byte']:.2f} calls/B",
+              flush=True)
+    res["stream"] = streams
+
+    # ---- prompt boundaries ------------------------------------------------------------------
+    res["boundary"] = boundary(blm, folder, 6 if quick else 20)
+    return res, blm
+
+
+def cut_points(text: str, n: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, rest of the word) pairs cut inside words of 5+ identifier characters."""
+    rng = random.Random(seed)
+    words = [m for m in re.finditer(r"[A-Za-z_][A-Za-z_0-9]{4,}", text) if m.start() > 200]
+    out = []
+    for m in rng.sample(words, min(n, len(words))):
+        cut = m.start() + rng.randint(1, len(m.group()) - 2)
+        out.append((text[max(0, cut - 400) : cut], text[cut : m.end()]))
+    return out
+
+
+def boundary(blm: ByteLM, folder: Path, n: int) -> dict:
+    """Log-likelihood of the rest of a cut word and greedy exact match, three ways."""
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(folder)
+    model, vocab = blm.lm.model, blm.vocab
+    table = {}
+    for label, lang in (("prose", "en"), ("code", "py")):
+        pairs = cut_points(held_out(lang, 20_000, skip=10_000), n, seed=0)
+        ll = {"exact": [], "naive": []}
+        hit = {"exact": 0, "naive": 0, "token_healing": 0}
+        for prompt, rest in pairs:
+            ll["exact"].append(blm.score(rest, context=prompt).total)
+            p_ids, r_ids = vocab.encode(prompt), vocab.encode(rest)
+            seq = torch.tensor([[blm.start, *p_ids, *r_ids]])
+            with torch.no_grad():
+                lp = model(seq).logits[0, :-1].double().log_softmax(-1)
+            ll["naive"].append(float(lp[torch.arange(len(p_ids), len(p_ids) + len(r_ids)), seq[0, len(p_ids) + 1:]].sum()))
+            want = rest.encode()
+            hit["exact"] += blm.generate(prompt, max_new_bytes=len(want), temperature=0, as_bytes=True) == want
+            ids = torch.tensor([[blm.start, *p_ids]])
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(want), do_sample=False,
+                                 pad_token_id=blm.eos)
+            hit["naive"] += vocab.decode_bytes(out[0, ids.shape[1]:].tolist())[: len(want)] == want
+            enc = hf_tok(prompt, return_tensors="pt")
+            try:
+                out = model.generate(**enc, max_new_tokens=len(want), do_sample=False, token_healing=True,
+                                     tokenizer=hf_tok, pad_token_id=blm.eos)
+                full = vocab.decode_bytes(t for t in out[0].tolist() if vocab.kinds[t].value != "special")
+                hit["token_healing"] += full.endswith(want) or (prompt.encode() + want) in full
+            except Exception as e:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
+                hit["token_healing"] = f"failed: {type(e).__name__}: {str(e)[:80]}"
+        table[label] = {"n": len(pairs), "mean_loglik_nats": {k: float(np.mean(v)) for k, v in ll.items()},
+                        "exact_match": {k: (v / len(pairs) if isinstance(v, int) else v) for k, v in hit.items()}}
+        print(f"[{blm.name}] boundary {label}: {table[label]}", flush=True)
+    return table
+
+
+def bench_ensemble(lms: list[ByteLM], quick: bool) -> dict:
+    out = {}
+    n = 600 if quick else 1500
+    for lang in ("en", "de", "py"):
+        text = held_out(lang, n, skip=50_000)
+        dists = [m.distributions(text) for m in lms]
+        row = {}
+        from tokensurgery.byte_models.ensemble import combine
+
+        data = np.frombuffer(text.encode(), dtype=np.uint8)
+        for name, d in [(m.name, d) for m, d in zip(lms, dists)] + \
+                [("mix", combine(dists, np.array([0.5, 0.5]), "mix")), ("product", combine(dists, np.array([0.5, 0.5]), "product"))]:
+            row[name] = -float(d[np.arange(len(data)), data].sum()) / math.log(2) / len(data)
+        out[lang] = row
+        print(f"[ensemble] {lang}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    return out
+
+
+def write_markdown(results: dict, path: Path, command: str) -> None:
+    lines = ["# Byte-level probabilities (ByteLM)", "", f"Command: `{command}`", "",
+             f"2-core CPU, float32. ByteSampler reference: {BYTESAMPLER_BPS} bytes/s streaming with SmolLM2-135M "
+             "(figure from the issue; not re-run).", ""]
+    lines += ["## Speed", "", "| model | mode | batch | bytes/s | calls/byte | vs reference |", "|---|---|---|---|---|---|"]
+    for r in results["models"]:
+        for b, g in r["generate"].items():
+            lines.append(f"| {r['model']} | plain `model.generate` (greedy) | {b} | {g['plain_bytes_per_s']:.1f} | "
+                         f"{g['plain_calls_per_byte']:.3f} | |")
+            lines.append(f"| {r['model']} | ByteLM.generate (greedy) | {b} | {g['ours_bytes_per_s']:.1f} | "
+                         f"{g['ours_calls_per_byte']:.3f} | {g['ratio']:.2f}x plain |")
+        for label, s in r["score"].items():
+            lines.append(f"| {r['model']} | score ({label}, {s['bytes']} B) | 1 | {s['bytes_per_s']:.0f} | "
+                         f"{s['calls_per_byte']:.3f} | {s['x_bytesampler']:.1f}x ByteSampler |")
+        for k, s in r["stream"].items():
+            lines.append(f"| {r['model']} | stream (look-ahead {k}) | 1 | {s['bytes_per_s']:.1f} | "
+                         f"{s['calls_per_byte']:.2f} | {s['x_bytesampler']:.2f}x ByteSampler |")
+    lines += ["", "## Prompt boundaries (prompts cut inside a word)", "",
+              "| model | text | n | loglik exact | loglik naive | greedy match exact | naive | token_healing |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in results["models"]:
+        for label, b in r["boundary"].items():
+            em = b["exact_match"]
+            fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+            lines.append(f"| {r['model']} | {label} | {b['n']} | {b['mean_loglik_nats']['exact']:.2f} | "
+                         f"{b['mean_loglik_nats']['naive']:.2f} | {fmt(em['exact'])} | {fmt(em['naive'])} | {fmt(em['token_healing'])} |")
+    lines += ["", "Log-likelihoods are mean nats of the rest of the word (higher is better).", "",
+              "## Ensemble: bits per byte on held-out text", "", "| text | " + " | ".join(results["ensemble"]["en"]) + " |",
+              "|---" * (1 + len(results["ensemble"]["en"])) + "|"]
+    for lang, row in results["ensemble"].items():
+        lines.append(f"| {lang} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="Smaller texts and fewer cut points (a smoke run).")
+    ap.add_argument("--models", default="smollm2-135m,gemma3-270m")
+    ap.add_argument("--out", default="results/byte_lm", type=Path, help="Writes OUT.json and OUT.md.")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    command = "python " + " ".join(sys.argv)
+    print(command, flush=True)
+    results, lms = {"command": command, "models": []}, []
+    for name in args.models.split(","):
+        r, blm = bench_model(name, args.quick)
+        results["models"].append(r)
+        lms.append(blm)
+    results["ensemble"] = bench_ensemble(lms, args.quick) if len(lms) > 1 else {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
+    if results["ensemble"]:
+        write_markdown(results, args.out.with_suffix(".md"), command)
+    print(f"wrote {args.out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
