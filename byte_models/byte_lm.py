@@ -212,9 +212,10 @@ class ByteLM:
         p = node.probs[self.index.position[child.token]]
         child.logp = node.logp + math.log(p) if p > 0 else -math.inf
 
-    def _evaluate(self, targets: Sequence[Node], commit: Node | None = None) -> None:
+    def _evaluate(self, targets: Sequence[Node], commit: Node | None = None, full=None) -> None:
         """Give every target its next-token distribution in as few calls as fit; `commit`
-        (a descendant of the trunk's last node) and its ancestors join the trunk."""
+        (a descendant of the trunk's last node) and its ancestors join the trunk. Nodes for
+        which `full(node)` is false only pass log-probabilities on to their children."""
         chain: list[Node] = []
         n = commit
         while n is not None and not n.committed:
@@ -243,7 +244,11 @@ class ByteLM:
                 node.committed, node.trunk_pos = True, base + i + 1
             for i, node in enumerate(nodes):  # parents come before children
                 if node.probs is None:
-                    self._set(node, out[i])
+                    if full is None or full(node):
+                        self._set(node, out[i])
+                    else:
+                        for child in node.children.values():
+                            child.logp = node.logp + float(out[i][child.token])
             chain, pending = [], rest
 
     @staticmethod
@@ -295,7 +300,7 @@ class ByteLM:
                     by_end[child.end].append(child)
         return ordered
 
-    def _evaluate_tree(self, nodes: list[Node], commit_to: Node | None, on_node=None) -> None:
+    def _evaluate_tree(self, nodes: list[Node], commit_to: Node | None, on_node=None, full=None) -> None:
         """Evaluate all nodes (ordered by end) in chunks; the branch to `commit_to` joins the
         trunk as it goes so side branches fork from the KV cache. `on_node(node)` runs once a
         node's distribution and log-probability are both known."""
@@ -316,7 +321,7 @@ class ByteLM:
             for node in chunk:
                 if id(node) in main:
                     commit = node
-            self._evaluate(chunk, commit=commit)
+            self._evaluate(chunk, commit=commit, full=full)
             if on_node:
                 for node in chunk:
                     on_node(node)
@@ -404,17 +409,20 @@ class ByteLM:
         prompts = [self._bytes(p) for p in (prompt if batch else [prompt])]
         sampling = Sampling(temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
-        rows, outs, tails = [], [], []
+        rows, outs, tails, cache = [], [], [], None
         for p in prompts:
             stream = ByteStream(self, p, speculate=0)
             node, token, out = stream.resolve(rng, sampling)
+            if not batch and token is not None:  # hand the KV cache of context + node over to `generate`
+                self._evaluate([], commit=node)
+                cache = self.lm.cache
             rows.append(None if token is None else stream.context + node.path() + [token])
             tails.append(None if token is None else self.canonical.tail(node.tail, token))
             outs.append(out)
         live = [r for r, row in enumerate(rows) if row is not None]
         budget = max_new_bytes - min((len(outs[r]) for r in live), default=0)
         if live and budget > 0:
-            new = self._continue([rows[r] for r in live], [tails[r] for r in live], budget, sampling, seed, stop)
+            new = self._continue([rows[r] for r in live], [tails[r] for r in live], budget, sampling, seed, stop, cache)
             for r, data in zip(live, new):
                 outs[r] += data
         stops = [self._bytes(s) for s in stop]
@@ -425,9 +433,11 @@ class ByteLM:
             outs[r] = out[:max_new_bytes] if as_bytes else out[:max_new_bytes].decode("utf-8", "replace")
         return outs if batch else outs[0]
 
-    def _continue(self, rows: list[list[int]], tails: list, max_new_bytes: int, sampling: Sampling, seed, stop) -> list[bytes]:
+    def _continue(self, rows: list[list[int]], tails: list, max_new_bytes: int, sampling: Sampling, seed, stop,
+                  cache=None) -> list[bytes]:
         """Token sampling with transformers' `generate` from token rows (left-padded), masked
-        to valid continuations; returns each row's new bytes."""
+        to valid continuations; returns each row's new bytes. `cache` (one row) holds the KV
+        of all but the row's last token."""
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         blm, width = self, max(map(len, rows))
@@ -472,8 +482,15 @@ class ByteLM:
             options.update(temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p)
         else:
             options.update(temperature=None, top_k=None, top_p=None)
+        if cache is not None:
+            if cache.get_seq_length() != width - 1 or self.lm.trunk != rows[0][:-1]:
+                cache = None  # not the row's prefix after all: let `generate` prefill
+            else:
+                options[self.lm._cache_arg] = cache
         model = self.lm.model
         out = model.generate(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device), **options)
+        if cache is not None:
+            self.lm.reset([])  # `generate` grew the trunk's cache: start clean next time
         self.lm.calls += out.shape[1] - width
         return [self.vocab.decode_bytes(t for t in row if t != self.eos) for row in out[:, width:].tolist()]
 
@@ -510,8 +527,9 @@ class ByteStream:
         root = blm._root(context)
         nodes = blm._tree(root, region)
         reach = [n for n in nodes if n.end == len(region) or blm.index.range(region[n.end:])[1] > blm.index.range(region[n.end:])[0]]
-        blm._evaluate_tree(nodes, _common_ancestor(reach) if reach else None)
-        self.live = [n for n in nodes if self._is_live(n)]
+        near = {id(n) for n in reach}  # only these can be live: the rest just pass on log-probabilities
+        blm._evaluate_tree(nodes, _common_ancestor(reach) if reach else None, full=lambda n: id(n) in near)
+        self.live = [n for n in nodes if n.probs is not None and self._is_live(n)]
         for n in nodes:
             if not any(n is m for m in self.live):
                 n.probs = n.cum = None
