@@ -527,8 +527,13 @@ class ByteStream:
         root = blm._root(context)
         nodes = blm._tree(root, region)
         reach = [n for n in nodes if n.end == len(region) or blm.index.range(region[n.end:])[1] > blm.index.range(region[n.end:])[0]]
-        near = {id(n) for n in reach}  # only these can be live: the rest just pass on log-probabilities
-        blm._evaluate_tree(nodes, _common_ancestor(reach) if reach else None, full=lambda n: id(n) in near)
+        # Only nodes in `reach` can be live. Their common ancestor's probability is a common
+        # factor, so only its subtree is evaluated (the path to it joins the trunk); inside
+        # it, nodes outside `reach` just pass log-probabilities on to their children.
+        top = _common_ancestor(reach) if reach else root
+        nodes = [n for n in nodes if _descends(n, top)]
+        near = {id(n) for n in reach}
+        blm._evaluate(nodes, commit=top, full=lambda n: id(n) in near)
         self.live = [n for n in nodes if n.probs is not None and self._is_live(n)]
         for n in nodes:
             if not any(n is m for m in self.live):
@@ -633,6 +638,15 @@ class ByteStream:
         if tok < 0:
             return node, None, b""
         return node, tok, self.blm.vocab.surface[tok][len(self.data) - node.end :]
+
+
+def _descends(node: Node, ancestor: Node) -> bool:
+    """Is `ancestor` the node itself or one of its ancestors?"""
+    while node is not None and node.depth >= ancestor.depth:
+        if node is ancestor:
+            return True
+        node = node.parent
+    return False
 
 
 def _common_ancestor(nodes: Sequence[Node]) -> Node | None:
