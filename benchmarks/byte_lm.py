@@ -151,6 +151,7 @@ def boundary(blm: ByteLM, folder: Path, n: int) -> dict:
         pairs = cut_points(held_out(lang, 20_000, skip=10_000), n, seed=0)
         ll = {"exact": [], "naive": []}
         hit = {"exact": 0, "naive": 0, "token_healing": 0}
+        failed = None
         for prompt, rest in pairs:
             ll["exact"].append(blm.score(rest, context=prompt).total)
             p_ids, r_ids = vocab.encode(prompt), vocab.encode(rest)
@@ -165,15 +166,17 @@ def boundary(blm: ByteLM, folder: Path, n: int) -> dict:
                                  pad_token_id=blm.eos)
             hit["naive"] += vocab.decode_bytes(out[0, ids.shape[1]:].tolist())[: len(want)] == want
             enc = hf_tok(prompt, return_tensors="pt")
-            try:
-                out = model.generate(**enc, max_new_tokens=len(want), do_sample=False, token_healing=True,
+            try:  # healing re-tokenizes the prompt itself, so no attention mask goes in
+                out = model.generate(input_ids=enc.input_ids, max_new_tokens=len(want), do_sample=False, token_healing=True,
                                      tokenizer=hf_tok, pad_token_id=blm.eos)
                 full = vocab.decode_bytes(t for t in out[0].tolist() if vocab.kinds[t].value != "special")
-                hit["token_healing"] += full.endswith(want) or (prompt.encode() + want) in full
+                hit["token_healing"] += (prompt.strip().encode() + want) in full
             except Exception as e:  # noqa: BLE001 - a baseline that cannot run is reported, not fatal
-                hit["token_healing"] = f"failed: {type(e).__name__}: {str(e)[:80]}"
+                failed = f"failed: {type(e).__name__}: {str(e)[:80]}"
         table[label] = {"n": len(pairs), "mean_loglik_nats": {k: float(np.mean(v)) for k, v in ll.items()},
-                        "exact_match": {k: (v / len(pairs) if isinstance(v, int) else v) for k, v in hit.items()}}
+                        "exact_match": {k: v / len(pairs) for k, v in hit.items()}}
+        if failed:
+            table[label]["exact_match"]["token_healing"] = failed
         print(f"[{blm.name}] boundary {label}: {table[label]}", flush=True)
     return table
 

@@ -305,3 +305,44 @@ def test_real_model_identity_greedy_and_stream(real_byte_lms, name):
     assert np.allclose(stream.logprobs(), blm.distributions(data)[-1], atol=1e-4)
     p = np.exp(blm.next_byte_logprobs(b"Die Stra\xc3"))  # inside "ß"
     assert abs(p.sum() - 1) < 1e-9 and p[0x80:0xC0].sum() > 0.99
+
+
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@pytest.fixture(scope="module")
+def tiktoken_byte_lm(tiny_tokenizers):
+    """A tiktoken vocabulary with the Llama-3/Tekken-style regex (digit groups of three,
+    case-insensitive contractions), ranks taken from the tiny byte-level BPE's merges."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tokensurgery.vocabulary import BYTE_TO_CHAR, CHAR_TO_BYTE, Vocabulary
+
+    spec = json.loads(tiny_tokenizers["byte_level_bpe"].to_str())
+    ranks = {bytes([b]): b for b in range(256)}
+    for m in spec["model"]["merges"]:
+        left, right = m.split(" ", 1) if isinstance(m, str) else m
+        data = bytes(CHAR_TO_BYTE[c] for c in left + right)
+        ranks.setdefault(data, len(ranks))
+    assert all(BYTE_TO_CHAR[b] for b in range(256))
+    vocab = Vocabulary._from_ranks(ranks, LLAMA3_PATTERN, {"<s>": len(ranks), "</s>": len(ranks) + 1}, 0, "tiny-tiktoken")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    model = LlamaForCausalLM(config).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return ByteLM(model, vocab, start="<s>", eos=len(ranks) + 1)
+
+
+def test_tiktoken_llama3_regex_matches_brute_force(tiktoken_byte_lm):
+    blm = tiktoken_byte_lm
+    assert blm.vocab.family == "tiktoken"
+    brute = BruteForce(blm)
+    for prefix in [b"", b"The", b"it's", b"x 12", b"1234", b"a  b", b"a\n\nb", b"Straß"]:
+        ours = np.exp(blm.next_byte_logprobs(prefix))
+        assert np.abs(ours - brute.next_byte(prefix)).max() < 1e-6, prefix
