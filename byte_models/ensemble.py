@@ -26,12 +26,16 @@ def combine(logprobs: Sequence[np.ndarray], weights: np.ndarray, mode: str) -> n
     w = weights.reshape((-1,) + (1,) * (stack.ndim - 1))
     with np.errstate(divide="ignore", invalid="ignore"):
         if mode == "mix":
-            top = np.max(stack, axis=0)
+            top = _finite(np.max(stack, axis=0))  # a byte no model can produce stays at -inf, not nan
             out = top + np.log(np.sum(w * np.exp(stack - top), axis=0))
         else:
             out = np.sum(np.where(w > 0, w * stack, 0.0), axis=0)
-        top = np.max(out, axis=-1, keepdims=True)
+        top = _finite(np.max(out, axis=-1, keepdims=True))
         return out - (top + np.log(np.sum(np.exp(out - top), axis=-1, keepdims=True)))
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(x), x, 0.0)
 
 
 @dataclass
