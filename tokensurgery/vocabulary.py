@@ -378,7 +378,9 @@ class Vocabulary:
             return out
         if self.family == "tiktoken":
             text = _try_utf8(data)
-            pieces = [m.encode() for m in re.findall(self._pattern, text)] if text is not None else [data]
+            import regex  # tiktoken's own dependency; stdlib re has no \p{L}
+
+            pieces = [m.encode() for m in regex.findall(self._pattern, text)] if text is not None else [data]
             return [self._tiktoken_offset + r for p in pieces for r in _rank_bpe(p, self._ranks)]
         text = _try_utf8(data) or data.decode("utf-8", "replace")
         return [t.id for t in self._hf.model.tokenize(text)]
