@@ -18,6 +18,7 @@ Three ways to use it, by how much of the text is known:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -111,9 +112,13 @@ class ByteLM:
         self.eos = eos if eos is not None else self._document_end()
         self.settle_bytes = settle_bytes
         self.speculate = speculate
-        self._specials = sorted(((vocab.surface[i], i) for i, k in enumerate(vocab.kinds)
-                                 if k in (TokenKind.SPECIAL, TokenKind.ADDED, TokenKind.UNUSED) and vocab.surface[i]),
-                                key=lambda p: -len(p[0]))
+        # tokens the tokenizer matches in text before anything else (specials, added tokens)
+        self._specials = {}
+        for i, k in enumerate(vocab.kinds):
+            if k in (TokenKind.SPECIAL, TokenKind.ADDED, TokenKind.UNUSED) and vocab.surface[i]:
+                self._specials.setdefault(vocab.surface[i], i)
+        longest_first = sorted(self._specials, key=len, reverse=True)
+        self._special_re = re.compile(b"|".join(map(re.escape, longest_first))) if longest_first else None
 
     # ---- construction ---------------------------------------------------------------
 
@@ -166,15 +171,11 @@ class ByteLM:
     def _split(self, data: bytes) -> tuple[list[int], bytes]:
         """Context token ids (start token, everything up to the last special token in the
         prompt, and a settled canonical prefix) and the free byte region after them."""
-        ids, pos, i = [self.start], 0, 0
-        while i < len(data):
-            for content, tok in self._specials:
-                if data.startswith(content, i):
-                    ids += self.vocab.decompose(data[pos:i]) + [tok]
-                    i = pos = i + len(content)
-                    break
-            else:
-                i += 1
+        ids, pos = [self.start], 0
+        if self._special_re is not None:
+            for m in self._special_re.finditer(data):  # longest match first, left to right
+                ids += self.vocab.decompose(data[pos : m.start()]) + [self._specials[m.group()]]
+                pos = m.end()
         region = data[pos:]
         if len(region) > self.settle_bytes:
             tokens = self.vocab.decompose(region)
@@ -187,7 +188,6 @@ class ByteLM:
             ids += tokens[:keep]
             region = region[done:]
         return ids, region
-
 
     # ---- evaluating nodes -------------------------------------------------------------
 
