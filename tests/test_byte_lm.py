@@ -245,7 +245,7 @@ def test_ensemble_of_different_tokenizers(tiny_byte_lms):
     assert np.allclose(ensemble([a, b]).next_byte_logprobs("The c"), np.log(0.5 * np.exp(a.next_byte_logprobs("The c")) + 0.5 * np.exp(b.next_byte_logprobs("The c"))))
     from tokensurgery.byte_models.ensemble import combine
 
-    impossible = np.log(np.array([[0.5, 0.5, 0.0], [0.25, 0.75, 0.0]]))  # a byte neither model can produce
+    impossible = np.array([[np.log(0.5), np.log(0.5), -np.inf], [np.log(0.25), np.log(0.75), -np.inf]])  # byte 2: neither
     for mode in ("mix", "product"):
         got = combine(list(impossible), np.array([0.5, 0.5]), mode)
         assert np.isfinite(got[:2]).all() and got[2] == -np.inf and abs(np.exp(got).sum() - 1) < 1e-12
