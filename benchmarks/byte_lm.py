@@ -263,7 +263,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
     if results["ensemble"]:
-        write_markdown(results, args.out.with_suffix(".md"), command)
+        write_markdown(results, args.out.with_suffix(".md"), results["command"])
     print(f"wrote {args.out.with_suffix('.json')}")
 
 
