@@ -447,7 +447,7 @@ class ByteLM:
         state = {"tails": list(tails), "seen": width}
         stops = [self._bytes(s) for s in stop]
 
-        class Canonical(LogitsProcessor):
+        class ValidOnly(LogitsProcessor):
             def __call__(self, input_ids, scores):
                 if input_ids.shape[1] > state["seen"]:  # one new token per row since the last call
                     state["seen"] = input_ids.shape[1]
@@ -476,7 +476,7 @@ class ByteLM:
         if seed is not None:
             torch.manual_seed(seed)
         options = dict(do_sample=sampling.temperature > 0, max_new_tokens=max_new_bytes, pad_token_id=self.eos,
-                       eos_token_id=self.eos, logits_processor=LogitsProcessorList([Canonical()]),
+                       eos_token_id=self.eos, logits_processor=LogitsProcessorList([ValidOnly()]),
                        stopping_criteria=StoppingCriteriaList([Budget()]))
         if sampling.temperature > 0:
             options.update(temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p)
