@@ -31,7 +31,7 @@ from tokensurgery.kernels.surface_index import SurfaceIndex
 from tokensurgery.vocabulary import TokenKind, Vocabulary
 
 from .canonical import canonical_for
-from .cover_tree import EOS, Accumulator, Node, exact_children, node_groups, set_distribution
+from .cover_tree import EOS, Accumulator, Node, node_groups, set_distribution
 from .token_model import Query, TreeLM
 
 _FIM_NAMES = (("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),

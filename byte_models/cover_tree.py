@@ -69,12 +69,6 @@ def node_groups(index: SurfaceIndex, node: Node, rest: bytes) -> np.ndarray | No
     return out
 
 
-def exact_children(index: SurfaceIndex, node: Node, piece: bytes) -> list[tuple[int, float]]:
-    """(token, probability) of the tokens whose surface is exactly `piece`, with p > 0."""
-    lo, hi = index.range(piece)
-    return [(int(index.ids[r]), float(node.probs[r])) for r in index.exact(lo, hi, len(piece)) if node.probs[r] > 0]
-
-
 class Accumulator:
     """Per-position sums of scaled next-byte masses, kept in log scale (products of many
     token probabilities underflow float64 after a few hundred bytes)."""

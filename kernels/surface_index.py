@@ -3,7 +3,7 @@
 All tokens whose surface starts with some bytes form one contiguous range of the sorted
 order, and inside that range the byte at offset len(prefix) is non-decreasing. So "which
 tokens could continue this byte prefix, grouped by their next byte" is a bisection plus a
-`bincount` over a slice, with no per-token Python loop (see `byte_models/cover_tree.py`).
+difference of cumulative sums over a slice, with no per-token Python loop (see `byte_models/cover_tree.py`).
 """
 
 from __future__ import annotations
@@ -63,11 +63,3 @@ class SurfaceIndex:
             out.append(r)
             r += 1
         return out
-
-    def grouped(self, lo: int, hi: int, offset: int, weights: np.ndarray) -> np.ndarray:
-        """Sum of `weights[lo:hi]` by the byte at `offset` (tokens ending before it are left out)."""
-        if hi <= lo or offset > self.max_len:
-            return np.zeros(256)
-        nb = self.next_byte[lo:hi, offset]
-        keep = nb >= 0
-        return np.bincount(nb[keep].astype(np.int64), weights=weights[lo:hi][keep], minlength=256)
