@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.kernels.surface_index import SurfaceIndex
 
 EOS = 256  # index of end-of-sequence in a next-byte distribution (bytes are 0..255)
+
+
+class ZeroProbability(TokenSurgeryError):
+    """The byte prefix cannot be produced by any valid token sequence of this model."""
 
 
 @dataclass(eq=False)
