@@ -350,9 +350,10 @@ class ByteLM:
     def distributions(self, text: str | bytes, context: str | bytes = b"") -> np.ndarray:
         """Log next-byte distributions at every position of `text` (len+1 rows; columns are
         bytes 0..255 and EOS at 256) after the prompt `context`, from few batched calls."""
-        data = self._bytes(text)
-        acc, first = self._accumulate(data, self._bytes(context))
-        self._last = (acc, first)
+        return self._distributions(self._bytes(text), self._bytes(context))[0]
+
+    def _distributions(self, data: bytes, context: bytes) -> tuple[np.ndarray, Accumulator]:
+        acc, first = self._accumulate(data, context)
         out = acc.log_distributions()[first:]
         if data:
             picked = out[np.arange(len(data)), np.frombuffer(data, dtype=np.uint8)]
@@ -360,7 +361,7 @@ class ByteLM:
                 bad = int(np.flatnonzero(~np.isfinite(picked))[0])
                 raise ZeroProbability(f"byte {data[bad]:#04x} at offset {bad} cannot follow the bytes before it under "
                                       f"{self.name} (no valid token sequence spells it)")
-        return out
+        return out, acc
 
     def score(self, text: str | bytes, context: str | bytes = b"", eos: bool = False) -> ByteScore:
         """Byte-level log-likelihood (natural log) of `text` after `context`, per byte and
@@ -368,8 +369,7 @@ class ByteLM:
         minus the log-probability of the token sequences that spell the text exactly (with
         EOS) or cover it (without): the log of the mass the canonical rule pruned on the way."""
         data = self._bytes(text)
-        dist = self.distributions(data, context)
-        acc, _ = self._last
+        dist, acc = self._distributions(data, self._bytes(context))
         picked = dist[np.arange(len(data)), np.frombuffer(data, dtype=np.uint8)] if data else np.zeros(0)
         result = ByteScore(picked, float(dist[-1, EOS]) if eos else None)
         n = len(acc.scale) - 1
