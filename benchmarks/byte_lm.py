@@ -45,7 +45,7 @@ def held_out(lang: str, n: int, skip: int = 30_000) -> str:
     return text[:n].decode("utf-8", "ignore")
 
 
-def plain_generate(model, tok_ids: list[list[int]], new_tokens: int, pad: int) -> tuple[list[bytes], float, int]:
+def plain_generate(model, tok_ids: list[list[int]], new_tokens: int, pad: int) -> tuple[list[list[int]], float]:
     width = max(map(len, tok_ids))
     ids = torch.full((len(tok_ids), width), pad)
     mask = torch.zeros_like(ids)
@@ -55,7 +55,7 @@ def plain_generate(model, tok_ids: list[list[int]], new_tokens: int, pad: int) -
     start = time.time()
     out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                          pad_token_id=pad)
-    return out[:, width:].tolist(), time.time() - start, new_tokens + 0
+    return out[:, width:].tolist(), time.time() - start
 
 
 def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
@@ -79,7 +79,7 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
     for batch in (1, 8):
         outs, secs = [], 0.0
         for chunk in ([[r] for r in rows] if batch == 1 else [rows]):
-            o, s, _ = plain_generate(model, chunk, n_new, blm.eos)
+            o, s = plain_generate(model, chunk, n_new, blm.eos)
             outs += o
             secs += s
         plain_bytes = sum(len(vocab.decode_bytes(t for t in o if t != blm.eos)) for o in outs)

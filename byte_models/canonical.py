@@ -3,8 +3,8 @@
 A token sequence is *valid* when every token can be produced by the tokenizer alone
 (`decompose(surface) == [token]`) and every adjacent pair is the tokenizer's own split of
 the pair's bytes (for a pair ending in whitespace under a regex pre-tokenizer: of the
-pair's bytes, or of them followed by a letter, since the regex looks one character ahead). For BPE without pre-tokenization this is exactly canonicality (a BPE
-encoding is canonical iff all its adjacent pairs are; Berglund et al. 2023, Vieira et al.
+pair's bytes, or of them followed by a letter, since the regex looks one character ahead).
+For BPE without pre-tokenization this is exactly canonicality (a BPE encoding is canonical iff all its adjacent pairs are; Berglund et al. 2023, Vieira et al.
 2025); with a pre-tokenizer regex the pair sees the regex too. SentencePiece byte
 fallback needs more than a pair: `<0xE4><0xB8><0xAD>` is canonical only if the character
 `中` has no token, so the context of a check is the whole byte-fallback character
@@ -46,10 +46,9 @@ class Canonical:
                                     "(Llama-2/Mistral v1-v3 SentencePiece); byte-level probabilities support tokenizers "
                                     "that encode text as written (byte-level BPE, Gemma-style SentencePiece, Tekken)")
         self.vocab = vocab
-        self.size = len(vocab)
         self.is_fallback = np.array([k == TokenKind.BYTE_FALLBACK for k in vocab.kinds])
         text = [i for i, k in enumerate(vocab.kinds) if k in TEXT_KINDS and vocab.surface[i]]
-        self.continuable = np.zeros(self.size, dtype=bool)
+        self.continuable = np.zeros(len(vocab), dtype=bool)
         for i in text:
             self.continuable[i] = vocab.decompose(vocab.surface[i]) == [i]
         self._invalid = lru_cache(maxsize=4096)(self._compute_invalid)
@@ -59,10 +58,9 @@ class Canonical:
         self._lookahead = vocab.family.startswith("byte_level") or vocab.family == "tiktoken"
         self._batchable = False
         if vocab._hf is not None and vocab.family.startswith("byte_level"):
-            import json
             import re
 
-            spec = json.loads(vocab._hf.to_str())
+            spec = hf_spec(vocab)
             added = [a["content"] for a in spec.get("added_tokens", [])]
             self._batchable = spec.get("normalizer") is None
             self._added = re.compile("|".join(map(re.escape, added)) if added else r"(?!)")
@@ -140,11 +138,9 @@ class Canonical:
 
 def _merge_ranks(vocab: Vocabulary) -> dict[tuple[str, str], int] | None:
     """{(left, right): rank} of a Hugging Face BPE tokenizer, or None for other models."""
-    import json
-
     if vocab._hf is None:
         return None
-    model = json.loads(vocab._hf.to_str())["model"]
+    model = hf_spec(vocab)["model"]
     if model.get("type") != "BPE" or model.get("ignore_merges") or model.get("dropout"):
         return None
     ranks: dict[tuple[str, str], int] = {}
@@ -270,24 +266,30 @@ def _space(data: bytes, first: bool) -> bool:
     return bool(text) and _is_space(text[0] if first else text[-1])
 
 
-def json_types_of(vocab: Vocabulary) -> set[str]:
-    """Component types in the tokenizer's pre-tokenizer (e.g. {'ByteLevel'})."""
+def hf_spec(vocab: Vocabulary) -> dict:
+    """The tokenizer.json of a Hugging Face vocabulary, parsed once per Vocabulary (Gemma-3's
+    is tens of MB: 262k tokens, 515k merges)."""
     import json
 
+    if "_hf_spec" not in vocab.__dict__:
+        vocab.__dict__["_hf_spec"] = json.loads(vocab._hf.to_str()) if vocab._hf is not None else {}
+    return vocab.__dict__["_hf_spec"]
+
+
+def json_types_of(vocab: Vocabulary) -> set[str]:
+    """Component types in the tokenizer's pre-tokenizer (e.g. {'ByteLevel'})."""
     from tokensurgery.vocabulary import _json_types
 
-    return _json_types(json.loads(vocab._hf.to_str()).get("pre_tokenizer")) if vocab._hf is not None else set()
+    return _json_types(hf_spec(vocab).get("pre_tokenizer"))
 
 
 def canonical_for(vocab: Vocabulary) -> Canonical:
     """The fastest exact validity rule available for this vocabulary: merge spines for HF BPE
     with no pre-tokenizer (Gemma) or GPT-2's ByteLevel regex alone (SmolLM2); the general
     check for anything else (Llama-3/Tekken digit groups, WordPiece, Unigram, tiktoken)."""
-    import json
-
     ranks = _merge_ranks(vocab)
     if ranks:
-        pre = json.loads(vocab._hf.to_str()).get("pre_tokenizer")
+        pre = hf_spec(vocab).get("pre_tokenizer")
         types = json_types_of(vocab)
         if pre is None or types == {"Split"} and pre.get("pattern") == {"String": " "} and not vocab.family.startswith("byte") \
                 or (types == {"ByteLevel"} and pre.get("use_regex", True)):
