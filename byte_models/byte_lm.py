@@ -297,7 +297,7 @@ class ByteLM:
                     by_end[child.end].append(child)
         return ordered
 
-    def _evaluate_tree(self, nodes: list[Node], commit_to: Node | None, on_node=None, full=None) -> None:
+    def _evaluate_tree(self, nodes: list[Node], commit_to: Node | None, on_node=None) -> None:
         """Evaluate all nodes (ordered by end) in chunks; the branch to `commit_to` joins the
         trunk as it goes so side branches fork from the KV cache. `on_node(node)` runs once a
         node's distribution and log-probability are both known."""
@@ -318,7 +318,7 @@ class ByteLM:
             for node in chunk:
                 if id(node) in main:
                     commit = node
-            self._evaluate(chunk, commit=commit, full=full)
+            self._evaluate(chunk, commit=commit)
             if on_node:
                 for node in chunk:
                     on_node(node)
