@@ -146,7 +146,13 @@ def test_mistral_sentencepiece_prefix_space(mistral_vocabs, text):
     expected = text.encode() if not text or text.startswith(" ") else b" " + text.encode()
     for vocab in mistral_vocabs:
         assert vocab.family == "sentencepiece_bpe" and vocab.prepends_space
-        assert roundtrip(vocab, text) == expected
+        ids = vocab.encode(text)
+        if any(vocab.kinds[i] == TokenKind.SPECIAL for i in ids):
+            # the text spells a control token (v3/v7 `[INST]`): encode honours it as that token,
+            # with no prefix space in front of it; the bytes still come back
+            assert vocab.decode_bytes(ids).lstrip(b" ") == text.encode().lstrip(b" ")
+            continue
+        assert vocab.decode_bytes(ids) == expected
 
 
 @pytest.fixture(scope="module")
