@@ -1,0 +1,136 @@
+"""Applying a trained hypernetwork: embeddings for every id of a new tokenizer, and the
+patched checkpoint.
+
+Text tokens (and byte tokens) are predicted from their pieces in blocks of `batch_size`
+tokens, so memory stays bounded for 200k+ vocabularies. Special tokens that map to the
+base's (by role, then content) copy its rows, as in ZeTT; other specials, unused
+placeholders and padding rows get the base's mean row.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tokensurgery.checkpoint import Embeddings, NewEmbeddings
+from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.progress import bar, status
+from tokensurgery.vocab_map import VocabMap
+from tokensurgery.vocabulary import TEXT_KINDS
+
+from .model import Hypernet
+from .pieces import PieceSplitter
+
+
+@torch.no_grad()
+def predict_embeddings(hypernet: Hypernet, vm: VocabMap, n_rows: int | None = None, batch_size: int = 8192,
+                       progress: bool = True) -> NewEmbeddings:
+    """Input (and output, when the hypernetwork predicts them) matrices for `vm.target`'s ids.
+
+    `vm` maps the target vocabulary onto the hypernetwork's base vocabulary; `n_rows` pads
+    the matrices (e.g. to a multiple of 64) with mean rows."""
+    h = hypernet.eval()
+    n_rows = max(n_rows or 0, len(vm.target))
+    d = h.config.base_hidden_size
+    splitter = PieceSplitter(vm.source, h.config.max_pieces, n_rows=h.config.base_vocab_size)
+    inp = h.mean_input.cpu().expand(n_rows, d).clone()
+    separate = h.head_output is not None or not h.config.base_tied
+    out = h.mean_output.cpu().expand(n_rows, d).clone() if separate else None
+    for t, s in vm.specials.items():
+        inp[t] = h.base_input[s].cpu()
+        if out is not None:
+            out[t] = h.base_output[s].cpu()
+    text = [t for t, k in enumerate(vm.target.kinds) if k in TEXT_KINDS and vm.target.surface[t] and t not in vm.specials]
+    blocks = [text[i : i + batch_size] for i in range(0, len(text), batch_size)]
+    for block in bar(blocks, "predicting embeddings", enabled=progress and len(blocks) > 1, unit="block"):
+        pieces = splitter.batch([vm.target.surface[t] for t in block])
+        rows_in, rows_out = h(pieces)
+        idx = torch.tensor(block)
+        inp[idx] = rows_in.float().cpu()
+        if out is not None:
+            out[idx] = rows_out.float().cpu()
+    if not torch.isfinite(inp).all() or (out is not None and not torch.isfinite(out).all()):
+        raise TokenSurgeryError("the hypernetwork predicted non-finite embeddings")
+    return NewEmbeddings(inp, out)
+
+
+@dataclass
+class ApplyResult:
+    out: Path
+    vocab_map: VocabMap
+    rows: int
+    predicted: int
+    seconds: float
+
+
+def open_tokenizer(spec: str | Path):
+    """A tokenizer to give the model: (Vocabulary, what the checkpoint writer copies).
+
+    Accepts a model or tokenizer folder, a bundled alias, a tokenizer.json or a SentencePiece
+    `.model` file."""
+    from tokensurgery.assets import load_vocabulary, resolve_model, sentencepiece_tokenizer
+
+    path = Path(str(spec)).expanduser()
+    if path.is_file():
+        if ".model" in path.name:
+            return load_vocabulary(path), sentencepiece_tokenizer(path)
+        if path.suffix == ".json":
+            vocab = load_vocabulary(path)
+            if vocab.family == "tiktoken":
+                raise TokenSurgeryError(f"{path} is a Tekken/tiktoken file: transformers cannot load it as a checkpoint "
+                                        "tokenizer; use hypernets.predict_embeddings from Python with this vocabulary")
+            return vocab, path.parent if path.name == "tokenizer.json" else _tokenizer_json_folder(path)
+        raise TokenSurgeryError(f"{path}: give a tokenizer folder, a tokenizer.json or a SentencePiece .model file")
+    if path.is_dir() and not (path / "config.json").exists():
+        from tokensurgery.assets import vocabulary_of_folder
+
+        return vocabulary_of_folder(path, name=str(spec)), path
+    folder = resolve_model(spec)
+    return load_vocabulary(folder), folder
+
+
+def _tokenizer_json_folder(path: Path) -> Path:
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="tokensurgery-tok-"))
+    (tmp / "tokenizer.json").write_bytes(path.read_bytes())
+    return tmp
+
+
+def apply(hypernet: str | Path, base: str | Path, tokenizer: str | Path, out: str | Path, batch_size: int = 8192,
+          device: str = "cpu", force: bool = False, progress: bool = True) -> ApplyResult:
+    """Write BASE with TOKENIZER, every embedding row predicted by the hypernetwork."""
+    from tokensurgery.assets import resolve_model, vocabulary_of_folder
+    from tokensurgery.checkpoint import (check_embeddings_cover, check_output, load_embeddings, model_card,
+                                         write_patched_checkpoint)
+    from tokensurgery.transplant import tokenizer_for_output
+
+    start = time.perf_counter()
+    check_output(out, force=force)
+    base_dir = resolve_model(base, progress=progress)
+    emb = load_embeddings(base_dir)
+    net = Hypernet.from_pretrained(hypernet, emb).to(device)
+    base_vocab = vocabulary_of_folder(base_dir, name=str(base))
+    check_embeddings_cover(emb, len(base_vocab), f"base {base}")
+    target, tok_src = open_tokenizer(tokenizer)
+    vm = VocabMap.build(base_vocab, target)
+    with status(f"predicting {len(target):,} embeddings", progress):
+        new = predict_embeddings(net, vm, batch_size=batch_size, progress=progress)
+    if isinstance(tok_src, Path):
+        tok_src, note = tokenizer_for_output(vm, tok_src)
+    else:
+        note = ""
+    special_ids = {role: target.roles.get(role) for role in ("bos", "eos", "pad")}
+    params = {"rows": f"{new.input.shape[0]:,}", "predicted": f"{len(vm.target) - len(vm.specials):,}",
+              "specials copied": f"{len(vm.specials):,}", "output head": new.output is not None,
+              "hypernetwork config": net.config.__dict__}
+    card = model_card(f"{Path(str(base)).name} with the tokenizer of {Path(str(tokenizer)).name}", str(base),
+                      {"base": str(base), "tokenizer": str(tokenizer), "hypernetwork": str(hypernet)},
+                      "tokensurgery hypernet apply", params, notes=note)
+    with status(f"writing {out}", progress):
+        write_patched_checkpoint(base_dir, out, new, tok_src, special_ids, card, force=force,
+                                 extra_inputs=[Path(str(hypernet))])
+    return ApplyResult(Path(out), vm, new.input.shape[0], len(vm.target) - len(vm.specials), time.perf_counter() - start)
