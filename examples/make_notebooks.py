@@ -173,12 +173,89 @@ for name, model in [("smollm2", smol), ("gemma3", gemma), ("mix", ensemble(pair,
 print(repr(ensemble(pair).generate("Der Hund", max_new_bytes=24, seed=0)))"""),
 ]
 
+HYPERNET = [
+    new_markdown_cell("""# A ZeTT hypernetwork: embeddings for any tokenizer, no donor model
+
+A hypernetwork trained for a base model predicts the embeddings of any token from the pieces
+the base's own tokenizer splits it into. This recipe trains one for SmolLM2-135M for a few steps
+(the real run: `tokensurgery hypernet train smollm2-135m OUT --max-minutes 60`), gives SmolLM2
+Mistral's v3 SentencePiece tokenizer with it, and compares bits per byte with FVT.
+Raise `STEPS` and `MAX_BYTES` for real numbers."""),
+    new_code_cell("""STEPS, MAX_BYTES = 4, 1500
+
+import importlib.util
+from pathlib import Path
+
+from tokensurgery import Vocabulary, VocabMap
+from tokensurgery.assets import corpus_text, resolve_model, vocabulary_of_folder
+from tokensurgery.checkpoint import load_embeddings
+from tokensurgery.hypernets import Hypernet, TrainConfig, bundled_corpus, predict_embeddings, train
+
+base_dir = resolve_model("smollm2-135m")
+config = TrainConfig(steps=STEPS, warmup_steps=2, batch_size=2, seq_len=64, vocab_size=4096, negatives=256,
+                     identity_batch=256)
+result = train("smollm2-135m", bundled_corpus(), "hypernet-smollm2", config, force=True, progress=False)
+print(f"{result.steps_done} steps in {result.seconds:.0f}s;", {k: round(v, 3) for k, v in result.history[-1].items()
+                                                              if k in ("lm", "aux", "tokens_per_byte")})"""),
+    new_markdown_cell("""## Pieces
+
+Each new token is split by SmolLM2's tokenizer, word-start aware; the hypernetwork reads those
+pieces' embeddings. Bytes SmolLM2 cannot spell get learned fallback vectors."""),
+    new_code_cell("""mistral = Vocabulary.load(Path(importlib.util.find_spec("mistral_common").origin).parent / "data"
+                          / "mistral_instruct_tokenizer_240323.model.v3")
+smol = vocabulary_of_folder(base_dir)
+vm = VocabMap.build(smol, mistral)
+print(vm.summary())
+for t in vm.new_text[:5]:
+    print(repr(mistral.tokens[t]), "->", [smol.tokens[p] for p in vm.decompose(t)])"""),
+    new_markdown_cell("""## Predict every row and compare with FVT
+
+`predict_embeddings` works in blocks (bounded memory for 200k+ vocabularies). The output head
+gives the model its own output matrix, so the patched model is untied."""),
+    new_code_cell("""import torch
+from tokensurgery.evaluate import load_causal_lm, score_text
+from tokensurgery.transplant import TransplantOptions, new_embeddings
+
+base_emb = load_embeddings(base_dir)
+net = Hypernet.from_pretrained("hypernet-smollm2", base_emb)
+hyper = predict_embeddings(net, vm, progress=False)
+fvt = new_embeddings(base_emb, None, vm, TransplantOptions(method="fvt"), progress=False).embeddings
+
+class Tok:  # what score_text needs from a tokenizer
+    all_special_ids = []
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": mistral.encode(text)}
+
+text = corpus_text("en", MAX_BYTES)
+for name, new in [("hypernet", hyper), ("fvt", fvt)]:
+    model, _ = load_causal_lm(base_dir)
+    model.resize_token_embeddings(new.input.shape[0], mean_resizing=False)
+    model.get_input_embeddings().weight.data.copy_(new.input)
+    if new.output is not None:
+        model.lm_head.weight = torch.nn.Parameter(new.output.clone())
+    print(f"{name:9s} {score_text(model, Tok(), text, progress=False).bits_per_byte:.3f} bits/byte")"""),
+    new_markdown_cell("""## Write the patched checkpoint
+
+The same from the command line: `tokensurgery hypernet apply hypernet-smollm2 smollm2-135m TOKENIZER OUT`,
+or `tokensurgery transplant smollm2-135m DONOR OUT --method hypernet --hypernet hypernet-smollm2`
+(which copies the rows of shared tokens)."""),
+    new_code_cell("""from transformers import AutoModelForCausalLM, AutoTokenizer
+from tokensurgery.hypernets import apply
+
+tokenizer_file = Path(importlib.util.find_spec("mistral_common").origin).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+out = apply("hypernet-smollm2", "smollm2-135m", tokenizer_file, "smollm2-mistral-v3", force=True, progress=False)
+model, tok = AutoModelForCausalLM.from_pretrained(out.out), AutoTokenizer.from_pretrained(out.out)
+ids = tok("The old house", return_tensors="pt").input_ids
+print(out.rows, "rows;", tok.decode(model.generate(ids, max_new_tokens=8, do_sample=False)[0]))"""),
+]
+
 
 def main():
     meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     nbformat.write(new_notebook(cells=CORE, metadata=meta), HERE / "01_core_vocabulary_and_eval.ipynb")
     nbformat.write(new_notebook(cells=TRANSPLANT, metadata=meta), HERE / "02_transplant.ipynb")
     nbformat.write(new_notebook(cells=BYTES, metadata=meta), HERE / "03_byte_level_probabilities.ipynb")
+    nbformat.write(new_notebook(cells=HYPERNET, metadata=meta), HERE / "04_hypernetwork.ipynb")
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ from .pieces import PieceSplitter
 
 @torch.no_grad()
 def predict_embeddings(hypernet: Hypernet, vm: VocabMap, n_rows: int | None = None, batch_size: int = 8192,
-                       progress: bool = True) -> NewEmbeddings:
+                       only: list[int] | None = None, progress: bool = True) -> NewEmbeddings:
     """Input (and output, when the hypernetwork predicts them) matrices for `vm.target`'s ids.
 
     `vm` maps the target vocabulary onto the hypernetwork's base vocabulary; `n_rows` pads
-    the matrices (e.g. to a multiple of 64) with mean rows."""
+    the matrices (e.g. to a multiple of 64) with mean rows; `only` limits the prediction to
+    those ids (the other text rows keep the mean row)."""
     h = hypernet.eval()
     n_rows = max(n_rows or 0, len(vm.target))
     d = h.config.base_hidden_size
@@ -44,6 +45,9 @@ def predict_embeddings(hypernet: Hypernet, vm: VocabMap, n_rows: int | None = No
         if out is not None:
             out[t] = h.base_output[s].cpu()
     text = [t for t, k in enumerate(vm.target.kinds) if k in TEXT_KINDS and vm.target.surface[t] and t not in vm.specials]
+    if only is not None:
+        keep = set(only)
+        text = [t for t in text if t in keep]
     blocks = [text[i : i + batch_size] for i in range(0, len(text), batch_size)]
     for block in bar(blocks, "predicting embeddings", enabled=progress and len(blocks) > 1, unit="block"):
         pieces = splitter.batch([vm.target.surface[t] for t in block])

@@ -2,9 +2,10 @@
 
 Pieces are embedded with the frozen base embeddings (input and output concatenated when
 the base is untied; learned vectors for fallback bytes), standardised with the base
-embeddings' per-dimension mean/std, projected, prefixed by a learned pooling vector and
-run through a small pre-norm transformer encoder; the pooling position's output goes
-through one head per embedding matrix and is scaled back to the base statistics.
+embeddings' per-dimension mean/std, projected, given learned position vectors and run
+through a small pre-norm transformer encoder; the first position's output (ZeTT's
+pooling) goes through one head per embedding matrix and is scaled back to the base
+statistics.
 
 `residual=True` (default) adds the heads' output to the FVT estimate (the mean of the
 pieces' base rows) with zero-initialised heads, so an untrained hypernetwork *is* FVT and
@@ -81,8 +82,7 @@ class Hypernet(nn.Module):
         self.fallback_input = nn.Parameter(torch.zeros(N_FALLBACK, d))
         self.fallback_output = nn.Parameter(torch.zeros(N_FALLBACK, d)) if self.untied_pieces else None
         self.project = nn.Sequential(nn.Linear(src, h), nn.GELU(), nn.Linear(h, h))
-        self.pool = nn.Parameter(torch.randn(h) * 0.02)
-        self.position = nn.Parameter(torch.randn(c.max_pieces + 1, h) * 0.02)
+        self.position = nn.Parameter(torch.randn(c.max_pieces, h) * 0.02)
         layer = nn.TransformerEncoderLayer(h, c.num_heads, c.intermediate_size, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, c.num_layers, enable_nested_tensor=False)
@@ -114,7 +114,7 @@ class Hypernet(nn.Module):
         out = inp if base.tied else base.output.float()
         if not base.tied and c.base_tied:
             raise TokenSurgeryError("this hypernetwork was made for a tied base, but the base has an output matrix")
-        device = self.pool.device
+        device = self.position.device
         self.register_buffer("base_input", inp.to(device), persistent=False)
         self.register_buffer("base_output", out.to(device), persistent=False)
         for name, m in (("input", inp), ("output", out)):
@@ -143,7 +143,7 @@ class Hypernet(nn.Module):
         output head). One call per step keeps DistributedDataParallel happy."""
         if not self._attached:
             raise TokenSurgeryError("attach the base embeddings first (Hypernet.attach)")
-        d, device = self.config.base_hidden_size, self.pool.device
+        d, device = self.config.base_hidden_size, self.position.device
         rows_in, rows_out = torch.empty(len(pieces), d, device=device), torch.empty(len(pieces), d, device=device)
         tables = self._tables()
         for rows, ids in by_length(pieces):
@@ -162,9 +162,8 @@ class Hypernet(nn.Module):
         z = (x_in - self.mean_input) / self.std_input
         if self.untied_pieces:
             z = torch.cat([z, (x_out - self.mean_output) / self.std_output], -1)
-        z = self.project(z)
-        z = torch.cat([self.pool.expand(n, 1, -1), z], 1) + self.position[: length + 1]
-        pooled = self.norm(self.encoder(z)[:, 0])
+        z = self.project(z) + self.position[:length]
+        pooled = self.norm(self.encoder(z)[:, 0])  # ZeTT pools the first piece's position
         pred_in = self.head_input(pooled) * self.std_input
         pred_out = self.head_output(pooled) * self.std_output if self.head_output is not None else pred_in
         if self.config.residual:
@@ -195,7 +194,7 @@ class Hypernet(nn.Module):
         try:
             config = HypernetConfig.from_dict(json.loads((folder / CONFIG).read_text()))
             state = load_file(str(folder / WEIGHTS))
-        except (ValueError, TypeError, OSError) as e:
+        except Exception as e:  # safetensors raises its own error type for damaged files
             raise TokenSurgeryError(f"{folder}: corrupt hypernetwork files ({str(e).splitlines()[0][:160]})") from None
         model = cls(config)
         try:

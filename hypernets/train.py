@@ -162,6 +162,7 @@ class Trainer:
         if resume and (start / STATE).exists():
             self.hypernet = Hypernet.from_pretrained(start, emb)
         else:
+            torch.manual_seed(config.seed)  # the same seed starts from the same weights
             self.hypernet = hypernet_for(emb, name=str(base), **(hypernet_options or {}))
         self.hypernet.to(config.device)
         self.lm = FrozenLM(self.base_dir, config.device)
@@ -279,24 +280,25 @@ class Trainer:
         """A sampler whose window holds the texts of the steps just before `self.step`."""
         c = self.config
         sampler = UnigramSampler(c.vocab_size, c.sampler_window, noise=c.noise, seed=c.seed)
+        rng = random.Random(f"{c.seed}:prime:{self.rank}")  # the first LM step needs counts: the run's first texts
+        for _ in range(c.sampler_window // 2):
+            sampler.add(self.corpus.window(rng, c.seq_len * 8))
         need = math.ceil(c.sampler_window / (c.batch_size * c.grad_accum))
         for step in range(max(c.warmup_steps, self.step - need), self.step):
             for micro in range(c.grad_accum):
                 for t in self.batch_texts(step, micro):
                     sampler.add(t)
-        if not sampler.counts:  # the first LM step: warm the window up with the run's first texts
-            rng = random.Random(f"{c.seed}:prime:{self.rank}")
-            for _ in range(c.sampler_window // 2):
-                sampler.add(self.corpus.window(rng, c.seq_len * 8))
         return sampler
 
-    def run(self) -> TrainResult:
+    def run(self, until: int | None = None) -> TrainResult:
+        """Train to the end of the schedule (or only up to step `until`, checkpointed)."""
         from tokensurgery.progress import bar
 
         c = self.config
         start = time.perf_counter()
         sampler = None
-        steps = range(self.step, self.total_steps)
+        end = self.total_steps if until is None else min(until, self.total_steps)
+        steps = range(self.step, end)
         stopped = False
         self.model.train()
         for step in bar(steps, "training hypernetwork", total=len(steps), enabled=self.progress and self.rank == 0,
@@ -330,9 +332,9 @@ class Trainer:
                 flag = torch.tensor([float(out_of_time)])
                 torch.distributed.all_reduce(flag)
                 out_of_time = bool(flag.item())
-            if self.step % c.save_every == 0 or out_of_time or self.step == self.total_steps:
+            if self.step % c.save_every == 0 or out_of_time or self.step == end:
                 self.save_checkpoint()
-            if out_of_time and self.step < self.total_steps:
+            if out_of_time and self.step < end:
                 stopped = True
                 break
         if self.world > 1:

@@ -201,7 +201,7 @@ class _GroupedCommand(click.Command):
 
 
 class _TransplantCommand(_GroupedCommand):
-    groups = {"Method": ["method", "k", "candidates", "ridge", "normalize", "fvt_above"],
+    groups = {"Method": ["method", "k", "candidates", "ridge", "normalize", "fvt_above", "hypernet"],
               "Compute": ["dtype", "device", "block_size"],
               "Output and evaluation": ["force", "eval_texts", "eval_langs", "max_bytes", "report"]}
 
@@ -210,8 +210,9 @@ class _TransplantCommand(_GroupedCommand):
 @click.argument("base")
 @click.argument("donor")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--method", default="omp", show_default=True, type=click.Choice(["omp", "knn", "fvt", "mean", "zero"]),
-              help="How rows of tokens BASE lacks are computed (fvt/mean/zero need only the donor's tokenizer).")
+@click.option("--method", default="omp", show_default=True,
+              type=click.Choice(["omp", "knn", "fvt", "mean", "zero", "hypernet"]),
+              help="How rows of tokens BASE lacks are computed (fvt/mean/zero/hypernet need only the donor's tokenizer).")
 @click.option("-k", "k", default=64, show_default=True, help="Shared tokens per new token (omp, knn).")
 @click.option("--candidates", default="auto", show_default=True,
               help="OMP screening: atoms kept per token before the solve (auto: 128 to 1024, the more the fewer tokens "
@@ -222,6 +223,8 @@ class _TransplantCommand(_GroupedCommand):
 @click.option("--normalize/--no-normalize", default=False, show_default=True, help="OMP: pick atoms by correlation / norm.")
 @click.option("--fvt-above", default="off", show_default=True,
               help="OMP: text tokens whose donor-space reconstruction error exceeds this get FVT instead; 'off' keeps OMP everywhere.")
+@click.option("--hypernet", type=click.Path(path_type=Path),
+              help="A hypernetwork trained for BASE (`tokensurgery hypernet train`); used by --method hypernet.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
               help="Precision of the solve (the output keeps BASE's dtype).")
 @click.option("--device", default="cpu", show_default=True, help="Where the solve runs (cpu, cuda, cuda:1, mps).")
@@ -233,7 +236,7 @@ class _TransplantCommand(_GroupedCommand):
 @click.option("--max-bytes", type=int, default=8000, show_default=True, help="Bytes of each eval text that are scored.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write a PNG: reconstruction errors and bits per byte.")
 def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates: str, ridge: float, normalize: bool,
-               fvt_above: str, dtype: str, device: str, block_size: int, force: bool,
+               fvt_above: str, hypernet: Path | None, dtype: str, device: str, block_size: int, force: bool,
                eval_texts: tuple[Path, ...], eval_langs: tuple[str, ...], max_bytes: int, report: Path | None) -> None:
     """Give BASE the tokenizer of DONOR, without training; write the result to OUT.
 
@@ -252,7 +255,9 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
         raise TokenSurgeryError(f"--fvt-above must be a number or 'off', got {fvt_above!r}") from None
     opts = TransplantOptions(method=method, k=k, candidates=n_candidates, ridge=ridge,
                              normalize=normalize, fvt_above=fvt_limit, dtype=dtype, device=device,
-                             block_size=block_size)
+                             block_size=block_size, hypernet=str(hypernet) if hypernet else None)
+    if hypernet and method != "hypernet":
+        raise TokenSurgeryError(f"--hypernet is used by --method hypernet, not --method {method}")
     files = _eval_files(eval_texts, eval_langs)
     result = run(base, donor, out, opts, force=force)
     s = result.summary()
@@ -283,6 +288,108 @@ def _eval_files(texts: tuple[Path, ...], langs: tuple[str, ...]) -> list[Path]:
     for f in files:
         read_text_file(f, 1)  # fail before the long work, not after
     return files
+
+
+# ---- hypernetworks ---------------------------------------------------------------------------
+
+@cli.group("hypernet")
+def hypernet_group() -> None:
+    """Train a ZeTT hypernetwork for a base model; give the model any tokenizer with it.
+
+    The hypernetwork predicts a token's embeddings from the pieces BASE's own tokenizer
+    splits it into, so no model that uses the new tokenizer is needed.
+    """
+
+
+class _HypernetTrainCommand(_GroupedCommand):
+    groups = {"Data": ["corpus"],
+              "Schedule": ["steps", "warmup_steps", "batch_size", "seq_len", "grad_accum", "lr", "max_minutes"],
+              "Sampled tokenizers": ["vocab_size", "negatives", "noise"],
+              "Hypernetwork": ["layers", "max_pieces", "residual", "output_head"],
+              "Run": ["resume", "force", "save_every", "seed", "device"]}
+
+
+@hypernet_group.command("train", cls=_HypernetTrainCommand)
+@click.argument("base")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--corpus", multiple=True, default=("bundled",), show_default=True,
+              help="Text file or folder to train on (repeatable); 'bundled' = music21's Gutenberg excerpts and Python "
+                   "stdlib modules, minus the held-out text the benchmarks score.")
+@click.option("--steps", default=1000, show_default=True, help="LM-loss steps (after the warm-up).")
+@click.option("--warmup-steps", default=100, show_default=True, help="Identity warm-up steps (reconstruct BASE's rows).")
+@click.option("--batch-size", default=8, show_default=True, help="Sequences per micro-batch.")
+@click.option("--seq-len", default=128, show_default=True, help="Tokens (of the sampled tokenizer) per sequence.")
+@click.option("--grad-accum", default=1, show_default=True, help="Micro-batches per optimizer step.")
+@click.option("--lr", default=3e-4, show_default=True, help="Peak AdamW learning rate (cosine to 10%).")
+@click.option("--max-minutes", type=float, help="Stop after this much wall-clock time (checkpointed; --resume goes on).")
+@click.option("--vocab-size", default=32768, show_default=True, help="Size of each sampled unigram tokenizer.")
+@click.option("--negatives", default=2048, show_default=True,
+              help="Extra random tokens in each step's softmax besides the batch's own (-1: the whole sampled vocabulary).")
+@click.option("--noise", default=1.0, show_default=True, help="Noise on the sampled tokenizers' log-count scores.")
+@click.option("--layers", default=3, show_default=True, help="Transformer encoder layers (width = BASE's hidden size).")
+@click.option("--max-pieces", default=8, show_default=True, help="BASE pieces kept per token.")
+@click.option("--residual/--no-residual", default=True, show_default=True,
+              help="Predict corrections to FVT (the mean of the pieces' rows) instead of whole rows.")
+@click.option("--output-head/--no-output-head", default=True, show_default=True,
+              help="Predict separate output embeddings (the patched model is untied).")
+@click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--save-every", default=100, show_default=True, help="Checkpoint every N steps.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps.")
+def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, warmup_steps: int, batch_size: int,
+                   seq_len: int, grad_accum: int, lr: float, max_minutes: float | None, vocab_size: int, negatives: int,
+                   noise: float, layers: int, max_pieces: int, residual: bool, output_head: bool, resume: bool,
+                   force: bool, save_every: int, seed: int, device: str) -> None:
+    """Train a hypernetwork for BASE (frozen) and save it to OUT.
+
+    Runs unchanged under torchrun (DDP; gloo on CPU, nccl on GPU), e.g.
+    `torchrun --nproc_per_node 2 -m tokensurgery.cli hypernet train BASE OUT`.
+    """
+    from .hypernets import Corpus, TrainConfig, train
+
+    config = TrainConfig(steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, seq_len=seq_len,
+                         grad_accum=grad_accum, lr=lr, max_minutes=max_minutes, vocab_size=vocab_size,
+                         negatives=negatives, noise=noise, save_every=save_every, seed=seed, device=device)
+    options = {"num_layers": layers, "max_pieces": max_pieces, "residual": residual, "predict_output": output_head}
+    result = train(base, Corpus.from_paths(list(corpus)), out, config, options, resume=resume, force=force)
+    last = next((h for h in reversed(result.history) if "lm" in h), result.history[-1] if result.history else {})
+    how = "stopped at the time limit" if result.stopped_early else "done"
+    click.echo(f"{how}: {result.steps_done} steps in {result.seconds:.0f}s; last loss {last.get('loss', float('nan')):.4f}; "
+               f"saved {out}")
+
+
+@hypernet_group.command("apply")
+@click.argument("hypernet", type=click.Path(path_type=Path))
+@click.argument("base")
+@click.argument("tokenizer")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--batch-size", default=8192, show_default=True, help="Tokens predicted at a time (bounds memory).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--eval", "eval_texts", multiple=True, type=click.Path(path_type=Path),
+              help="Text file to score OUT on (bits per byte); repeatable.")
+@click.option("--eval-lang", "eval_langs", multiple=True, help="Bundled excerpt to score on (en, de, fr, ...); repeatable.")
+@click.option("--max-bytes", type=int, default=8000, show_default=True, help="Bytes of each eval text that are scored.")
+def hypernet_apply(hypernet: Path, base: str, tokenizer: str, out: Path, batch_size: int, device: str, force: bool,
+                   eval_texts: tuple[Path, ...], eval_langs: tuple[str, ...], max_bytes: int) -> None:
+    """Write BASE with TOKENIZER to OUT, all embeddings predicted by HYPERNET.
+
+    TOKENIZER is a model or tokenizer folder, a bundled alias, a tokenizer.json or a
+    SentencePiece .model file.
+    """
+    from .hypernets import apply
+
+    files = _eval_files(eval_texts, eval_langs)
+    result = apply(hypernet, base, tokenizer, out, batch_size=batch_size, device=device, force=force)
+    click.echo(f"wrote {out}: {result.rows:,} rows, {result.predicted:,} predicted, "
+               f"{len(result.vocab_map.specials)} specials copied ({result.seconds:.0f}s)")
+    if files:
+        from .evaluate import load_causal_lm, score_files
+
+        model, tok = load_causal_lm(out)
+        for score in score_files(model, tok, files, max_bytes=max_bytes):
+            click.echo(f"{score.name:14s} bits/byte {score.bits_per_byte:.4f}  tokens/byte {score.tokens_per_byte:.4f}")
 
 
 # ---- byte-level probabilities -----------------------------------------------------------------

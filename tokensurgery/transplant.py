@@ -10,7 +10,9 @@ Every donor id gets a row in the new embedding matrices:
     coefficients to BASE's rows of those shared tokens (Goddard & Fernandes Neto, 2025);
   - `knn`: the k shared tokens nearest in the donor space, weighted by inverse distance;
   - `fvt`: the mean of BASE's rows for the pieces BASE's tokenizer splits the token into;
-  - `mean`: the mean BASE row; `zero`: zeros.
+  - `mean`: the mean BASE row; `zero`: zeros;
+  - `hypernet`: rows predicted by a trained hypernetwork for BASE (`hypernets/`) from the
+    pieces BASE's tokenizer splits each token into; needs no donor weights.
 Input and output matrices get their own solve when BASE is untied (from the donor's own
 output matrix when it has one); a tied BASE is solved once.
 """
@@ -33,7 +35,7 @@ from .progress import bar, status
 from .vocab_map import VocabMap
 from .vocabulary import Vocabulary
 
-METHODS = ("omp", "knn", "fvt", "mean", "zero")
+METHODS = ("omp", "knn", "fvt", "mean", "zero", "hypernet")
 NEEDS_DONOR_EMBEDDINGS = ("omp", "knn")
 
 
@@ -50,10 +52,13 @@ class TransplantOptions:
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
     block_size: int = 1024
+    hypernet: str | None = None  # folder of a trained hypernetwork (method "hypernet")
 
     def check(self) -> None:
         if self.method not in METHODS:
             raise TokenSurgeryError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method == "hypernet" and not self.hypernet:
+            raise TokenSurgeryError("--method hypernet needs a trained hypernetwork (--hypernet FOLDER)")
         if self.k < 1:
             raise TokenSurgeryError(f"k must be at least 1, got {self.k}")
         if self.dtype not in ("float32", "float64"):
@@ -213,6 +218,25 @@ def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: 
     return rows, n_fvt
 
 
+def _hypernet_rows(base_emb: Embeddings, vm: VocabMap, filled: list[int], opts: TransplantOptions,
+                   progress: bool) -> dict[str, torch.Tensor]:
+    """{"input": rows, "output": rows} for the filled ids, predicted by the hypernetwork
+    (specials without a BASE counterpart and placeholders get the mean row); "output" is
+    absent when the hypernetwork has no output head and BASE is tied."""
+    from .hypernets import Hypernet, predict_embeddings
+
+    net = Hypernet.from_pretrained(opts.hypernet, base_emb).to(opts.device)
+    new = predict_embeddings(net, vm, n_rows=max(filled, default=-1) + 1, batch_size=opts.block_size * 8, only=filled,
+                             progress=progress)
+    idx = torch.tensor(filled, dtype=torch.long)
+    rows = {"input": new.input[idx]}
+    if new.output is not None:
+        rows["output"] = new.output[idx]
+    elif not base_emb.tied:
+        rows["output"] = new.input[idx]
+    return rows
+
+
 # ---- the transplant -----------------------------------------------------------------------
 
 def prepare(base: str, donor: str, progress: bool = True):
@@ -269,6 +293,9 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
         donor_out = None if donor_emb is None else donor_emb.output if donor_emb.output is not None else donor_emb.input
         spaces["output"] = (base_emb.output, donor_out)
     solutions = {} if solutions is None else solutions
+    predicted = _hypernet_rows(base_emb, vm, filled, opts, progress) if opts.method == "hypernet" else None
+    if predicted and base_emb.tied and "output" in predicted:  # the hypernetwork's output head unties BASE
+        spaces["output"] = (base_emb.input, None)
     matrices, errors, n_fvt, n_capped = {}, None, 0, 0
     for name, (base_matrix, donor_matrix) in spaces.items():
         M = torch.empty(n_rows, base_matrix.shape[1], dtype=torch.float32)
@@ -283,7 +310,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
                     with status(f"{opts.method}: solving {len(filled):,} rows in the donor's {name} space", progress):
                         solutions[key] = _solve(donor_matrix, filled, plan, opts, progress)
                 solution = solutions[key]
-            rows, nf = _fill(base_matrix, solution, vm, filled, opts, plan, progress)
+            rows, nf = (predicted[name], 0) if predicted else _fill(base_matrix, solution, vm, filled, opts, plan, progress)
             # guard: no computed row may be longer than the longest row BASE itself has
             limit = base_matrix.float().norm(dim=1).max()
             norms = rows.norm(dim=1)
