@@ -9,6 +9,7 @@ placeholders and padding rows get the base's mean row.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,10 +124,12 @@ def apply(hypernet: str | Path, base: str | Path, tokenizer: str | Path, out: st
     vm = VocabMap.build(base_vocab, target)
     with status(f"predicting {len(target):,} embeddings", progress):
         new = predict_embeddings(net, vm, batch_size=batch_size, progress=progress)
+    temporary = [tok_src] if isinstance(tok_src, Path) and tok_src.name.startswith("tokensurgery-tok-") else []
+    note = ""
     if isinstance(tok_src, Path):
         tok_src, note = tokenizer_for_output(vm, tok_src)
-    else:
-        note = ""
+        if tok_src.name.startswith("tokensurgery-tok-"):
+            temporary.append(tok_src)
     special_ids = {role: target.roles.get(role) for role in ("bos", "eos", "pad")}
     params = {"rows": f"{new.input.shape[0]:,}", "predicted": f"{len(vm.target) - len(vm.specials):,}",
               "specials copied": f"{len(vm.specials):,}", "output head": new.output is not None,
@@ -134,7 +137,11 @@ def apply(hypernet: str | Path, base: str | Path, tokenizer: str | Path, out: st
     card = model_card(f"{Path(str(base)).name} with the tokenizer of {Path(str(tokenizer)).name}", str(base),
                       {"base": str(base), "tokenizer": str(tokenizer), "hypernetwork": str(hypernet)},
                       "tokensurgery hypernet apply", params, notes=note)
-    with status(f"writing {out}", progress):
-        write_patched_checkpoint(base_dir, out, new, tok_src, special_ids, card, force=force,
-                                 extra_inputs=[Path(str(hypernet))])
+    try:
+        with status(f"writing {out}", progress):
+            write_patched_checkpoint(base_dir, out, new, tok_src, special_ids, card, force=force,
+                                     extra_inputs=[Path(str(hypernet))])
+    finally:
+        for folder in temporary:
+            shutil.rmtree(folder, ignore_errors=True)
     return ApplyResult(Path(out), vm, new.input.shape[0], len(vm.target) - len(vm.specials), time.perf_counter() - start)
