@@ -74,21 +74,23 @@ class ApplyResult:
 def open_tokenizer(spec: str | Path):
     """A tokenizer to give the model: (Vocabulary, what the checkpoint writer copies).
 
-    Accepts a model or tokenizer folder, a bundled alias, a tokenizer.json or a SentencePiece
-    `.model` file."""
+    Accepts a model or tokenizer folder, a bundled alias, a tokenizer.json, a SentencePiece
+    `.model`, a Tekken `.json` or a `.tiktoken` file."""
     from tokensurgery.assets import load_vocabulary, resolve_model, sentencepiece_tokenizer
 
     path = Path(str(spec)).expanduser()
     if path.is_file():
         if ".model" in path.name:
             return load_vocabulary(path), sentencepiece_tokenizer(path)
-        if path.suffix == ".json":
+        if path.suffix in (".json", ".tiktoken"):
             vocab = load_vocabulary(path)
-            if vocab.family == "tiktoken":
-                raise TokenSurgeryError(f"{path} is a Tekken/tiktoken file: transformers cannot load it as a checkpoint "
-                                        "tokenizer; use hypernets.predict_embeddings from Python with this vocabulary")
+            if vocab.family == "tiktoken":  # Tekken / Qwen: written as an equivalent HF fast tokenizer
+                from tokensurgery.tiktoken_convert import hf_tokenizer_from_ranks
+
+                return vocab, hf_tokenizer_from_ranks(vocab)
             return vocab, path.parent if path.name == "tokenizer.json" else _tokenizer_json_folder(path)
-        raise TokenSurgeryError(f"{path}: give a tokenizer folder, a tokenizer.json or a SentencePiece .model file")
+        raise TokenSurgeryError(f"{path}: give a tokenizer folder, a tokenizer.json, a SentencePiece .model, "
+                                "a Tekken .json or a .tiktoken file")
     if path.is_dir() and not (path / "config.json").exists():
         from tokensurgery.assets import vocabulary_of_folder
 

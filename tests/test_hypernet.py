@@ -277,3 +277,17 @@ def test_cli_hypernet_train_apply_and_bad_input(tiny_model_dirs, trained_tiny, t
     assert r.exit_code == 2 and "corpus path not found" in r.stderr
     r = run("transplant", tiny_model_dirs["tied"], tiny_model_dirs["bos"], tmp_path / "y", "--method", "hypernet")
     assert r.exit_code == 2 and "--hypernet" in r.stderr
+
+
+def test_apply_with_a_tekken_file(tiny_model_dirs, trained_tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    from helpers import site_file
+
+    tekken = site_file("mistral_common", "data", "tekken_240911.json")
+    out = tmp_path / "tekken"
+    result = apply(trained_tiny, str(tiny_model_dirs["tied"]), tekken, out, progress=False)
+    vocab = Vocabulary.load(tekken)
+    assert result.rows == len(vocab) and load_embeddings(out).input.shape[0] == len(vocab)
+    text = "Größe, naïve café: 12345 漢字!"
+    assert AutoTokenizer.from_pretrained(out)(text, add_special_tokens=False)["input_ids"] == vocab.encode(text)

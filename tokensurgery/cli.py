@@ -375,8 +375,9 @@ def hypernet_apply(hypernet: Path, base: str, tokenizer: str, out: Path, batch_s
                    eval_texts: tuple[Path, ...], eval_langs: tuple[str, ...], max_bytes: int) -> None:
     """Write BASE with TOKENIZER to OUT, all embeddings predicted by HYPERNET.
 
-    TOKENIZER is a model or tokenizer folder, a bundled alias, a tokenizer.json or a
-    SentencePiece .model file.
+    TOKENIZER is a model or tokenizer folder, a bundled alias, a tokenizer.json, a
+    SentencePiece .model, a Tekken .json or a .tiktoken file (the last two are written as an
+    equivalent Hugging Face tokenizer).
     """
     from .hypernets import apply
 
