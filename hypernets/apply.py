@@ -4,7 +4,8 @@ patched checkpoint.
 Text tokens (and byte tokens) are predicted from their pieces in blocks of `batch_size`
 tokens, so memory stays bounded for 200k+ vocabularies. Special tokens that map to the
 base's (by role, then content) copy its rows, as in ZeTT; other specials, unused
-placeholders and padding rows get the base's mean row.
+placeholders and padding rows get the base's mean row. `apply` also copies the rows of
+tokens the base has (`copy_shared`): on the benchmark that beat predicting them.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from .pieces import PieceSplitter
 
 @torch.no_grad()
 def predict_embeddings(hypernet: Hypernet, vm: VocabMap, n_rows: int | None = None, batch_size: int = 8192,
-                       only: list[int] | None = None, progress: bool = True) -> NewEmbeddings:
+                       only: list[int] | None = None, copy_shared: bool = False,
+                       progress: bool = True) -> NewEmbeddings:
     """Input (and output, when the hypernetwork predicts them) matrices for `vm.target`'s ids.
 
     `vm` maps the target vocabulary onto the hypernetwork's base vocabulary; `n_rows` pads
     the matrices (e.g. to a multiple of 64) with mean rows; `only` limits the prediction to
-    those ids (the other text rows keep the mean row)."""
+    those ids (the other text rows keep the mean row); `copy_shared` copies the base's rows
+    for tokens both vocabularies have instead of predicting them."""
     h = hypernet.eval()
     n_rows = max(n_rows or 0, len(vm.target))
     d = h.config.base_hidden_size
@@ -45,7 +48,14 @@ def predict_embeddings(hypernet: Hypernet, vm: VocabMap, n_rows: int | None = No
         inp[t] = h.base_input[s].cpu()
         if out is not None:
             out[t] = h.base_output[s].cpu()
-    text = [t for t, k in enumerate(vm.target.kinds) if k in TEXT_KINDS and vm.target.surface[t] and t not in vm.specials]
+    copied = dict(vm.specials)
+    if copy_shared:
+        copied.update(vm.shared)
+        for t, s in vm.shared.items():
+            inp[t] = h.base_input[s].cpu()
+            if out is not None:
+                out[t] = h.base_output[s].cpu()
+    text = [t for t, k in enumerate(vm.target.kinds) if k in TEXT_KINDS and vm.target.surface[t] and t not in copied]
     if only is not None:
         keep = set(only)
         text = [t for t in text if t in keep]
@@ -67,8 +77,9 @@ class ApplyResult:
     out: Path
     vocab_map: VocabMap
     rows: int
-    predicted: int
-    seconds: float
+    predicted: int  # text rows the hypernetwork predicted
+    copied: int  # rows copied from BASE (specials, and shared tokens with copy_shared)
+    seconds: float  # the rest (unmatched specials, placeholders) are BASE's mean row
 
 
 def open_tokenizer(spec: str | Path):
@@ -108,8 +119,9 @@ def _tokenizer_json_folder(path: Path) -> Path:
 
 
 def apply(hypernet: str | Path, base: str | Path, tokenizer: str | Path, out: str | Path, batch_size: int = 8192,
-          device: str = "cpu", force: bool = False, progress: bool = True) -> ApplyResult:
-    """Write BASE with TOKENIZER, every embedding row predicted by the hypernetwork."""
+          device: str = "cpu", copy_shared: bool = True, force: bool = False, progress: bool = True) -> ApplyResult:
+    """Write BASE with TOKENIZER, the embedding rows predicted by the hypernetwork (rows of
+    tokens BASE also has are copied unless `copy_shared` is False; that measured better)."""
     from tokensurgery.assets import resolve_model, vocabulary_of_folder
     from tokensurgery.checkpoint import (check_embeddings_cover, check_output, load_embeddings, model_card,
                                          write_patched_checkpoint)
@@ -125,7 +137,7 @@ def apply(hypernet: str | Path, base: str | Path, tokenizer: str | Path, out: st
     target, tok_src = open_tokenizer(tokenizer)
     vm = VocabMap.build(base_vocab, target)
     with status(f"predicting {len(target):,} embeddings", progress):
-        new = predict_embeddings(net, vm, batch_size=batch_size, progress=progress)
+        new = predict_embeddings(net, vm, batch_size=batch_size, copy_shared=copy_shared, progress=progress)
     temporary = [tok_src] if isinstance(tok_src, Path) and tok_src.name.startswith("tokensurgery-tok-") else []
     note = ""
     if isinstance(tok_src, Path):
@@ -133,8 +145,11 @@ def apply(hypernet: str | Path, base: str | Path, tokenizer: str | Path, out: st
         if tok_src.name.startswith("tokensurgery-tok-"):
             temporary.append(tok_src)
     special_ids = {role: target.roles.get(role) for role in ("bos", "eos", "pad")}
-    params = {"rows": f"{new.input.shape[0]:,}", "predicted": f"{len(vm.target) - len(vm.specials):,}",
-              "specials copied": f"{len(vm.specials):,}", "output head": new.output is not None,
+    n_copied = len(vm.specials) + (len(vm.shared) if copy_shared else 0)
+    copied = set(vm.specials) | (set(vm.shared) if copy_shared else set())
+    n_predicted = sum(1 for t, k in enumerate(target.kinds) if k in TEXT_KINDS and target.surface[t] and t not in copied)
+    params = {"rows": f"{new.input.shape[0]:,}", "predicted": f"{n_predicted:,}",
+              "specials copied": f"{len(vm.specials):,}", "shared copied": f"{len(vm.shared) if copy_shared else 0:,}", "output head": new.output is not None,
               "hypernetwork config": net.config.__dict__}
     card = model_card(f"{Path(str(base)).name} with the tokenizer of {Path(str(tokenizer)).name}", str(base),
                       {"base": str(base), "tokenizer": str(tokenizer), "hypernetwork": str(hypernet)},
@@ -146,4 +161,4 @@ def apply(hypernet: str | Path, base: str | Path, tokenizer: str | Path, out: st
     finally:
         for folder in temporary:
             shutil.rmtree(folder, ignore_errors=True)
-    return ApplyResult(Path(out), vm, new.input.shape[0], len(vm.target) - len(vm.specials), time.perf_counter() - start)
+    return ApplyResult(Path(out), vm, new.input.shape[0], n_predicted, n_copied, time.perf_counter() - start)

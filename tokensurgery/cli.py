@@ -365,15 +365,17 @@ def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, wa
 @click.argument("tokenizer")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--batch-size", default=8192, show_default=True, help="Tokens predicted at a time (bounds memory).")
+@click.option("--copy-shared/--predict-shared", default=True, show_default=True,
+              help="Copy BASE's rows for tokens both tokenizers have, or predict those too.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--eval", "eval_texts", multiple=True, type=click.Path(path_type=Path),
               help="Text file to score OUT on (bits per byte); repeatable.")
 @click.option("--eval-lang", "eval_langs", multiple=True, help="Bundled excerpt to score on (en, de, fr, ...); repeatable.")
 @click.option("--max-bytes", type=int, default=8000, show_default=True, help="Bytes of each eval text that are scored.")
-def hypernet_apply(hypernet: Path, base: str, tokenizer: str, out: Path, batch_size: int, device: str, force: bool,
-                   eval_texts: tuple[Path, ...], eval_langs: tuple[str, ...], max_bytes: int) -> None:
-    """Write BASE with TOKENIZER to OUT, all embeddings predicted by HYPERNET.
+def hypernet_apply(hypernet: Path, base: str, tokenizer: str, out: Path, batch_size: int, copy_shared: bool, device: str,
+                   force: bool, eval_texts: tuple[Path, ...], eval_langs: tuple[str, ...], max_bytes: int) -> None:
+    """Write BASE with TOKENIZER to OUT, embeddings predicted by HYPERNET.
 
     TOKENIZER is a model or tokenizer folder, a bundled alias, a tokenizer.json, a
     SentencePiece .model, a Tekken .json or a .tiktoken file (the last two are written as an
@@ -382,9 +384,10 @@ def hypernet_apply(hypernet: Path, base: str, tokenizer: str, out: Path, batch_s
     from .hypernets import apply
 
     files = _eval_files(eval_texts, eval_langs)
-    result = apply(hypernet, base, tokenizer, out, batch_size=batch_size, device=device, force=force)
+    result = apply(hypernet, base, tokenizer, out, batch_size=batch_size, device=device, copy_shared=copy_shared,
+                   force=force)
     click.echo(f"wrote {out}: {result.rows:,} rows, {result.predicted:,} predicted, "
-               f"{len(result.vocab_map.specials)} specials copied ({result.seconds:.0f}s)")
+               f"{result.copied:,} copied, the rest mean rows ({result.seconds:.0f}s)")
     if files:
         from .evaluate import load_causal_lm, score_files
 
