@@ -111,7 +111,7 @@ class FrozenLM:
 
     def logits(self, inputs_embeds: torch.Tensor, out_rows: torch.Tensor) -> torch.Tensor:
         x = inputs_embeds if self.scale is None else inputs_embeds * self.scale.to(inputs_embeds.dtype)
-        h = self.model.model(inputs_embeds=x).last_hidden_state
+        h = self.model.base_model(inputs_embeds=x).last_hidden_state  # the decoder without its LM head
         logits = h @ out_rows.T
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
