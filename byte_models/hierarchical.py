@@ -1,0 +1,236 @@
+"""Byte2Word encoder and a hierarchical autoregressive byte model (HAT-style).
+
+`Byte2Word`: byte embeddings (+ position in the word), optional bidirectional layers inside
+each word, then one learned query per head cross-attends to that word's bytes -> one vector
+per word. Pooling runs flat over all bytes (segment softmax, no padding).
+
+`HierarchicalLM`: words (from `splitter.split_words`) -> Byte2Word -> a word-level
+transformers decoder (any model taking `inputs_embeds`; a small Llama by default, or a
+pretrained backbone) -> a byte decoder: word j's bytes are predicted from the backbone output
+after words < j (a learned start vector stands in front of the first word), then its own
+previous bytes, ending with an end-of-word symbol (id 256). No byte sees a later word.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.kernels.segments import pack, positions_in_segment, segment_ids, segment_softmax, segment_sum
+
+from .splitter import split_words
+
+EOW = 256  # end-of-word symbol of the byte decoder
+WEIGHTS, CONFIG = "model.safetensors", "hierarchical_config.json"
+
+
+@dataclass
+class HierarchicalConfig:
+    """Sizes of the byte encoder/decoder and of the default word backbone."""
+
+    d_byte: int = 128
+    d_model: int = 256
+    byte_heads: int = 4
+    encoder_layers: int = 1
+    decoder_layers: int = 2
+    max_word_bytes: int = 16
+    backbone: dict = field(default_factory=lambda: {"num_hidden_layers": 4, "num_attention_heads": 4,
+                                                    "num_key_value_heads": 4, "intermediate_size": 688})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HierarchicalConfig":
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+
+
+def _layers(d: int, heads: int, n: int) -> nn.TransformerEncoder | None:
+    if n == 0:
+        return None
+    layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, n, enable_nested_tensor=False)
+
+
+class Byte2Word(nn.Module):
+    """Bytes of each word -> one vector per word (see the module docstring)."""
+
+    def __init__(self, d_byte: int, d_out: int, heads: int = 4, layers: int = 1, max_len: int = 16):
+        super().__init__()
+        if d_byte % heads:
+            raise TokenSurgeryError(f"d_byte {d_byte} is not divisible by {heads} heads")
+        self.heads, self.max_len = heads, max_len
+        self.byte = nn.Embedding(256, d_byte)
+        self.position = nn.Embedding(max_len, d_byte)
+        self.layers = _layers(d_byte, heads, layers)
+        self.query = nn.Parameter(torch.randn(heads, d_byte // heads) * 0.02)
+        self.key, self.value = nn.Linear(d_byte, d_byte), nn.Linear(d_byte, d_byte)
+        self.out = nn.Linear(d_byte, d_out)
+
+    def forward(self, data: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """`data` (N,) bytes of all words back to back, `lengths` (W,) -> (W, d_out)."""
+        if int(lengths.max()) > self.max_len:
+            raise TokenSurgeryError(f"a word of {int(lengths.max())} bytes; this encoder takes at most {self.max_len}")
+        seg, n = segment_ids(lengths), len(lengths)
+        x = self.byte(data) + self.position(positions_in_segment(lengths))
+        if self.layers is not None:
+            packed, mask = pack(x, lengths)
+            x = self.layers(packed, src_key_padding_mask=~mask)[mask]
+        dh = x.shape[1] // self.heads
+        k = self.key(x).view(-1, self.heads, dh)
+        v = self.value(x).view(-1, self.heads, dh)
+        p = segment_softmax((k * self.query).sum(-1) / math.sqrt(dh), seg, n)  # (N, heads)
+        return self.out(segment_sum(p.unsqueeze(-1) * v, seg, n).reshape(n, -1))
+
+
+def default_backbone(config: HierarchicalConfig) -> nn.Module:
+    from transformers import LlamaConfig, LlamaModel
+
+    return LlamaModel(LlamaConfig(hidden_size=config.d_model, vocab_size=1, max_position_embeddings=4096,
+                                  **config.backbone))
+
+
+class HierarchicalLM(nn.Module):
+    """Byte encoder -> word backbone -> byte decoder (see the module docstring)."""
+
+    def __init__(self, config: HierarchicalConfig | None = None, backbone: nn.Module | None = None):
+        super().__init__()
+        self.config = c = config or HierarchicalConfig()
+        self.encoder = Byte2Word(c.d_byte, c.d_model, c.byte_heads, c.encoder_layers, c.max_word_bytes)
+        self.backbone = backbone if backbone is not None else default_backbone(c)
+        self.start = nn.Parameter(torch.randn(c.d_model) * 0.02)
+        self.to_bytes = nn.Linear(c.d_model, c.d_byte)
+        self.dec_byte = nn.Embedding(256, c.d_byte)
+        self.dec_position = nn.Embedding(c.max_word_bytes + 1, c.d_byte)
+        self.decoder = _layers(c.d_byte, c.byte_heads, c.decoder_layers)
+        self.norm = nn.LayerNorm(c.d_byte)
+        self.head = nn.Linear(c.d_byte, 257)
+
+    # ---- batches ------------------------------------------------------------------------
+
+    def words_of(self, data: bytes) -> list[bytes]:
+        return split_words(data, self.config.max_word_bytes)
+
+    def _flat(self, words: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.start.device
+        lengths = torch.tensor([len(w) for w in words], device=device)
+        data = torch.tensor(list(b"".join(words)), dtype=torch.long, device=device)
+        return data, lengths
+
+    # ---- the model ----------------------------------------------------------------------
+
+    def forward(self, batch: list[list[bytes]]) -> torch.Tensor:
+        """Logits (B * W, longest word + 1, 257) for B sequences of W words each: row j of a
+        sequence predicts word j's bytes and then EOW."""
+        n_words = {len(words) for words in batch}
+        if len(n_words) != 1 or 0 in n_words:
+            raise TokenSurgeryError("every sequence in a batch needs the same (non-zero) number of words")
+        B, W = len(batch), n_words.pop()
+        words = [w for seq in batch for w in seq]
+        data, lengths = self._flat(words)
+        e = self.encoder(data, lengths).view(B, W, -1)
+        inputs = torch.cat([self.start.expand(B, 1, -1), e[:, :-1]], 1)  # word j sees words < j only
+        h = self.backbone(inputs_embeds=inputs).last_hidden_state.reshape(B * W, -1)
+        return self._decode(h, data, lengths)
+
+    def _decode(self, h: torch.Tensor, data: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.dec_byte(data) + self.dec_position(positions_in_segment(lengths) + 1)
+        packed, mask = pack(x, lengths)
+        seq = torch.cat([self.to_bytes(h).unsqueeze(1) + self.dec_position.weight[0], packed], 1)
+        valid = torch.cat([torch.ones(len(mask), 1, dtype=torch.bool, device=mask.device), mask], 1)
+        causal = torch.triu(torch.ones(seq.shape[1], seq.shape[1], dtype=torch.bool, device=seq.device), 1)
+        if self.decoder is not None:
+            seq = self.decoder(seq, mask=causal, src_key_padding_mask=~valid)
+        return self.head(self.norm(seq))
+
+    def loss(self, batch: list[list[bytes]]) -> tuple[torch.Tensor, int]:
+        """Mean next-symbol cross-entropy (nats; bytes and each word's EOW) and the byte count."""
+        logits = self(batch)
+        words = [w for seq in batch for w in seq]
+        width = logits.shape[1]
+        targets = torch.full((len(words), width), -100, dtype=torch.long, device=logits.device)
+        for r, w in enumerate(words):
+            targets[r, : len(w)] = torch.tensor(list(w), device=logits.device)
+            targets[r, len(w)] = EOW
+        loss = F.cross_entropy(logits.reshape(-1, 257), targets.reshape(-1), reduction="sum")
+        n_bytes = sum(len(w) for w in words)
+        return loss / (n_bytes + len(words)), n_bytes
+
+    # ---- generation ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompt: bytes, max_new_bytes: int = 64, temperature: float = 1.0, seed: int | None = None) -> bytes:
+        """Continue `prompt` byte by byte; a word ends at EOW or where the splitter would cut."""
+        g = torch.Generator(device="cpu")
+        if seed is not None:
+            g.manual_seed(seed)
+        words = self.words_of(prompt)
+        current = words.pop() if words else b""
+        out = b""
+        while len(out) < max_new_bytes:
+            inputs = [self.start.view(1, -1)]
+            if words:
+                data, lengths = self._flat(words)
+                inputs.append(self.encoder(data, lengths))
+            h = self.backbone(inputs_embeds=torch.cat(inputs).unsqueeze(0)).last_hidden_state[0, -1:]
+            while len(out) < max_new_bytes:
+                data, lengths = self._flat([current])
+                logits = self._decode(h, data, lengths)[0, len(current)].float().cpu()
+                if len(current) >= self.config.max_word_bytes:
+                    logits[:EOW] = float("-inf")
+                if temperature <= 0:
+                    sym = int(logits.argmax())
+                else:
+                    sym = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=g))
+                if sym == EOW or (current and len(self.words_of(current + bytes([sym]))) > 1):
+                    if current:
+                        words.append(current)
+                    current = b"" if sym == EOW else bytes([sym])
+                    out += b"" if sym == EOW else bytes([sym])
+                    break
+                current += bytes([sym])
+                out += bytes([sym])
+        return out
+
+    # ---- saving -------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Weights (safetensors) and configuration; the backbone's config goes along when it
+        is a transformers model."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS), metadata={"format": "pt", "library": "tokensurgery"})
+        meta = {"config": asdict(self.config)}
+        if hasattr(self.backbone, "config"):
+            meta["backbone_config"] = self.backbone.config.to_dict()
+        (folder / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "HierarchicalLM":
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel
+
+        folder = Path(folder)
+        if not (folder / CONFIG).exists() or not (folder / WEIGHTS).exists():
+            raise TokenSurgeryError(f"{folder} is not a saved hierarchical model (needs {CONFIG} and {WEIGHTS})")
+        try:
+            meta = json.loads((folder / CONFIG).read_text())
+            state = load_file(str(folder / WEIGHTS))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            raise TokenSurgeryError(f"{folder}: corrupt model files ({str(e).splitlines()[0][:160]})") from None
+        config = HierarchicalConfig.from_dict(meta["config"])
+        backbone = None
+        if "backbone_config" in meta:
+            bc = dict(meta["backbone_config"])
+            backbone = AutoModel.from_config(AutoConfig.for_model(bc.pop("model_type"), **bc))
+        model = cls(config, backbone)
+        model.load_state_dict(state)
+        return model

@@ -1,0 +1,95 @@
+"""Segment kernels, the Byte2Word encoder and the hierarchical byte model on tiny settings."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from helpers import corpus_lines
+from tokensurgery.byte_models.hierarchical import EOW, Byte2Word, HierarchicalConfig, HierarchicalLM
+from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.kernels.segments import pack, positions_in_segment, segment_ids, segment_softmax, unpack
+
+TINY = HierarchicalConfig(d_byte=32, d_model=48, byte_heads=4, encoder_layers=1, decoder_layers=1, max_word_bytes=12,
+                          backbone={"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                                    "intermediate_size": 96})
+
+
+def test_segment_kernels():
+    lengths = torch.tensor([2, 3, 1])
+    assert segment_ids(lengths).tolist() == [0, 0, 1, 1, 1, 2]
+    assert positions_in_segment(lengths).tolist() == [0, 1, 0, 1, 2, 0]
+    scores = torch.randn(6, 3)
+    p = segment_softmax(scores, segment_ids(lengths), 3)
+    for s, (a, b) in enumerate([(0, 2), (2, 5), (5, 6)]):
+        torch.testing.assert_close(p[a:b], torch.softmax(scores[a:b], 0))
+    x = torch.randn(6, 4)
+    packed, mask = pack(x, lengths)
+    assert packed.shape == (3, 3, 4) and mask.sum() == 6 and torch.equal(unpack(packed, mask), x)
+
+
+def test_byte2word_pooling_matches_a_per_word_loop():
+    torch.manual_seed(0)
+    enc = Byte2Word(16, 8, heads=2, layers=0, max_len=8).eval()
+    words = [b"The", b" cat", b",", b" \xff\xfe"]
+    data = torch.tensor(list(b"".join(words)))
+    lengths = torch.tensor([len(w) for w in words])
+    got = enc(data, lengths)
+    for r, w in enumerate(words):  # reference: ordinary softmax attention over one word's bytes
+        x = enc.byte(torch.tensor(list(w))) + enc.position(torch.arange(len(w)))
+        k, v = enc.key(x).view(len(w), 2, 8), enc.value(x).view(len(w), 2, 8)
+        att = torch.softmax((k * enc.query).sum(-1) / math.sqrt(8), 0)
+        torch.testing.assert_close(got[r], enc.out((att.unsqueeze(-1) * v).sum(0).reshape(-1)))
+
+
+def test_no_byte_sees_a_later_word_or_byte():
+    torch.manual_seed(0)
+    model = HierarchicalLM(TINY).eval()
+    words = [b"The", b" cat", b" sat", b" on", b" it"]
+    base = model([words])
+    changed = list(words)
+    changed[2] = b" sit"  # same length: the packing is unchanged
+    after = model([changed])
+    torch.testing.assert_close(after[:2], base[:2])  # earlier words: untouched
+    # word 2 itself: positions before the changed byte (index 2 of " sat") are untouched
+    torch.testing.assert_close(after[2, :3], base[2, :3])
+    assert not torch.allclose(after[2, 3:5], base[2, 3:5])
+    assert not torch.allclose(after[3], base[3])  # later words do see it
+
+
+def test_loss_decreases_on_a_tiny_corpus():
+    torch.manual_seed(0)
+    model = HierarchicalLM(TINY)
+    words = model.words_of("\n".join(corpus_lines(20_000, langs=("en",))).encode())
+    rng = random.Random(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        starts = [rng.randrange(len(words) - 16) for _ in range(4)]
+        loss, _ = model.loss([words[s : s + 16] for s in starts])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > math.log(257) * 0.9  # starts near uniform over 257 symbols
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10, losses
+
+
+def test_save_load_and_generate(tmp_path):
+    torch.manual_seed(0)
+    model = HierarchicalLM(TINY).eval()
+    batch = [[b"Hello", b",", b" world"], [b"a", b" b", b"c"]]
+    folder = model.save_pretrained(tmp_path / "hat")
+    again = HierarchicalLM.from_pretrained(folder).eval()
+    torch.testing.assert_close(again(batch), model(batch))
+    a = model.generate(b"Hello wor", max_new_bytes=20, seed=1)
+    assert a == again.generate(b"Hello wor", max_new_bytes=20, seed=1) and len(a) <= 20
+    assert len(model.generate(b"", max_new_bytes=5, temperature=0)) <= 5
+    with pytest.raises(TokenSurgeryError, match="same"):
+        model([[b"a"], [b"a", b"b"]])
+    with pytest.raises(TokenSurgeryError, match="not a saved"):
+        HierarchicalLM.from_pretrained(tmp_path / "none")
+    assert EOW == 256
