@@ -160,6 +160,51 @@ class HierarchicalLM(nn.Module):
         n_bytes = sum(len(w) for w in words)
         return loss / (n_bytes + len(words)), n_bytes
 
+    # ---- retrofitting a subword model ----------------------------------------------------
+
+    @classmethod
+    def from_subword(cls, spec: str | Path, config: HierarchicalConfig | None = None,
+                     freeze_backbone: bool = True) -> "HierarchicalLM":
+        """A hierarchical model whose word backbone is a pretrained subword model's decoder
+        (its token embeddings and LM head are not used). `distill_loss` then pulls word
+        vectors towards that model's own embeddings of each word, so the backbone sees
+        inputs like the ones it was trained on."""
+        from tokensurgery.assets import resolve_model, vocabulary_of_folder
+        from tokensurgery.evaluate import load_causal_lm
+
+        folder = resolve_model(spec)
+        lm, _ = load_causal_lm(folder)
+        width = lm.get_input_embeddings().weight.shape[1]
+        config = HierarchicalConfig(**{**asdict(config or HierarchicalConfig()), "d_model": width})
+        model = cls(config, lm.base_model)
+        model.subword_vocab = vocabulary_of_folder(folder)
+        model.subword_embeddings = lm.get_input_embeddings().weight.detach()
+        scale = getattr(lm.get_input_embeddings(), "embed_scale", None)  # Gemma scales its inputs
+        if scale is not None:
+            model.subword_embeddings = model.subword_embeddings * scale
+        if freeze_backbone:
+            for p in model.backbone.parameters():
+                p.requires_grad_(False)
+        return model
+
+    def word_targets(self, words: list[bytes]) -> torch.Tensor:
+        """The subword model's view of each word: the mean input embedding of its tokens."""
+        if not hasattr(self, "subword_vocab"):
+            raise TokenSurgeryError("word targets need a model made with HierarchicalLM.from_subword")
+        rows = []
+        for w in words:
+            ids = [i for i in self.subword_vocab.decompose(w) if i < self.subword_embeddings.shape[0]]
+            rows.append(self.subword_embeddings[ids].mean(0) if ids else self.subword_embeddings.mean(0))
+        return torch.stack(rows).to(self.start.device)
+
+    def distill_loss(self, batch: list[list[bytes]]) -> torch.Tensor:
+        """Mean squared distance of the word vectors to `word_targets`, relative to the
+        targets' variance (0 = the subword model's own embedding of every word)."""
+        words = [w for seq in batch for w in seq]
+        data, lengths = self._flat(words)
+        target = self.word_targets(words)
+        return ((self.encoder(data, lengths) - target) ** 2).mean() / target.var(0).mean().clamp(min=1e-8)
+
     # ---- generation ---------------------------------------------------------------------
 
     @torch.no_grad()

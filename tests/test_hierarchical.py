@@ -93,3 +93,28 @@ def test_save_load_and_generate(tmp_path):
     with pytest.raises(TokenSurgeryError, match="not a saved"):
         HierarchicalLM.from_pretrained(tmp_path / "none")
     assert EOW == 256
+
+
+def test_retrofit_a_subword_model(tiny_model_dirs):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = HierarchicalLM.from_subword(tiny_model_dirs["tied"], TINY)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["tied"])
+    assert model.config.d_model == lm.config.hidden_size
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = [model.words_of(b"The old house stood on the hill, and the wind blew.")[:8]]
+    first = model.distill_loss(batch).item()
+    for _ in range(40):
+        loss = model.distill_loss(batch) + model.loss(batch)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model.distill_loss(batch).item() < 0.5 * first
+    for k, v in model.backbone.state_dict().items():  # frozen: the pretrained backbone is untouched
+        assert torch.equal(v, backbone_before[k]), k
+    # the targets are the subword model's own embeddings of each word's tokens
+    w = b" house"
+    ids = model.subword_vocab.decompose(w)
+    torch.testing.assert_close(model.word_targets([w])[0], lm.get_input_embeddings().weight[ids].mean(0).detach())
