@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -31,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.training import (CHECKPOINT, STATE, check_in_sync, check_out, cosine_lr, dist_setup, load_state,
+                                   save_checkpoint, saved_config)
 from tokensurgery.vocabulary import TokenKind
 
 from .data import Corpus
@@ -38,8 +38,6 @@ from .model import Hypernet, hypernet_for
 from .pieces import PieceSplitter
 from .sampler import UnigramSampler
 
-STATE = "trainer_state.pt"
-CHECKPOINT = "checkpoint"
 LOG = "training_log.jsonl"
 
 
@@ -118,18 +116,7 @@ class FrozenLM:
         return logits
 
 
-# ---- distributed helpers -------------------------------------------------------------------
-
-def _dist_setup(device: str) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), world
-
+# ---- data --------------------------------------------------------------------------------
 
 def _rng(config: TrainConfig, step: int, rank: int, micro: int) -> random.Random:
     return random.Random(f"{config.seed}:{step}:{rank}:{micro}")
@@ -147,16 +134,16 @@ class Trainer:
 
         config.check()
         self.config, self.corpus, self.out, self.progress = config, corpus, Path(out), progress
-        self.rank, self.world = _dist_setup(config.device)
+        self.rank, self.world = dist_setup(config.device)
         if self.rank == 0:
-            self._check_out(resume, force)
+            check_out(self.out, resume, force)
         self.base_dir = resolve_model(base, progress=progress and self.rank == 0)
         self.base_vocab = vocabulary_of_folder(self.base_dir, name=str(base))
         emb = load_embeddings(self.base_dir)
         check_embeddings_cover(emb, len(self.base_vocab), f"base {base}")
         start = self.out / CHECKPOINT
         if resume:  # the saved run's settings, except how long to go on
-            saved = TrainConfig.from_dict(json.loads((start / "train_config.json").read_text()))
+            saved = TrainConfig.from_dict(saved_config(self.out))
             saved.steps, saved.max_minutes, saved.device = config.steps, config.max_minutes, config.device
             self.config = config = saved
         if resume and (start / STATE).exists():
@@ -180,22 +167,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         if resume and (start / STATE).exists():
-            state = torch.load(start / STATE, weights_only=True)
+            state = load_state(self.out)
             self.optimizer.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
         self.history: list[dict] = []
-
-    def _check_out(self, resume: bool, force: bool) -> None:
-        if self.out.exists() and any(self.out.iterdir()):
-            if resume:
-                if not (self.out / CHECKPOINT / STATE).exists():
-                    raise TokenSurgeryError(f"{self.out} has no checkpoint to resume from")
-            elif force:
-                shutil.rmtree(self.out)
-            else:
-                raise TokenSurgeryError(f"{self.out} already exists; use --resume to continue it or --force to replace it")
-        elif resume:
-            raise TokenSurgeryError(f"{self.out} has no checkpoint to resume from")
 
     # ---- schedule ---------------------------------------------------------------------
 
@@ -204,11 +179,7 @@ class Trainer:
         return self.config.warmup_steps + self.config.steps
 
     def lr_at(self, step: int) -> float:
-        c = self.config
-        if step < c.lr_warmup:
-            return c.lr * (step + 1) / c.lr_warmup
-        frac = (step - c.lr_warmup) / max(1, self.total_steps - c.lr_warmup)
-        return c.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        return cosine_lr(step, self.total_steps, self.config.lr, self.config.lr_warmup)
 
     # ---- losses -------------------------------------------------------------------------
 
@@ -338,7 +309,7 @@ class Trainer:
                 stopped = True
                 break
         if self.world > 1:
-            self._check_in_sync()
+            check_in_sync(self.hypernet, self.world)
         if self.rank == 0:
             self.save_final(time.perf_counter() - start)
         return TrainResult(self.out, self.step, time.perf_counter() - start, self.history, stopped)
@@ -352,33 +323,12 @@ class Trainer:
                              if k in ("step", "phase", "loss", "lm", "aux", "identity", "tokens_per_byte"))
             print(shown, file=sys.stderr, flush=True)
 
-    def _check_in_sync(self) -> None:
-        """All ranks must hold the same weights (DDP averages gradients; this checks it did)."""
-        import torch.distributed as dist
-
-        total = torch.stack([p.detach().double().sum() for p in self.hypernet.parameters()]).sum().reshape(1)
-        gathered = [torch.zeros_like(total) for _ in range(self.world)]
-        dist.all_gather(gathered, total)
-        if any(abs(float(g) - float(total)) > 1e-6 * max(1.0, abs(float(total))) for g in gathered):
-            raise TokenSurgeryError(f"ranks diverged: parameter sums {[float(g) for g in gathered]}")
-
     # ---- saving -------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
         """Hypernetwork + optimizer state into OUT/checkpoint, atomically (rank 0 only)."""
-        if self.rank != 0:
-            return
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.hypernet.save_pretrained(tmp)
-        torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step}, tmp / STATE)
-        (tmp / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        final = self.out / CHECKPOINT
-        old = self.out / (CHECKPOINT + ".old")
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        if self.rank == 0:
+            save_checkpoint(self.out, self.hypernet.save_pretrained, self.optimizer, self.step, asdict(self.config))
 
     def save_final(self, seconds: float) -> None:
         self.hypernet.save_pretrained(self.out)
