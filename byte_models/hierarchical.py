@@ -160,6 +160,19 @@ class HierarchicalLM(nn.Module):
         n_bytes = sum(len(w) for w in words)
         return loss / (n_bytes + len(words)), n_bytes
 
+    def text_loss(self, texts: list[bytes], distill_weight: float = 1.0) -> tuple[torch.Tensor, int]:
+        """Training loss for raw texts: split into words, cut to a common word count; plus
+        `distill_weight` x `distill_loss` for a retrofitted model. Returns (loss, bytes)."""
+        batch = [self.words_of(t) for t in texts]
+        n = min(len(b) for b in batch)
+        if n == 0:
+            raise TokenSurgeryError("empty text in a batch")
+        batch = [b[:n] for b in batch]
+        loss, n_bytes = self.loss(batch)
+        if distill_weight and getattr(self, "subword_vocab", None) is not None:
+            loss = loss + distill_weight * self.distill_loss(batch)
+        return loss, n_bytes
+
     # ---- retrofitting a subword model ----------------------------------------------------
 
     @classmethod
@@ -169,7 +182,7 @@ class HierarchicalLM(nn.Module):
         (its token embeddings and LM head are not used). `distill_loss` then pulls word
         vectors towards that model's own embeddings of each word, so the backbone sees
         inputs like the ones it was trained on."""
-        from tokensurgery.assets import resolve_model, vocabulary_of_folder
+        from tokensurgery.assets import resolve_model
         from tokensurgery.evaluate import load_causal_lm
 
         folder = resolve_model(spec)
@@ -177,15 +190,23 @@ class HierarchicalLM(nn.Module):
         width = lm.get_input_embeddings().weight.shape[1]
         config = HierarchicalConfig(**{**asdict(config or HierarchicalConfig()), "d_model": width})
         model = cls(config, lm.base_model)
-        model.subword_vocab = vocabulary_of_folder(folder)
-        model.subword_embeddings = lm.get_input_embeddings().weight.detach()
-        scale = getattr(lm.get_input_embeddings(), "embed_scale", None)  # Gemma scales its inputs
-        if scale is not None:
-            model.subword_embeddings = model.subword_embeddings * scale
+        model.attach_subword(folder, lm)
         if freeze_backbone:
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
         return model
+
+    def attach_subword(self, folder: Path, lm=None) -> None:
+        """Remember the subword model whose word embeddings `distill_loss` aims at."""
+        from tokensurgery.assets import vocabulary_of_folder
+        from tokensurgery.evaluate import load_causal_lm
+
+        lm = lm if lm is not None else load_causal_lm(folder)[0]
+        self.subword_source = str(folder)
+        self.subword_vocab = vocabulary_of_folder(Path(folder))
+        emb = lm.get_input_embeddings()
+        scale = getattr(emb, "embed_scale", None)  # Gemma scales its inputs
+        self.subword_embeddings = emb.weight.detach() * (scale if scale is not None else 1.0)
 
     def word_targets(self, words: list[bytes]) -> torch.Tensor:
         """The subword model's view of each word: the mean input embedding of its tokens."""
@@ -255,6 +276,9 @@ class HierarchicalLM(nn.Module):
         meta = {"config": asdict(self.config)}
         if hasattr(self.backbone, "config"):
             meta["backbone_config"] = self.backbone.config.to_dict()
+        if getattr(self, "subword_source", None):
+            meta["subword_source"] = self.subword_source
+        meta["backbone_frozen"] = not any(p.requires_grad for p in self.backbone.parameters())
         (folder / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         return folder
 
@@ -278,4 +302,9 @@ class HierarchicalLM(nn.Module):
             backbone = AutoModel.from_config(AutoConfig.for_model(bc.pop("model_type"), **bc))
         model = cls(config, backbone)
         model.load_state_dict(state)
+        if meta.get("subword_source") and Path(meta["subword_source"]).exists():
+            model.attach_subword(Path(meta["subword_source"]))
+        if meta.get("backbone_frozen"):
+            for p in model.backbone.parameters():
+                p.requires_grad_(False)
         return model

@@ -396,6 +396,81 @@ def hypernet_apply(hypernet: Path, base: str, tokenizer: str, out: Path, batch_s
             click.echo(f"{score.name:14s} bits/byte {score.bits_per_byte:.4f}  tokens/byte {score.tokens_per_byte:.4f}")
 
 
+# ---- byte-level models (hierarchical / flat) ---------------------------------------------------
+
+@cli.group("byte-model")
+def byte_model_group() -> None:
+    """Train and run byte-level models: hierarchical (Byte2Word encoder, word backbone, byte
+    decoder) or a flat byte transformer, from scratch or retrofitted onto a subword model."""
+
+
+@byte_model_group.command("train")
+@click.argument("kind", type=click.Choice(["hierarchical", "flat"]))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--corpus", multiple=True, default=("bundled",), show_default=True,
+              help="Text file or folder (repeatable); 'bundled' = music21 excerpts + stdlib modules minus held-out text.")
+@click.option("--from-subword", "subword", help="Retrofit: use this subword model's transformer as the word "
+              "backbone (frozen; hierarchical only), e.g. smollm2-135m.")
+@click.option("--d-model", default=256, show_default=True, help="Backbone width (from scratch).")
+@click.option("--layers", default=4, show_default=True, help="Backbone layers (from scratch).")
+@click.option("--d-byte", default=128, show_default=True, help="Byte encoder/decoder width (hierarchical).")
+@click.option("--steps", default=1000, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--context-bytes", default=512, show_default=True, help="Characters per training window.")
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--max-minutes", type=float, help="Stop after this much wall-clock time (checkpointed).")
+@click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str | None, d_model: int, layers: int,
+                     d_byte: int, steps: int, batch_size: int, context_bytes: int, lr: float, max_minutes: float | None,
+                     resume: bool, force: bool, seed: int, device: str) -> None:
+    """Train a KIND byte model on text and save it to OUT (runs unchanged under torchrun)."""
+    import torch
+
+    from .byte_models.flat import FlatByteLM, FlatConfig
+    from .byte_models.hierarchical import HierarchicalConfig, HierarchicalLM
+    from .byte_models.train import ByteTrainConfig, train_bytes
+    from .hypernets import Corpus
+
+    if subword and kind != "hierarchical":
+        raise TokenSurgeryError("--from-subword retrofits hierarchical models only")
+    data = Corpus.from_paths(list(corpus))
+    backbone = {"num_hidden_layers": layers, "num_attention_heads": max(1, d_model // 64),
+                "num_key_value_heads": max(1, d_model // 64), "intermediate_size": int(d_model * 8 / 3)}
+    torch.manual_seed(seed)
+    model = None
+    if not resume:
+        if kind == "flat":
+            model = FlatByteLM(FlatConfig(d_model=d_model, backbone=backbone))
+        elif subword:
+            model = HierarchicalLM.from_subword(subword, HierarchicalConfig(d_byte=d_byte))
+        else:
+            model = HierarchicalLM(HierarchicalConfig(d_byte=d_byte, d_model=d_model, backbone=backbone))
+    config = ByteTrainConfig(steps=steps, batch_size=batch_size, context_bytes=context_bytes, lr=lr,
+                             max_minutes=max_minutes, seed=seed, device=device)
+    result = train_bytes(model, data, out, config, resume=resume, force=force)
+    last = result.history[-1]["loss"] if result.history else float("nan")
+    click.echo(f"{'stopped at the time limit' if result.stopped_early else 'done'}: {result.steps_done} steps in "
+               f"{result.seconds:.0f}s; last loss {last:.4f} nats per symbol; saved {out}")
+
+
+@byte_model_group.command("generate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("prompt")
+@click.option("--max-new-bytes", default=64, show_default=True)
+@click.option("--temperature", default=0.8, show_default=True, help="0 = greedy.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def byte_model_generate(model: Path, prompt: str, max_new_bytes: int, temperature: float, seed: int) -> None:
+    """Continue PROMPT with a saved byte model, byte by byte."""
+    from .byte_models.train import load_byte_model
+
+    net = load_byte_model(model).eval()
+    out = net.generate(prompt.encode(), max_new_bytes=max_new_bytes, temperature=temperature, seed=seed)
+    click.echo(prompt + out.decode("utf-8", "replace"))
+
+
 # ---- byte-level probabilities -----------------------------------------------------------------
 
 @cli.group("bytes")
