@@ -91,7 +91,7 @@ def default_backbone(config: HierarchicalConfig) -> nn.Module:
     from transformers import LlamaConfig, LlamaModel
 
     return LlamaModel(LlamaConfig(hidden_size=config.d_model, vocab_size=1, max_position_embeddings=4096,
-                                  **config.backbone))
+                                  bos_token_id=None, eos_token_id=None, pad_token_id=None, **config.backbone))
 
 
 class HierarchicalLM(nn.Module):
