@@ -44,17 +44,12 @@ def predict_embeddings(hypernet: Hypernet, vm: VocabMap, n_rows: int | None = No
     inp = h.mean_input.cpu().expand(n_rows, d).clone()
     separate = h.head_output is not None or not h.config.base_tied
     out = h.mean_output.cpu().expand(n_rows, d).clone() if separate else None
-    for t, s in vm.specials.items():
-        inp[t] = h.base_input[s].cpu()
+    copied = {**vm.specials, **(vm.shared if copy_shared else {})}  # target id -> base id
+    if copied:
+        targets, sources = torch.tensor(list(copied)), torch.tensor(list(copied.values()))
+        inp[targets] = h.base_input[sources.to(h.base_input.device)].cpu()
         if out is not None:
-            out[t] = h.base_output[s].cpu()
-    copied = dict(vm.specials)
-    if copy_shared:
-        copied.update(vm.shared)
-        for t, s in vm.shared.items():
-            inp[t] = h.base_input[s].cpu()
-            if out is not None:
-                out[t] = h.base_output[s].cpu()
+            out[targets] = h.base_output[sources.to(h.base_output.device)].cpu()
     text = [t for t, k in enumerate(vm.target.kinds) if k in TEXT_KINDS and vm.target.surface[t] and t not in copied]
     if only is not None:
         keep = set(only)

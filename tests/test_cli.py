@@ -32,7 +32,7 @@ def tree(path):
 def test_help_lists_commands():
     result = run("--help")
     assert result.exit_code == 0
-    for cmd in ("models", "inspect", "import", "eval"):
+    for cmd in ("models", "inspect", "import", "eval", "transplant", "bytes", "hypernet", "byte-model"):
         assert cmd in result.output
 
 
