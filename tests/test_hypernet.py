@@ -227,8 +227,10 @@ def test_apply_writes_a_checkpoint_transformers_loads(tiny_model_dirs, trained_t
     ids = tok("hello world", return_tensors="pt")["input_ids"]
     assert torch.isfinite(model(ids).logits).all()
     base_emb, new = load_embeddings(base), load_embeddings(out)
-    for t, s in result.vocab_map.specials.items():
-        assert torch.equal(new.input[t], base_emb.input[s])
+    for t, s in {**result.vocab_map.specials, **result.vocab_map.shared}.items():  # copied by default
+        assert torch.equal(new.input[t], base_emb.input[s]) and torch.equal(new.output[t], base_emb.input[s])
+    assert result.copied == len(result.vocab_map.specials) + len(result.vocab_map.shared)
+    assert result.predicted == len(result.vocab_map.new_text)
 
 
 def test_transplant_method_hypernet_copies_shared_rows(tiny_model_dirs, trained_tiny, tmp_path):
