@@ -6,7 +6,7 @@ and its embeddings swapped).
 Tokenizers: Gemma-3's, Mistral v3 SentencePiece and Tekken (from mistral_common), and a
 16k unigram tokenizer trained here on German text (music21's `de` excerpt minus its held-out
 start). Held-out text: the first --max-bytes bytes of the en/de/fr excerpts and of
-argparse.py, none of which the hypernetwork trained on (see `hypernets/data.py`).
+argparse.py, none of which the hypernetwork trained on (see `tokensurgery/corpus.py`).
 
 Rows: `hypernet` predicts every row; `hypernet+copy` copies rows of tokens SmolLM2 shares
 (the transplant's `--method hypernet`); `fvt`, `mean`, `omp` as in `tokensurgery transplant`.
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from tokensurgery import Vocabulary, VocabMap
-from tokensurgery.assets import corpus_path, corpus_text, hf_tokenizer, load_vocabulary, resolve_model, vocabulary_of_folder
+from tokensurgery.assets import corpus_path, corpus_text, load_vocabulary, resolve_model, vocabulary_of_folder
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.evaluate import load_causal_lm, score_files
 from tokensurgery.hypernets import Hypernet, predict_embeddings

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.training import from_known
 from tokensurgery.kernels.segments import pack, positions_in_segment, segment_ids, segment_softmax, segment_sum
 
 from .splitter import split_words
@@ -46,7 +47,7 @@ class HierarchicalConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HierarchicalConfig":
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+        return from_known(cls, d)
 
 
 def _layers(d: int, heads: int, n: int) -> nn.TransformerEncoder | None:

@@ -12,17 +12,17 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tokensurgery.errors import TokenSurgeryError
-from tokensurgery.hypernets.data import Corpus
+from tokensurgery.corpus import Corpus
 from tokensurgery.progress import bar
-from tokensurgery.training import (CHECKPOINT, check_in_sync, check_out, cosine_lr, dist_setup, load_state,
-                                   save_checkpoint, saved_config)
+from tokensurgery.training import (CHECKPOINT, TrainResult, check_in_sync, check_out, cosine_lr, dist_setup, from_known,
+                                   load_state, out_of_time, save_checkpoint, saved_config)
 
 from .flat import FlatByteLM
 from .hierarchical import CONFIG as HIERARCHICAL_CONFIG
@@ -49,16 +49,7 @@ class ByteTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ByteTrainConfig":
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
-
-
-@dataclass
-class ByteTrainResult:
-    out: Path
-    steps_done: int
-    seconds: float
-    history: list[dict] = field(default_factory=list)
-    stopped_early: bool = False
+        return from_known(cls, d)
 
 
 def load_byte_model(folder: str | Path) -> nn.Module:
@@ -91,7 +82,7 @@ def _texts(corpus: Corpus, config: ByteTrainConfig, step: int, rank: int) -> lis
 
 def train_bytes(model: nn.Module, corpus: Corpus, out: str | Path, config: ByteTrainConfig | None = None,
                 resume: bool = False, force: bool = False, progress: bool = True,
-                until: int | None = None) -> ByteTrainResult:
+                until: int | None = None) -> TrainResult:
     """Train `model` (ignored when resuming: OUT's checkpoint is loaded) and save it to OUT."""
     config = config or ByteTrainConfig()
     out = Path(out)
@@ -138,14 +129,10 @@ def train_bytes(model: nn.Module, corpus: Corpus, out: str | Path, config: ByteT
                 f.write(json.dumps(logs) + "\n")
             if progress and (logs["step"] % config.log_every == 0 or logs["step"] == 1):
                 print(f"step={logs['step']} loss={logs['loss']:.4f}", file=sys.stderr, flush=True)
-        out_of_time = config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes
-        if world > 1:
-            flag = torch.tensor([float(out_of_time)])
-            torch.distributed.all_reduce(flag)
-            out_of_time = bool(flag.item())
-        if rank == 0 and ((step + 1) % config.save_every == 0 or out_of_time or step + 1 == end):
+        late = out_of_time(start, config.max_minutes, world)
+        if rank == 0 and ((step + 1) % config.save_every == 0 or late or step + 1 == end):
             save_checkpoint(out, model.save_pretrained, optimizer, step + 1, asdict(config))
-        if out_of_time and step + 1 < end:
+        if late and step + 1 < end:
             stopped = True
             break
     done = history[-1]["step"] if history else step0
@@ -156,4 +143,4 @@ def train_bytes(model: nn.Module, corpus: Corpus, out: str | Path, config: ByteT
         summary = {"steps_done": done, "seconds_this_run": round(time.perf_counter() - start, 1), "world_size": world,
                    "model": type(model).__name__, "config": asdict(config)}
         (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return ByteTrainResult(out, done, time.perf_counter() - start, history, stopped)
+    return TrainResult(out, done, time.perf_counter() - start, history, stopped)

@@ -5,7 +5,7 @@ and `apply` (apply.py); `UnigramSampler` makes the random tokenizers training se
 """
 
 from .apply import ApplyResult, apply, open_tokenizer, predict_embeddings
-from .data import Corpus, bundled_corpus
+from tokensurgery.corpus import Corpus, bundled_corpus
 from .model import Hypernet, HypernetConfig, hypernet_for
 from .pieces import PieceSplitter
 from .sampler import UnigramSampler

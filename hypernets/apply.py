@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tokensurgery.checkpoint import Embeddings, NewEmbeddings
+from tokensurgery.checkpoint import NewEmbeddings
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.progress import bar, status
 from tokensurgery.vocab_map import VocabMap

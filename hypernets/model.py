@@ -15,7 +15,7 @@ training learns corrections; `residual=False` is the paper's plain form.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 
 from tokensurgery.checkpoint import Embeddings
 from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.training import from_known
 
 from .pieces import N_FALLBACK, by_length
 
@@ -58,8 +59,7 @@ class HypernetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HypernetConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return from_known(cls, d)
 
 
 def fingerprint(matrix: torch.Tensor) -> list[float]:

@@ -22,18 +22,18 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from tokensurgery.errors import TokenSurgeryError
-from tokensurgery.training import (CHECKPOINT, STATE, check_in_sync, check_out, cosine_lr, dist_setup, load_state,
-                                   save_checkpoint, saved_config)
+from tokensurgery.training import (CHECKPOINT, STATE, TrainResult, check_in_sync, check_out, cosine_lr, dist_setup,
+                                   from_known, load_state, out_of_time, save_checkpoint, saved_config)
 from tokensurgery.vocabulary import TokenKind
 
-from .data import Corpus
+from tokensurgery.corpus import Corpus
 from .model import Hypernet, hypernet_for
 from .pieces import PieceSplitter
 from .sampler import UnigramSampler
@@ -77,17 +77,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-@dataclass
-class TrainResult:
-    out: Path
-    steps_done: int
-    seconds: float
-    history: list[dict] = field(default_factory=list)
-    stopped_early: bool = False
+        return from_known(cls, d)
 
 
 # ---- the base LM ---------------------------------------------------------------------------
@@ -298,14 +288,10 @@ class Trainer:
             self.history.append(logs)
             if self.rank == 0:
                 self._log(logs)
-            out_of_time = c.max_minutes is not None and time.perf_counter() - start > 60 * c.max_minutes
-            if self.world > 1:  # every rank stops together
-                flag = torch.tensor([float(out_of_time)])
-                torch.distributed.all_reduce(flag)
-                out_of_time = bool(flag.item())
-            if self.step % c.save_every == 0 or out_of_time or self.step == end:
+            late = out_of_time(start, c.max_minutes, self.world)
+            if self.step % c.save_every == 0 or late or self.step == end:
                 self.save_checkpoint()
-            if out_of_time and self.step < end:
+            if late and self.step < end:
                 stopped = True
                 break
         if self.world > 1:

@@ -127,7 +127,7 @@ def test_train_resume_flat_and_cli(tmp_path):
     from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
     from tokensurgery.byte_models.train import ByteTrainConfig, load_byte_model, train_bytes
     from tokensurgery.cli import cli
-    from tokensurgery.hypernets import Corpus
+    from tokensurgery.corpus import Corpus
 
     corpus = Corpus([("en", "\n".join(corpus_lines(20_000, langs=("en",))))])
     cfg = ByteTrainConfig(steps=4, batch_size=2, context_bytes=80, lr=3e-3, lr_warmup=1, save_every=2)

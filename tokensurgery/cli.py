@@ -346,7 +346,8 @@ def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, wa
     Runs unchanged under torchrun (DDP; gloo on CPU, nccl on GPU), e.g.
     `torchrun --nproc_per_node 2 -m tokensurgery.cli hypernet train BASE OUT`.
     """
-    from .hypernets import Corpus, TrainConfig, train
+    from .corpus import Corpus
+    from .hypernets import TrainConfig, train
 
     config = TrainConfig(steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, seq_len=seq_len,
                          grad_accum=grad_accum, lr=lr, max_minutes=max_minutes, vocab_size=vocab_size,
@@ -432,7 +433,7 @@ def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str
     from .byte_models.flat import FlatByteLM, FlatConfig
     from .byte_models.hierarchical import HierarchicalConfig, HierarchicalLM
     from .byte_models.train import ByteTrainConfig, train_bytes
-    from .hypernets import Corpus
+    from .corpus import Corpus
 
     if subword and kind != "hierarchical":
         raise TokenSurgeryError("--from-subword retrofits hierarchical models only")

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import shutil
+import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +18,33 @@ from .errors import TokenSurgeryError
 
 CHECKPOINT = "checkpoint"
 STATE = "trainer_state.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: where it saved, how far it got, its log."""
+
+    out: Path
+    steps_done: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def from_known(cls, d: dict):
+    """A dataclass from a saved dict, ignoring keys it does not know (older/newer files)."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def out_of_time(start: float, max_minutes: float | None, world: int) -> bool:
+    """Whether the time budget is spent; under DDP every rank gets the same answer."""
+    late = max_minutes is not None and time.perf_counter() - start > 60 * max_minutes
+    if world > 1:
+        flag = torch.tensor([float(late)])
+        torch.distributed.all_reduce(flag)
+        late = bool(flag.item())
+    return late
 
 
 def dist_setup(device: str) -> tuple[int, int]:

@@ -12,8 +12,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokensurgery.assets import CODE_FILES, CORPUS_LANGUAGES, corpus_text
-from tokensurgery.errors import TokenSurgeryError
+from .assets import CODE_FILES, CORPUS_LANGUAGES, corpus_text
+from .errors import TokenSurgeryError
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".json", ".c", ".h", ".js", ".html", ".tex", ".csv")
 STDLIB_MODULES = ("collections/__init__.py", "dataclasses.py", "difflib.py", "email/message.py", "fractions.py",
