@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from tokensurgery.assets import corpus_path, resolve_model, vocabulary_of_folder
 from tokensurgery.byte_models.flat import BOS, FlatByteLM, FlatConfig
-from tokensurgery.byte_models.hierarchical import EOW, HierarchicalConfig, HierarchicalLM
+from tokensurgery.byte_models.hierarchical import HierarchicalConfig, HierarchicalLM
 from tokensurgery.byte_models.train import ByteTrainConfig, train_bytes
 from tokensurgery.evaluate import read_text_file
 from tokensurgery.hypernets import bundled_corpus
@@ -84,10 +84,7 @@ def bits_per_byte(model, text: str, window: int) -> tuple[float, float]:
         words = model.words_of(data)
         for s in range(0, len(words), window):
             chunk = words[s : s + window]
-            logits = model([chunk])
-            for r, w in enumerate(chunk):
-                targets = torch.tensor(list(w) + [EOW])
-                nats += F.cross_entropy(logits[r, : len(w) + 1], targets, reduction="sum").item()
+            nats += model.nats([chunk])[0].item()
             positions += len(chunk)
     elif isinstance(model, FlatByteLM):
         for s in range(0, len(data), window):
@@ -136,7 +133,8 @@ def main() -> None:
             model, window = SubwordLM(backbone, args.d_model), 128
         n_params = sum(p.numel() for p in model.parameters())
         cfg = ByteTrainConfig(steps=100_000, batch_size=args.batch_size, context_bytes=args.context_bytes, lr=args.lr,
-                              lr_warmup=50, max_minutes=args.minutes, save_every=10**9)
+                              lr_warmup=50, max_minutes=args.minutes, lr_by_time=True,
+                              save_every=10**9)
         start = time.perf_counter()
         result = train_bytes(model, corpus, args.out / kind, cfg, force=True)
         seconds = time.perf_counter() - start

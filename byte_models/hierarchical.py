@@ -2,13 +2,15 @@
 
 `Byte2Word`: byte embeddings (+ position in the word), optional bidirectional layers inside
 each word, then one learned query per head cross-attends to that word's bytes -> one vector
-per word. Pooling runs flat over all bytes (segment softmax, no padding).
+per word. Pooling runs flat over all bytes (segment softmax); the per-word layers run on words
+grouped by length (`kernels.segments.per_length`), so nothing is padded.
 
 `HierarchicalLM`: words (from `splitter.split_words`) -> Byte2Word -> a word-level
 transformers decoder (any model taking `inputs_embeds`; a small Llama by default, or a
 pretrained backbone) -> a byte decoder: word j's bytes are predicted from the backbone output
-after words < j (a learned start vector stands in front of the first word), then its own
-previous bytes, ending with an end-of-word symbol (id 256). No byte sees a later word.
+after words < j (a learned start vector stands in front of the first word; the output is both
+the decoder's first position and added to every byte position), then its own previous bytes,
+ending with an end-of-word symbol (id 256). No byte sees a later word.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import nn
 
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.training import from_known
-from tokensurgery.kernels.segments import pack, positions_in_segment, segment_ids, segment_softmax, segment_sum
+from tokensurgery.kernels.segments import per_length, positions_in_segment, segment_ids, segment_softmax, segment_sum
 
 from .splitter import split_words
 
@@ -79,8 +81,7 @@ class Byte2Word(nn.Module):
         seg, n = segment_ids(lengths), len(lengths)
         x = self.byte(data) + self.position(positions_in_segment(lengths))
         if self.layers is not None:
-            packed, mask = pack(x, lengths)
-            x = self.layers(packed, src_key_padding_mask=~mask)[mask]
+            x = per_length(self.layers, x, lengths)
         dh = x.shape[1] // self.heads
         k = self.key(x).view(-1, self.heads, dh)
         v = self.value(x).view(-1, self.heads, dh)
@@ -125,8 +126,8 @@ class HierarchicalLM(nn.Module):
     # ---- the model ----------------------------------------------------------------------
 
     def forward(self, batch: list[list[bytes]]) -> torch.Tensor:
-        """Logits (B * W, longest word + 1, 257) for B sequences of W words each: row j of a
-        sequence predicts word j's bytes and then EOW."""
+        """Logits (sum of (len(word) + 1), 257) for B sequences of W words each, flat: for each
+        word in order, one row per byte it predicts and a last row predicting EOW."""
         n_words = {len(words) for words in batch}
         if len(n_words) != 1 or 0 in n_words:
             raise TokenSurgeryError("every sequence in a batch needs the same (non-zero) number of words")
@@ -139,27 +140,43 @@ class HierarchicalLM(nn.Module):
         return self._decode(h, data, lengths)
 
     def _decode(self, h: torch.Tensor, data: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.dec_byte(data) + self.dec_position(positions_in_segment(lengths) + 1)
-        packed, mask = pack(x, lengths)
-        seq = torch.cat([self.to_bytes(h).unsqueeze(1) + self.dec_position.weight[0], packed], 1)
-        valid = torch.cat([torch.ones(len(mask), 1, dtype=torch.bool, device=mask.device), mask], 1)
-        causal = torch.triu(torch.ones(seq.shape[1], seq.shape[1], dtype=torch.bool, device=seq.device), 1)
+        """Each word's decoder sequence is [h, its bytes], flat: word w's rows start at
+        cumsum(lengths + 1)[w - 1]."""
+        cond = self.to_bytes(h)  # (W, d_byte)
+        seg = segment_ids(lengths)
+        x = self.dec_byte(data) + self.dec_position(positions_in_segment(lengths) + 1) + cond[seg]
+        ext = lengths + 1
+        first = torch.cumsum(ext, 0) - ext  # row of each word's h
+        rows = torch.cat([cond + self.dec_position.weight[0], x])
+        source = torch.empty(len(rows), dtype=torch.long, device=rows.device)
+        source[first] = torch.arange(len(lengths), device=rows.device)
+        source[first[seg] + 1 + positions_in_segment(lengths)] = len(lengths) + torch.arange(len(data), device=rows.device)
+        seq = rows[source]
         if self.decoder is not None:
-            seq = self.decoder(seq, mask=causal, src_key_padding_mask=~valid)
+            seq = per_length(self._causal, seq, ext)
         return self.head(self.norm(seq))
+
+    def _causal(self, block: torch.Tensor) -> torch.Tensor:
+        n = block.shape[1]
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=block.device), 1)
+        return self.decoder(block, mask=mask, is_causal=True)
+
+    @staticmethod
+    def targets(words: list[bytes], device=None) -> torch.Tensor:
+        """What each row of `forward` predicts: every word's bytes, then EOW."""
+        return torch.tensor([s for w in words for s in (*w, EOW)], dtype=torch.long, device=device)
+
+    def nats(self, batch: list[list[bytes]]) -> tuple[torch.Tensor, int]:
+        """Summed next-symbol cross-entropy (nats; bytes and each word's EOW) and the byte count."""
+        logits = self(batch)
+        words = [w for seq in batch for w in seq]
+        total = F.cross_entropy(logits, self.targets(words, logits.device), reduction="sum")
+        return total, sum(len(w) for w in words)
 
     def loss(self, batch: list[list[bytes]]) -> tuple[torch.Tensor, int]:
         """Mean next-symbol cross-entropy (nats; bytes and each word's EOW) and the byte count."""
-        logits = self(batch)
-        words = [w for seq in batch for w in seq]
-        width = logits.shape[1]
-        targets = torch.full((len(words), width), -100, dtype=torch.long, device=logits.device)
-        for r, w in enumerate(words):
-            targets[r, : len(w)] = torch.tensor(list(w), device=logits.device)
-            targets[r, len(w)] = EOW
-        loss = F.cross_entropy(logits.reshape(-1, 257), targets.reshape(-1), reduction="sum")
-        n_bytes = sum(len(w) for w in words)
-        return loss / (n_bytes + len(words)), n_bytes
+        total, n_bytes = self.nats(batch)
+        return total / (n_bytes + sum(len(seq) for seq in batch)), n_bytes
 
     def text_loss(self, texts: list[bytes], distill_weight: float = 1.0) -> tuple[torch.Tensor, int]:
         """Training loss for raw texts: split into words, cut to a common word count; plus
@@ -246,7 +263,7 @@ class HierarchicalLM(nn.Module):
             h = self.backbone(inputs_embeds=torch.cat(inputs).unsqueeze(0)).last_hidden_state[0, -1:]
             while len(out) < max_new_bytes:
                 data, lengths = self._flat([current])
-                logits = self._decode(h, data, lengths)[0, len(current)].float().cpu()
+                logits = self._decode(h, data, lengths)[len(current)].float().cpu()
                 if len(current) >= self.config.max_word_bytes:
                     logits[:EOW] = float("-inf")
                 if temperature <= 0:

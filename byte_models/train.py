@@ -9,6 +9,7 @@ distillation term). Checkpoints, schedule and DDP come from `tokensurgery.traini
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
@@ -44,6 +45,7 @@ class ByteTrainConfig:
     save_every: int = 100
     log_every: int = 10
     max_minutes: float | None = None
+    lr_by_time: bool = False  # with max_minutes: the cosine schedule spans the time budget, not `steps`
     seed: int = 0
     device: str = "cpu"
 
@@ -73,6 +75,17 @@ class _Loss(nn.Module):
         if isinstance(self.model, HierarchicalLM):
             return self.model.text_loss(texts, self.distill_weight)
         return self.model.text_loss(texts)
+
+
+def _lr(config: ByteTrainConfig, step: int, start: float, world: int) -> float:
+    """The step's learning rate: cosine over `steps`, or over the time budget with `lr_by_time`
+    (for equal-wall-clock comparisons; rank 0's clock decides under DDP)."""
+    if not (config.lr_by_time and config.max_minutes) or step < config.lr_warmup:
+        return cosine_lr(step, config.steps, config.lr, config.lr_warmup)
+    frac = torch.tensor([(time.perf_counter() - start) / (60 * config.max_minutes)])
+    if world > 1:
+        torch.distributed.broadcast(frac, 0)
+    return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, float(frac)))))
 
 
 def _texts(corpus: Corpus, config: ByteTrainConfig, step: int, rank: int) -> list[bytes]:
@@ -112,7 +125,7 @@ def train_bytes(model: nn.Module, corpus: Corpus, out: str | Path, config: ByteT
     model.train()
     for step in bar(range(step0, end), "training byte model", total=end - step0, enabled=progress and rank == 0,
                     unit="step"):
-        lr = cosine_lr(step, config.steps, config.lr, config.lr_warmup)
+        lr = _lr(config, step, start, world)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, n_bytes = wrapped(_texts(corpus, config, step, rank))

@@ -1,9 +1,10 @@
 """Segment operations for variable-length words, in pure torch.
 
-Words of different lengths are handled two ways: *flat* (all bytes in one (N, ...) tensor
-with a word index per byte; reductions by `index_add`/`scatter_reduce`, no padding at all)
-for pooling, and *packed* ((W, longest word) with a mask) for the small per-word
-transformers, where the padding is bounded by the splitter's byte limit.
+Words of different lengths are handled without padding: *flat* (all bytes in one (N, ...)
+tensor with a word index per byte; reductions by `index_add`/`scatter_reduce`) for pooling,
+and *grouped by length* (`per_length`: words of equal length stacked into dense (n, L, ...)
+blocks) for the small per-word transformers. `pack` (pad to the longest word, with a mask) is
+the simple reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -51,3 +52,27 @@ def pack(flat: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch
 def unpack(packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Inverse of `pack`: the real positions, in order, as (N, d)."""
     return packed[mask]
+
+
+def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
+    """For each word length L present, the flat positions (n, L) of the n words that long."""
+    starts = torch.cumsum(lengths, 0) - lengths
+    groups = []
+    for length in torch.unique(lengths).tolist():
+        idx = torch.nonzero(lengths == length).squeeze(1)
+        groups.append(starts[idx].unsqueeze(1) + torch.arange(length, device=lengths.device))
+    return groups
+
+
+def per_length(fn, flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Apply `fn` to dense (n, L, d) blocks of equal-length words and return its (N, d') output
+    rows in the original byte order: per-word work with no padding and no mask."""
+    outs, order = [], []
+    for pos in length_groups(lengths):
+        out = fn(flat[pos])
+        outs.append(out.reshape(-1, *out.shape[2:]))
+        order.append(pos.reshape(-1))
+    order = torch.cat(order)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return torch.cat(outs)[inverse]

@@ -11,7 +11,7 @@ import torch
 from helpers import corpus_lines
 from tokensurgery.byte_models.hierarchical import EOW, Byte2Word, HierarchicalConfig, HierarchicalLM
 from tokensurgery.errors import TokenSurgeryError
-from tokensurgery.kernels.segments import pack, positions_in_segment, segment_ids, segment_softmax, unpack
+from tokensurgery.kernels.segments import pack, per_length, positions_in_segment, segment_ids, segment_softmax, unpack
 
 TINY = HierarchicalConfig(d_byte=32, d_model=48, byte_heads=4, encoder_layers=1, decoder_layers=1, max_word_bytes=12,
                           backbone={"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
@@ -49,15 +49,41 @@ def test_no_byte_sees_a_later_word_or_byte():
     torch.manual_seed(0)
     model = HierarchicalLM(TINY).eval()
     words = [b"The", b" cat", b" sat", b" on", b" it"]
+    rows = [0]
+    for w in words:  # forward's rows: each word's bytes, then its EOW
+        rows.append(rows[-1] + len(w) + 1)
     base = model([words])
+    assert base.shape == (rows[-1], 257)
     changed = list(words)
-    changed[2] = b" sit"  # same length: the packing is unchanged
+    changed[2] = b" sAt"
     after = model([changed])
-    torch.testing.assert_close(after[:2], base[:2])  # earlier words: untouched
-    # word 2 itself: positions before the changed byte (index 2 of " sat") are untouched
-    torch.testing.assert_close(after[2, :3], base[2, :3])
-    assert not torch.allclose(after[2, 3:5], base[2, 3:5])
-    assert not torch.allclose(after[3], base[3])  # later words do see it
+    torch.testing.assert_close(after[: rows[2]], base[: rows[2]])  # earlier words: untouched
+    # word 2 itself: rows up to the one predicting the changed byte (index 2 of " sat") are untouched
+    torch.testing.assert_close(after[rows[2] : rows[2] + 3], base[rows[2] : rows[2] + 3])
+    assert not torch.allclose(after[rows[2] + 3 : rows[3]], base[rows[2] + 3 : rows[3]])
+    assert not torch.allclose(after[rows[3] : rows[4]], base[rows[3] : rows[4]])  # later words do see it
+
+
+def test_words_grouped_by_length_equal_one_word_at_a_time():
+    """The no-padding path (words stacked by length) gives what each word alone gives."""
+    torch.manual_seed(0)
+    model = HierarchicalLM(TINY).eval()
+    words = [b"The", b" cat", b",", b" \xff\xfe", b" a", b" dog", b" sat", b"."]
+    data, lengths = model._flat(words)
+    h = torch.randn(len(words), TINY.d_model)
+    enc = model.encoder(data, lengths)
+    dec = model._decode(h, data, lengths)
+    r = 0
+    for j, w in enumerate(words):
+        d1, l1 = model._flat([w])
+        torch.testing.assert_close(enc[j], model.encoder(d1, l1)[0])
+        torch.testing.assert_close(dec[r : r + len(w) + 1], model._decode(h[j : j + 1], d1, l1))
+        r += len(w) + 1
+    # and the grouping kernel against padding + a mask
+    x = torch.randn(int(lengths.sum()), 5)
+    got = per_length(lambda b: b.cumsum(1), x, lengths)
+    packed, mask = pack(x, lengths)
+    torch.testing.assert_close(got, unpack(packed.cumsum(1), mask))
 
 
 def test_loss_decreases_on_a_tiny_corpus():

@@ -420,13 +420,15 @@ def byte_model_group() -> None:
 @click.option("--context-bytes", default=512, show_default=True, help="Characters per training window.")
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--max-minutes", type=float, help="Stop after this much wall-clock time (checkpointed).")
+@click.option("--lr-by-time", is_flag=True, help="With --max-minutes: the cosine schedule spans the time budget "
+              "instead of --steps (a resumed run then does not repeat exactly).")
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str | None, d_model: int, layers: int,
                      d_byte: int, steps: int, batch_size: int, context_bytes: int, lr: float, max_minutes: float | None,
-                     resume: bool, force: bool, seed: int, device: str) -> None:
+                     lr_by_time: bool, resume: bool, force: bool, seed: int, device: str) -> None:
     """Train a KIND byte model on text and save it to OUT (runs unchanged under torchrun)."""
     import torch
 
@@ -450,7 +452,7 @@ def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str
         else:
             model = HierarchicalLM(HierarchicalConfig(d_byte=d_byte, d_model=d_model, backbone=backbone))
     config = ByteTrainConfig(steps=steps, batch_size=batch_size, context_bytes=context_bytes, lr=lr,
-                             max_minutes=max_minutes, seed=seed, device=device)
+                             max_minutes=max_minutes, lr_by_time=lr_by_time, seed=seed, device=device)
     result = train_bytes(model, data, out, config, resume=resume, force=force)
     last = result.history[-1]["loss"] if result.history else float("nan")
     click.echo(f"{'stopped at the time limit' if result.stopped_early else 'done'}: {result.steps_done} steps in "
