@@ -1,8 +1,10 @@
 """Flat byte transformer vs hierarchical byte model vs subword model, trained from scratch for
 the same wall-clock time each on this machine, one after another (never side by side).
 
-All three have the same backbone (a Llama of --d-model width and --layers layers); the
-subword model reads SmolLM2's tokenizer. Reported per model: held-out bits per byte on the
+flat, hierarchical and subword have the same backbone (a Llama of --d-model width and
+--layers layers); the subword model reads SmolLM2's tokenizer. hierarchical-big spends the
+compute its 4-5x shorter backbone sequence saves on a bigger backbone (--big-*); flat-gate is
+the flat model with a MrT5 delete gate after its first layer. Reported per model: held-out bits per byte on the
 first --eval-bytes bytes of the en/de/fr excerpts and argparse.py (the bundled training
 corpus leaves them out), the same on noisy copies (each letter swapped with its neighbour
 or case-flipped with probability --noise), and the backbone sequence length per byte.
@@ -24,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from tokensurgery.assets import corpus_path, resolve_model, vocabulary_of_folder
-from tokensurgery.byte_models.flat import BOS, FlatByteLM, FlatConfig
+from tokensurgery.byte_models.evaluate import score_bytes
+from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
 from tokensurgery.byte_models.hierarchical import HierarchicalConfig, HierarchicalLM
 from tokensurgery.byte_models.train import ByteTrainConfig, train_bytes
 from tokensurgery.evaluate import read_text_file
@@ -77,89 +80,104 @@ def noisy(text: str, p: float, seed: int = 0) -> str:
 @torch.no_grad()
 def bits_per_byte(model, text: str, window: int) -> tuple[float, float]:
     """(bits per byte, backbone positions per byte) over non-overlapping windows of the text."""
+    if isinstance(model, (HierarchicalLM, FlatByteLM)):
+        score = score_bytes(model, text.encode(), window)
+        return score.bits_per_byte, score.positions_per_byte
     model.eval()
-    data = text.encode()
-    nats, positions = 0.0, 0
-    if isinstance(model, HierarchicalLM):
-        words = model.words_of(data)
-        for s in range(0, len(words), window):
-            chunk = words[s : s + window]
-            nats += model.nats([chunk])[0].item()
-            positions += len(chunk)
-    elif isinstance(model, FlatByteLM):
-        for s in range(0, len(data), window):
-            x = torch.tensor([[BOS] + list(data[s : s + window])])
-            logits = model.lm(input_ids=x[:, :-1]).logits[0]
-            nats += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-            positions += x.shape[1] - 1
-    else:
-        ids = model.vocab.encode(text)
-        for s in range(0, len(ids), window):
-            x = torch.tensor([[0] + ids[s : s + window]])
-            logits = model.lm(input_ids=x[:, :-1]).logits[0]
-            nats += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-            positions += x.shape[1] - 1
-    return nats / math.log(2) / len(data), positions / len(data)
+    ids, nats, positions = model.vocab.encode(text), 0.0, 0
+    for s in range(0, len(ids), window):
+        x = torch.tensor([[0] + ids[s : s + window]])
+        logits = model.lm(input_ids=x[:, :-1]).logits[0]
+        nats += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+        positions += x.shape[1] - 1
+    n_bytes = len(text.encode())
+    return nats / math.log(2) / n_bytes, positions / n_bytes
+
+
+def llama(layers: int, d_model: int) -> dict:
+    return {"num_hidden_layers": layers, "num_attention_heads": max(1, d_model // 64),
+            "num_key_value_heads": max(1, d_model // 64), "intermediate_size": int(d_model * 8 / 3)}
+
+
+def build(kind: str, args):
+    """(model, evaluation window) for a model name; see --models."""
+    backbone = llama(args.layers, args.d_model)
+    if kind == "flat":
+        return FlatByteLM(FlatConfig(d_model=args.d_model, backbone=backbone)), 512
+    if kind == "flat-gate":
+        return FlatByteLM(FlatConfig(d_model=args.d_model, backbone=backbone, gate_layer=1, gate_alpha=args.gate_alpha)), 512
+    if kind == "hierarchical":
+        return HierarchicalLM(HierarchicalConfig(d_model=args.d_model, backbone=backbone)), 128
+    if kind == "hierarchical-big":
+        return HierarchicalLM(HierarchicalConfig(d_byte=args.big_d_byte, d_model=args.big_d_model,
+                                                 backbone=llama(args.big_layers, args.big_d_model))), 128
+    if kind == "subword":
+        return SubwordLM(backbone, args.d_model), 128
+    raise SystemExit(f"unknown model {kind!r}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=20.0, help="training wall-clock per model")
-    ap.add_argument("--models", default="flat,hierarchical,subword")
+    ap.add_argument("--models", default="flat,hierarchical,subword",
+                    help="comma-separated: flat, flat-gate (MrT5 delete gate), hierarchical (same backbone), "
+                         "hierarchical-big (the --big-* backbone), subword")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--big-d-model", type=int, default=384)
+    ap.add_argument("--big-layers", type=int, default=6)
+    ap.add_argument("--big-d-byte", type=int, default=128)
+    ap.add_argument("--gate-alpha", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--context-bytes", type=int, default=512)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--noise", type=float, default=0.1)
     ap.add_argument("--eval-bytes", type=int, default=6000)
     ap.add_argument("--langs", default="en,de,fr,py")
+    ap.add_argument("--append", action="store_true", help="add to (or replace rows of) the results already in --out")
     ap.add_argument("--out", type=Path, default=Path("results/byte_models"))
     args = ap.parse_args()
     command = "python " + " ".join(sys.argv)
     print("command:", command, flush=True)
-    backbone = {"num_hidden_layers": args.layers, "num_attention_heads": max(1, args.d_model // 64),
-                "num_key_value_heads": max(1, args.d_model // 64), "intermediate_size": int(args.d_model * 8 / 3)}
     corpus = bundled_corpus()
     texts = {lang: read_text_file(corpus_path(lang), args.eval_bytes) for lang in args.langs.split(",")}
     rows = []
+    if args.append and (args.out / "results.json").exists():
+        rows = json.loads((args.out / "results.json").read_text())["rows"]
     for kind in args.models.split(","):
         torch.manual_seed(0)
-        if kind == "flat":
-            model, window = FlatByteLM(FlatConfig(d_model=args.d_model, backbone=backbone)), 512
-        elif kind == "hierarchical":
-            model, window = HierarchicalLM(HierarchicalConfig(d_model=args.d_model, backbone=backbone)), 128
-        else:
-            model, window = SubwordLM(backbone, args.d_model), 128
+        model, window = build(kind, args)
         n_params = sum(p.numel() for p in model.parameters())
         cfg = ByteTrainConfig(steps=100_000, batch_size=args.batch_size, context_bytes=args.context_bytes, lr=args.lr,
-                              lr_warmup=50, max_minutes=args.minutes, lr_by_time=True,
-                              save_every=10**9)
+                              lr_warmup=50, max_minutes=args.minutes, lr_by_time=True, save_every=10**9)
         start = time.perf_counter()
         result = train_bytes(model, corpus, args.out / kind, cfg, force=True)
         seconds = time.perf_counter() - start
-        row = {"model": kind, "params": n_params, "steps": result.steps_done, "train_seconds": round(seconds, 1)}
+        row = {"model": kind, "params": n_params, "steps": result.steps_done, "train_seconds": round(seconds, 1),
+               "minutes": args.minutes, "command": command}
         for lang, text in texts.items():
             bpb, pos = bits_per_byte(model, text, window)
             noisy_bpb, _ = bits_per_byte(model, noisy(text, args.noise), window)
             row[lang] = {"bpb": bpb, "noisy_bpb": noisy_bpb, "positions_per_byte": pos}
-        rows.append(row)
+        rows = [r for r in rows if r["model"] != kind] + [row]
         print(json.dumps(row), flush=True)
     langs = list(texts)
-    lines = [f"Equal training wall-clock: {args.minutes} min per model on this machine (2-core CPU), backbone "
-             f"{args.layers} layers x {args.d_model}; held-out first {args.eval_bytes} bytes; noise {args.noise}.", "",
-             "| model | params | steps | " + " | ".join(f"{l} bpb (noisy)" for l in langs) + " | backbone positions/byte |",
-             "|---|---|---|" + "---|" * (len(langs) + 1)]
+    lines = [f"Training wall-clock per model as listed, on this machine (2-core CPU), one model at a time; held-out "
+             f"first {args.eval_bytes} bytes; noise {args.noise} (bits per byte on the noisy copy in brackets).", "",
+             "| model | params | minutes | steps | " + " | ".join(f"{l} bpb (noisy)" for l in langs)
+             + " | backbone positions/byte |",
+             "|---|---|---|---|" + "---|" * (len(langs) + 1)]
     for r in rows:
         pos = sum(r[l]["positions_per_byte"] for l in langs) / len(langs)
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['steps']} | "
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r.get('minutes', '')} | {r['steps']} | "
                      + " | ".join(f"{r[l]['bpb']:.3f} ({r[l]['noisy_bpb']:.3f})" for l in langs) + f" | {pos:.3f} |")
+    commands = sorted({r.get("command", command) for r in rows})
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    meta = {"commands": commands, "threads": torch.get_num_threads(), "torch": torch.__version__}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (args.out / "results.md").write_text(f"Command: `{command}`\n\n{table}\n")
+    (args.out / "results.md").write_text("Commands:\n" + "".join(f"- `{c}`\n" for c in commands) + f"\n{table}\n")
 
 
 if __name__ == "__main__":

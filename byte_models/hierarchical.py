@@ -31,6 +31,7 @@ from tokensurgery.kernels.segments import per_length, positions_in_segment, segm
 from .splitter import split_words
 
 EOW = 256  # end-of-word symbol of the byte decoder
+STAGES = ("all", "distill", "decoder")  # what `text_loss` trains; the last two are for retrofits
 WEIGHTS, CONFIG = "model.safetensors", "hierarchical_config.json"
 
 
@@ -125,18 +126,21 @@ class HierarchicalLM(nn.Module):
 
     # ---- the model ----------------------------------------------------------------------
 
-    def forward(self, batch: list[list[bytes]]) -> torch.Tensor:
+    def forward(self, batch: list[list[bytes]], frozen_context: bool = False) -> torch.Tensor:
         """Logits (sum of (len(word) + 1), 257) for B sequences of W words each, flat: for each
-        word in order, one row per byte it predicts and a last row predicting EOW."""
+        word in order, one row per byte it predicts and a last row predicting EOW.
+        `frozen_context` runs the encoder and backbone without gradients (a retrofit's
+        decoder-only stage: a third of the cost when the backbone is large)."""
         n_words = {len(words) for words in batch}
         if len(n_words) != 1 or 0 in n_words:
             raise TokenSurgeryError("every sequence in a batch needs the same (non-zero) number of words")
         B, W = len(batch), n_words.pop()
         words = [w for seq in batch for w in seq]
         data, lengths = self._flat(words)
-        e = self.encoder(data, lengths).view(B, W, -1)
-        inputs = torch.cat([self.start.expand(B, 1, -1), e[:, :-1]], 1)  # word j sees words < j only
-        h = self.backbone(inputs_embeds=inputs).last_hidden_state.reshape(B * W, -1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_context):
+            e = self.encoder(data, lengths).view(B, W, -1)
+            inputs = torch.cat([self.start.expand(B, 1, -1), e[:, :-1]], 1)  # word j sees words < j only
+            h = self.backbone(inputs_embeds=inputs).last_hidden_state.reshape(B * W, -1)
         return self._decode(h, data, lengths)
 
     def _decode(self, h: torch.Tensor, data: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -166,28 +170,38 @@ class HierarchicalLM(nn.Module):
         """What each row of `forward` predicts: every word's bytes, then EOW."""
         return torch.tensor([s for w in words for s in (*w, EOW)], dtype=torch.long, device=device)
 
-    def nats(self, batch: list[list[bytes]]) -> tuple[torch.Tensor, int]:
+    def nats(self, batch: list[list[bytes]], frozen_context: bool = False) -> tuple[torch.Tensor, int]:
         """Summed next-symbol cross-entropy (nats; bytes and each word's EOW) and the byte count."""
-        logits = self(batch)
+        logits = self(batch, frozen_context)
         words = [w for seq in batch for w in seq]
         total = F.cross_entropy(logits, self.targets(words, logits.device), reduction="sum")
         return total, sum(len(w) for w in words)
 
-    def loss(self, batch: list[list[bytes]]) -> tuple[torch.Tensor, int]:
+    def loss(self, batch: list[list[bytes]], frozen_context: bool = False) -> tuple[torch.Tensor, int]:
         """Mean next-symbol cross-entropy (nats; bytes and each word's EOW) and the byte count."""
-        total, n_bytes = self.nats(batch)
+        total, n_bytes = self.nats(batch, frozen_context)
         return total / (n_bytes + sum(len(seq) for seq in batch)), n_bytes
 
-    def text_loss(self, texts: list[bytes], distill_weight: float = 1.0) -> tuple[torch.Tensor, int]:
-        """Training loss for raw texts: split into words, cut to a common word count; plus
-        `distill_weight` x `distill_loss` for a retrofitted model. Returns (loss, bytes)."""
+    def text_loss(self, texts: list[bytes], distill_weight: float = 1.0, stage: str = "all") -> tuple[torch.Tensor, int]:
+        """Training loss for raw texts, split into words and cut to a common word count.
+        Returns (loss, bytes). Stages (see `STAGES`): "all" = next-byte loss, plus
+        `distill_weight` x `distill_loss` for a retrofitted model; "distill" = only the
+        encoder's distillation loss (no backbone call); "decoder" = next-byte loss with the
+        encoder and backbone frozen."""
+        if stage not in STAGES:
+            raise TokenSurgeryError(f"unknown training stage {stage!r}; choose from {', '.join(STAGES)}")
+        retrofit = getattr(self, "subword_vocab", None) is not None
+        if stage == "distill" and not retrofit:
+            raise TokenSurgeryError("the distill stage needs a model made with HierarchicalLM.from_subword")
         batch = [self.words_of(t) for t in texts]
         n = min(len(b) for b in batch)
         if n == 0:
             raise TokenSurgeryError("empty text in a batch")
         batch = [b[:n] for b in batch]
-        loss, n_bytes = self.loss(batch)
-        if distill_weight and getattr(self, "subword_vocab", None) is not None:
+        if stage == "distill":
+            return self.distill_loss(batch), sum(len(w) for seq in batch for w in seq)
+        loss, n_bytes = self.loss(batch, frozen_context=stage == "decoder")
+        if stage == "all" and distill_weight and retrofit:
             loss = loss + distill_weight * self.distill_loss(batch)
         return loss, n_bytes
 
@@ -209,6 +223,10 @@ class HierarchicalLM(nn.Module):
         config = HierarchicalConfig(**{**asdict(config or HierarchicalConfig()), "d_model": width})
         model = cls(config, lm.base_model)
         model.attach_subword(folder, lm)
+        role = next((r for r in ("bos", "eos") if r in model.subword_vocab.roles), None)
+        with torch.no_grad():  # the backbone saw documents start after BOS (or the previous one's EOS)
+            row = model.subword_embeddings[model.subword_vocab.roles[role]] if role else model.subword_embeddings.mean(0)
+            model.start.copy_(row)
         if freeze_backbone:
             for p in model.backbone.parameters():
                 p.requires_grad_(False)

@@ -42,6 +42,7 @@ class ByteTrainConfig:
     weight_decay: float = 0.01
     clip: float = 1.0
     distill_weight: float = 1.0  # retrofitted hierarchical models only
+    stage: str = "all"  # hierarchical only: "all", or for retrofits "distill" / "decoder" (see HierarchicalLM.text_loss)
     save_every: int = 100
     log_every: int = 10
     max_minutes: float | None = None
@@ -67,13 +68,13 @@ def load_byte_model(folder: str | Path) -> nn.Module:
 class _Loss(nn.Module):
     """Routes `text_loss` through forward, so DistributedDataParallel sees one forward per step."""
 
-    def __init__(self, model: nn.Module, distill_weight: float):
+    def __init__(self, model: nn.Module, config: ByteTrainConfig):
         super().__init__()
-        self.model, self.distill_weight = model, distill_weight
+        self.model, self.config = model, config
 
     def forward(self, texts: list[bytes]):
         if isinstance(self.model, HierarchicalLM):
-            return self.model.text_loss(texts, self.distill_weight)
+            return self.model.text_loss(texts, self.config.distill_weight, self.config.stage)
         return self.model.text_loss(texts)
 
 
@@ -115,7 +116,9 @@ def train_bytes(model: nn.Module, corpus: Corpus, out: str | Path, config: ByteT
         state = load_state(out)
         optimizer.load_state_dict(state["optimizer"])
         step0 = int(state["step"])
-    wrapped = _Loss(model, config.distill_weight)
+    if config.stage != "all" and not isinstance(model, HierarchicalLM):
+        raise TokenSurgeryError(f"stage {config.stage!r} is for hierarchical models only")
+    wrapped = _Loss(model, config)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 

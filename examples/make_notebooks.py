@@ -250,12 +250,107 @@ print(out.rows, "rows;", tok.decode(model.generate(ids, max_new_tokens=8, do_sam
 ]
 
 
+BYTE_MODELS = [
+    new_markdown_cell("""# Byte-level models: word splitter, Byte2Word, hierarchical and flat byte LMs, retrofits
+
+A hierarchical byte model reads raw bytes, splits them into words, pools each word's bytes into
+one vector (Byte2Word), runs a word-level transformer over those vectors, and spells the next
+word byte by byte with a small decoder. Its backbone sequence is about 4-5x shorter than a
+byte-per-position model's, and it has no vocabulary to break under typos.
+This recipe trains tiny models for a few steps; the real runs are
+`tokensurgery byte-model train hierarchical OUT --max-minutes 20 --lr-by-time` and
+`python benchmarks/byte_models.py` / `python benchmarks/byte_retrofit.py`. Raise `STEPS` for real numbers."""),
+    new_code_cell("""STEPS, EVAL_BYTES = 30, 1500
+
+from tokensurgery.byte_models.splitter import split_fixed, split_whitespace, split_words
+
+data = "The cat's  hat, naïve café — 漢字!\n    return x[0]".encode() + b"\xff\xfe"
+for split in (split_words, split_whitespace, split_fixed):
+    pieces = split(data)
+    assert b"".join(pieces) == data  # exact round trip, invalid UTF-8 included
+    print(f"{split.__name__:17s}", pieces)"""),
+    new_markdown_cell("""## Train a hierarchical model
+
+Byte2Word encoder -> a 2-layer Llama over words -> a byte decoder. Words of equal length are
+stacked into dense blocks, so nothing is padded. The trainer checkpoints, resumes exactly, and
+runs unchanged under `torchrun`."""),
+    new_code_cell("""import torch
+from tokensurgery.assets import corpus_text
+from tokensurgery.byte_models.evaluate import score_bytes
+from tokensurgery.byte_models.hierarchical import HierarchicalConfig, HierarchicalLM
+from tokensurgery.byte_models.train import ByteTrainConfig, load_byte_model, train_bytes
+from tokensurgery.corpus import bundled_corpus
+
+torch.manual_seed(0)
+corpus = bundled_corpus()
+config = HierarchicalConfig(d_byte=64, d_model=128, backbone={"num_hidden_layers": 2, "num_attention_heads": 2,
+                                                              "num_key_value_heads": 2, "intermediate_size": 341})
+model = HierarchicalLM(config)
+result = train_bytes(model, corpus, "hat-tiny", ByteTrainConfig(steps=STEPS, batch_size=4, context_bytes=256, lr=3e-3,
+                                                                lr_warmup=5), force=True, progress=False)
+print(f"{result.steps_done} steps in {result.seconds:.0f}s, loss {result.history[0]['loss']:.2f} -> {result.history[-1]['loss']:.2f}")
+held_out = corpus_text("en", EVAL_BYTES).encode()  # the bundled training corpus leaves this out
+score = score_bytes(model, held_out)
+print(f"{score.bits_per_byte:.3f} bits/byte, {score.positions_per_byte:.3f} backbone positions per byte")"""),
+    new_markdown_cell("""## Load it back and generate
+
+Generation runs byte by byte; a word ends when the decoder says end-of-word or where the
+splitter would cut."""),
+    new_code_cell("""again = load_byte_model("hat-tiny")
+print(repr(again.generate(b"The old house", max_new_bytes=40, temperature=0.8, seed=0)))"""),
+    new_markdown_cell("""## Byte2Word as a drop-in input layer
+
+One vector per word from its bytes, in place of a subword embedding table: compare the
+parameter counts."""),
+    new_code_cell("""from tokensurgery.byte_models.hierarchical import Byte2Word
+
+words = [b" The", b" cat", b" sat", b"."]
+enc = Byte2Word(d_byte=128, d_out=576, heads=4, layers=1, max_len=16)
+data = torch.tensor(list(b"".join(words)))
+lengths = torch.tensor([len(w) for w in words])
+print(enc(data, lengths).shape, f"{sum(p.numel() for p in enc.parameters()) / 1e6:.2f}M parameters",
+      f"vs {49152 * 576 / 1e6:.1f}M in SmolLM2's embedding table")"""),
+    new_markdown_cell("""## The flat baseline with a MrT5 delete gate
+
+A byte-per-position Llama; with `gate_layer` set, a learned gate after that layer removes
+positions from what later layers attend to (soft while training, hard at evaluation)."""),
+    new_code_cell("""from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
+
+flat = FlatByteLM(FlatConfig(d_model=128, gate_layer=1, gate_alpha=0.5, backbone={
+    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 341}))
+train_bytes(flat, corpus, "flat-gate", ByteTrainConfig(steps=STEPS, batch_size=4, context_bytes=256, lr=3e-3, lr_warmup=5),
+            force=True, progress=False)
+score = score_bytes(flat, held_out)
+print(f"{score.bits_per_byte:.3f} bits/byte, keys kept after the gate: {score.positions_per_byte:.2f} per byte")"""),
+    new_markdown_cell("""## Retrofit SmolLM2-135M
+
+The hierarchical model can take a pretrained subword model's transformer as its word backbone
+(frozen). Stage `distill` teaches the byte encoder to put each word where SmolLM2's own
+embedding of it is; stage `decoder` trains the byte decoder on the frozen encoder + backbone;
+stage `all` trains both. CLI: `tokensurgery byte-model train hierarchical OUT --from-subword smollm2-135m --stage distill`,
+then `--init OUT --stage decoder`."""),
+    new_code_cell("""import random
+
+retro = HierarchicalLM.from_subword("smollm2-135m", HierarchicalConfig(d_byte=64))
+batch = [retro.words_of(corpus_text("en", 400).encode())[:48]]
+print("distill loss before", round(retro.distill_loss(batch).item(), 3))
+opt = torch.optim.AdamW([p for p in retro.parameters() if p.requires_grad], lr=3e-3)
+for step in range(STEPS):
+    loss, _ = retro.text_loss([corpus.window(random.Random(step), 400).encode()], stage="distill")
+    opt.zero_grad(); loss.backward(); opt.step()
+print("distill loss after", round(retro.distill_loss(batch).item(), 3))
+with torch.no_grad():
+    print(f"next-byte loss with the frozen SmolLM2 backbone: {retro.loss(batch)[0].item():.2f} nats per symbol")"""),
+]
+
+
 def main():
     meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     nbformat.write(new_notebook(cells=CORE, metadata=meta), HERE / "01_core_vocabulary_and_eval.ipynb")
     nbformat.write(new_notebook(cells=TRANSPLANT, metadata=meta), HERE / "02_transplant.ipynb")
     nbformat.write(new_notebook(cells=BYTES, metadata=meta), HERE / "03_byte_level_probabilities.ipynb")
     nbformat.write(new_notebook(cells=HYPERNET, metadata=meta), HERE / "04_hypernetwork.ipynb")
+    nbformat.write(new_notebook(cells=BYTE_MODELS, metadata=meta), HERE / "05_byte_models.ipynb")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,22 @@ def test_retrofit_a_subword_model(tiny_model_dirs):
     assert model.distill_loss(batch).item() < 0.5 * first
     for k, v in model.backbone.state_dict().items():  # frozen: the pretrained backbone is untouched
         assert torch.equal(v, backbone_before[k]), k
+    # stages: distill trains the encoder alone, decoder the decoder alone (context frozen)
+    texts = [b"The old house stood on the hill.", b"And the wind blew over the fields."]
+    for stage, trained, untouched in [("distill", "encoder", "decoder"), ("decoder", "decoder", "encoder")]:
+        model.zero_grad(set_to_none=True)
+        model.text_loss(texts, stage=stage)[0].backward()
+        assert any(p.grad is not None for p in getattr(model, trained).parameters()), stage
+        assert all(p.grad is None for p in getattr(model, untouched).parameters()), stage
+        assert all(p.grad is None for p in model.backbone.parameters())
+    with pytest.raises(TokenSurgeryError, match="unknown training stage"):
+        model.text_loss(texts, stage="nope")
+    with pytest.raises(TokenSurgeryError, match="from_subword"):
+        HierarchicalLM(TINY).text_loss(texts, stage="distill")
+    # a new retrofit's start vector is the subword model's BOS (or EOS) embedding
+    fresh = HierarchicalLM.from_subword(tiny_model_dirs["tied"], TINY)
+    role = next(r for r in ("bos", "eos") if r in fresh.subword_vocab.roles)
+    torch.testing.assert_close(fresh.start.detach(), lm.get_input_embeddings().weight[fresh.subword_vocab.roles[role]].detach())
     # the targets are the subword model's own embeddings of each word's tokens
     w = b" house"
     ids = model.subword_vocab.decompose(w)
@@ -177,6 +193,15 @@ def test_train_resume_flat_and_cli(tmp_path):
     assert r.exit_code == 0 and r.output.startswith("The old"), r.output
     r = CliRunner().invoke(cli, ["byte-model", "train", "flat", str(tmp_path / "x"), "--from-subword", "smollm2-135m"])
     assert r.exit_code == 2 and "hierarchical" in r.stderr
+    # --init continues a saved model (e.g. the next retrofit stage) into a new OUT
+    (tmp_path / "c.txt").write_text(corpus.texts[0][1])
+    r = CliRunner().invoke(cli, ["byte-model", "train", "hierarchical", str(tmp_path / "c"), "--init", str(tmp_path / "a"),
+                                 "--steps", "2", "--batch-size", "2", "--context-bytes", "64", "--corpus",
+                                 str(tmp_path / "c.txt")])
+    assert r.exit_code == 0, r.output
+    assert load_file(tmp_path / "c" / "model.safetensors").keys() == a.keys()
+    r = CliRunner().invoke(cli, ["byte-model", "train", "hierarchical", str(tmp_path / "a"), "--init", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "same folder" in r.stderr
 
 
 def test_byte_model_torchrun_two_cpu_processes(tmp_path):
@@ -200,3 +225,64 @@ def test_byte_model_torchrun_two_cpu_processes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "training.json").read_text())
     assert summary["world_size"] == 2 and summary["steps_done"] == 3  # ranks checked in sync by the trainer
+
+
+def test_delete_gate_hard_deletion_drops_positions_as_keys(tmp_path):
+    """Hard deletion = the layers after the gate run on the kept positions alone (at their
+    original positions); a gate that deletes nothing gives the plain model."""
+    from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
+
+    torch.manual_seed(0)
+    model = FlatByteLM(FlatConfig(d_model=32, gate_layer=1, backbone={
+        "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 64})).eval()
+    x = torch.tensor([list(b"\x00The cat sat on the mat.")])
+    x[0, 0] = 256
+    with torch.no_grad():
+        torch.nn.init.constant_(model.gate.proj.bias, -50.0)  # deletes nothing
+        plain = model.lm(input_ids=x).logits
+        torch.testing.assert_close(model.logits(x, hard=True)[0], plain)
+        torch.testing.assert_close(model.logits(x, hard=False)[0], plain, atol=1e-5, rtol=1e-5)
+        deleted = torch.zeros(x.shape, dtype=torch.bool)
+        deleted[0, [2, 3, 5, 9, 10, 11, 17]] = True
+        model.gate.forward = lambda h: deleted.float()  # this deletion pattern
+        got, p = model.logits(x, hard=True)
+        assert torch.equal(p, deleted.float())
+        body = model.lm.model
+        pos = torch.arange(x.shape[1]).unsqueeze(0)
+        h = body.layers[0](body.embed_tokens(x), attention_mask=None, position_embeddings=body.rotary_emb(body.embed_tokens(x), pos),
+                           position_ids=pos)
+        h = h[0] if isinstance(h, tuple) else h
+        kept = torch.nonzero(~deleted[0]).squeeze(1)
+        hk, pk = h[:, kept], kept.unsqueeze(0)
+        future = torch.full((len(kept), len(kept)), float("-inf")).triu(1).view(1, 1, len(kept), len(kept))
+        for layer in body.layers[1:]:
+            hk = layer(hk, attention_mask=future, position_embeddings=body.rotary_emb(hk, pk), position_ids=pk)
+            hk = hk[0] if isinstance(hk, tuple) else hk
+        torch.testing.assert_close(got[:, kept], model.lm.lm_head(body.norm(hk)), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_delete_gate_learns_to_delete_and_saves(tmp_path):
+    from tokensurgery.byte_models.evaluate import score_bytes
+    from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
+    from tokensurgery.byte_models.train import ByteTrainConfig, load_byte_model, train_bytes
+    from tokensurgery.corpus import Corpus
+
+    torch.manual_seed(0)
+    model = FlatByteLM(FlatConfig(d_model=32, gate_layer=1, gate_alpha=2.0, backbone={
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 64}))
+    text = "\n".join(corpus_lines(20_000, langs=("en",)))
+    before = score_bytes(model, text[:400].encode())
+    assert before.positions_per_byte > 0.99  # the gate starts by keeping everything
+    cfg = ByteTrainConfig(steps=40, batch_size=4, context_bytes=64, lr=1e-2, lr_warmup=1, save_every=100)
+    result = train_bytes(model, Corpus([("en", text)]), tmp_path / "gate", cfg, progress=False)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    after = score_bytes(model, text[:400].encode())
+    assert after.positions_per_byte < 0.9, after  # a strong deletion reward made it delete
+    again = load_byte_model(tmp_path / "gate")
+    assert again.config.gate_layer == 1 and again.config.gate_alpha == 2.0
+    assert score_bytes(again, text[:400].encode()) == after
+    assert len(again.generate(b"The", max_new_bytes=4, temperature=0)) == 4
+    with pytest.raises(TokenSurgeryError, match="gate_layer"):
+        FlatByteLM(FlatConfig(d_model=32, gate_layer=2, backbone={"num_hidden_layers": 2, "num_attention_heads": 2,
+                                                                   "num_key_value_heads": 2, "intermediate_size": 64}))

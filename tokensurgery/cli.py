@@ -412,6 +412,13 @@ def byte_model_group() -> None:
               help="Text file or folder (repeatable); 'bundled' = music21 excerpts + stdlib modules minus held-out text.")
 @click.option("--from-subword", "subword", help="Retrofit: use this subword model's transformer as the word "
               "backbone (frozen; hierarchical only), e.g. smollm2-135m.")
+@click.option("--stage", type=click.Choice(["all", "distill", "decoder"]), default="all", show_default=True,
+              help="Retrofit stages: distill = the byte encoder learns the subword model's word embeddings (no "
+              "backbone); decoder = the byte decoder alone learns from the frozen encoder+backbone; all = "
+              "next-byte + distillation losses. Continue a saved model with --init.")
+@click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Start from this saved hierarchical model (e.g. the previous retrofit stage's OUT).")
+@click.option("--unfreeze-backbone", is_flag=True, help="Retrofit: train the pretrained backbone too.")
 @click.option("--d-model", default=256, show_default=True, help="Backbone width (from scratch).")
 @click.option("--layers", default=4, show_default=True, help="Backbone layers (from scratch).")
 @click.option("--d-byte", default=128, show_default=True, help="Byte encoder/decoder width (hierarchical).")
@@ -426,7 +433,8 @@ def byte_model_group() -> None:
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str | None, d_model: int, layers: int,
+def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str | None, stage: str, init: Path | None,
+                     unfreeze_backbone: bool, d_model: int, layers: int,
                      d_byte: int, steps: int, batch_size: int, context_bytes: int, lr: float, max_minutes: float | None,
                      lr_by_time: bool, resume: bool, force: bool, seed: int, device: str) -> None:
     """Train a KIND byte model on text and save it to OUT (runs unchanged under torchrun)."""
@@ -437,8 +445,12 @@ def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str
     from .byte_models.train import ByteTrainConfig, train_bytes
     from .corpus import Corpus
 
-    if subword and kind != "hierarchical":
-        raise TokenSurgeryError("--from-subword retrofits hierarchical models only")
+    if (subword or init or stage != "all") and kind != "hierarchical":
+        raise TokenSurgeryError("--from-subword, --init and --stage are for hierarchical models only")
+    if subword and init:
+        raise TokenSurgeryError("give --from-subword (a new retrofit) or --init (a saved model), not both")
+    if init and out.resolve() == init.resolve():
+        raise TokenSurgeryError("--init and OUT are the same folder; write the next stage to a new OUT")
     data = Corpus.from_paths(list(corpus))
     backbone = {"num_hidden_layers": layers, "num_attention_heads": max(1, d_model // 64),
                 "num_key_value_heads": max(1, d_model // 64), "intermediate_size": int(d_model * 8 / 3)}
@@ -447,12 +459,17 @@ def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str
     if not resume:
         if kind == "flat":
             model = FlatByteLM(FlatConfig(d_model=d_model, backbone=backbone))
+        elif init:
+            model = HierarchicalLM.from_pretrained(init)
         elif subword:
             model = HierarchicalLM.from_subword(subword, HierarchicalConfig(d_byte=d_byte))
         else:
             model = HierarchicalLM(HierarchicalConfig(d_byte=d_byte, d_model=d_model, backbone=backbone))
+        if unfreeze_backbone:
+            for p in model.parameters():
+                p.requires_grad_(True)
     config = ByteTrainConfig(steps=steps, batch_size=batch_size, context_bytes=context_bytes, lr=lr,
-                             max_minutes=max_minutes, lr_by_time=lr_by_time, seed=seed, device=device)
+                             max_minutes=max_minutes, lr_by_time=lr_by_time, stage=stage, seed=seed, device=device)
     result = train_bytes(model, data, out, config, resume=resume, force=force)
     last = result.history[-1]["loss"] if result.history else float("nan")
     click.echo(f"{'stopped at the time limit' if result.stopped_early else 'done'}: {result.steps_done} steps in "
