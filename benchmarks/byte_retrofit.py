@@ -5,7 +5,7 @@ The backbone is SmolLM2's transformer, frozen. Stages, each for a fixed wall-clo
 1. distill: the Byte2Word encoder learns to put each word where SmolLM2's own (mean token)
    embedding of that word is (no backbone call: cheap);
 2. decoder: the byte decoder learns the next word's bytes from the frozen encoder + backbone
-   (the backbone runs without gradients);
+   (the backbone runs without gradients, under bfloat16 autocast unless --fp32-context);
 3. joint: encoder and decoder together on next-byte + distillation losses (gradients flow
    through the frozen backbone into the encoder).
 After every stage: bits per byte on the first --eval-bytes bytes of the held-out en/de/fr
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--context-bytes", type=int, default=512)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--joint-lr", type=float, default=3e-4)
+    ap.add_argument("--fp32-context", action="store_true", help="decoder stage: no bfloat16 autocast for the frozen backbone")
     ap.add_argument("--eval-bytes", type=int, default=6000)
     ap.add_argument("--langs", default="en,de,fr,py")
     ap.add_argument("--out", type=Path, default=Path("results/byte_retrofit"))
@@ -77,7 +78,8 @@ def main() -> None:
         if minutes <= 0:
             continue
         cfg = ByteTrainConfig(steps=1_000_000, batch_size=args.batch_size, context_bytes=args.context_bytes, lr=lr,
-                              lr_warmup=20, max_minutes=minutes, lr_by_time=True, stage=stage, save_every=10**9)
+                              lr_warmup=20, max_minutes=minutes, lr_by_time=True, stage=stage, save_every=10**9,
+                              bf16_context=not args.fp32_context)
         start = time.perf_counter()
         result = train_bytes(model, corpus, args.out / stage, cfg, force=True)
         row = {"stage": stage, "minutes": minutes, "steps": result.steps_done,

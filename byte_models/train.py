@@ -43,6 +43,7 @@ class ByteTrainConfig:
     clip: float = 1.0
     distill_weight: float = 1.0  # retrofitted hierarchical models only
     stage: str = "all"  # hierarchical only: "all", or for retrofits "distill" / "decoder" (see HierarchicalLM.text_loss)
+    bf16_context: bool = False  # stage "decoder": frozen encoder + backbone under bfloat16 autocast
     save_every: int = 100
     log_every: int = 10
     max_minutes: float | None = None
@@ -74,7 +75,7 @@ class _Loss(nn.Module):
 
     def forward(self, texts: list[bytes]):
         if isinstance(self.model, HierarchicalLM):
-            return self.model.text_loss(texts, self.config.distill_weight, self.config.stage)
+            return self.model.text_loss(texts, self.config.distill_weight, self.config.stage, self.config.bf16_context)
         return self.model.text_loss(texts)
 
 
