@@ -260,7 +260,7 @@ byte-per-position model's, and it has no vocabulary to break under typos.
 This recipe trains tiny models for a few steps; the real runs are
 `tokensurgery byte-model train hierarchical OUT --max-minutes 20 --lr-by-time` and
 `python benchmarks/byte_models.py` / `python benchmarks/byte_retrofit.py`. Raise `STEPS` for real numbers."""),
-    new_code_cell("""STEPS, EVAL_BYTES = 30, 1500
+    new_code_cell(r"""STEPS, EVAL_BYTES = 30, 1500
 
 from tokensurgery.byte_models.splitter import split_fixed, split_whitespace, split_words
 
