@@ -419,9 +419,12 @@ def byte_model_group() -> None:
 @click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this saved hierarchical model (e.g. the previous retrofit stage's OUT).")
 @click.option("--unfreeze-backbone", is_flag=True, help="Retrofit: train the pretrained backbone too.")
+@click.option("--bf16-context", is_flag=True, help="Stage decoder: run the frozen encoder + backbone under bfloat16 "
+              "autocast (about 1.6x faster steps on a CPU with bf16 support).")
 @click.option("--d-model", default=256, show_default=True, help="Backbone width (from scratch).")
 @click.option("--layers", default=4, show_default=True, help="Backbone layers (from scratch).")
 @click.option("--d-byte", default=128, show_default=True, help="Byte encoder/decoder width (hierarchical).")
+@click.option("--decoder-layers", default=2, show_default=True, help="Byte decoder layers (hierarchical).")
 @click.option("--steps", default=1000, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--context-bytes", default=512, show_default=True, help="Characters per training window.")
@@ -434,8 +437,8 @@ def byte_model_group() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str | None, stage: str, init: Path | None,
-                     unfreeze_backbone: bool, d_model: int, layers: int,
-                     d_byte: int, steps: int, batch_size: int, context_bytes: int, lr: float, max_minutes: float | None,
+                     unfreeze_backbone: bool, bf16_context: bool, d_model: int, layers: int,
+                     d_byte: int, decoder_layers: int, steps: int, batch_size: int, context_bytes: int, lr: float, max_minutes: float | None,
                      lr_by_time: bool, resume: bool, force: bool, seed: int, device: str) -> None:
     """Train a KIND byte model on text and save it to OUT (runs unchanged under torchrun)."""
     import torch
@@ -462,14 +465,16 @@ def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str
         elif init:
             model = HierarchicalLM.from_pretrained(init)
         elif subword:
-            model = HierarchicalLM.from_subword(subword, HierarchicalConfig(d_byte=d_byte))
+            model = HierarchicalLM.from_subword(subword, HierarchicalConfig(d_byte=d_byte, decoder_layers=decoder_layers))
         else:
-            model = HierarchicalLM(HierarchicalConfig(d_byte=d_byte, d_model=d_model, backbone=backbone))
+            model = HierarchicalLM(HierarchicalConfig(d_byte=d_byte, d_model=d_model, decoder_layers=decoder_layers,
+                                                      backbone=backbone))
         if unfreeze_backbone:
             for p in model.parameters():
                 p.requires_grad_(True)
     config = ByteTrainConfig(steps=steps, batch_size=batch_size, context_bytes=context_bytes, lr=lr,
-                             max_minutes=max_minutes, lr_by_time=lr_by_time, stage=stage, seed=seed, device=device)
+                             max_minutes=max_minutes, lr_by_time=lr_by_time, stage=stage,
+                             bf16_context=bf16_context, seed=seed, device=device)
     result = train_bytes(model, data, out, config, resume=resume, force=force)
     last = result.history[-1]["loss"] if result.history else float("nan")
     click.echo(f"{'stopped at the time limit' if result.stopped_early else 'done'}: {result.steps_done} steps in "
