@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tokensurgery.assets import corpus_path, resolve_model, vocabulary_of_folder
 from tokensurgery.byte_models.evaluate import score_bytes
 from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
-from tokensurgery.byte_models.hierarchical import HierarchicalConfig, HierarchicalLM
+from tokensurgery.byte_models.hierarchical import HierarchicalConfig, HierarchicalLM, llama_backbone
 from tokensurgery.byte_models.train import ByteTrainConfig, train_bytes
 from tokensurgery.evaluate import read_text_file
 from tokensurgery.hypernets import bundled_corpus
@@ -94,14 +94,9 @@ def bits_per_byte(model, text: str, window: int) -> tuple[float, float]:
     return nats / math.log(2) / n_bytes, positions / n_bytes
 
 
-def llama(layers: int, d_model: int) -> dict:
-    return {"num_hidden_layers": layers, "num_attention_heads": max(1, d_model // 64),
-            "num_key_value_heads": max(1, d_model // 64), "intermediate_size": int(d_model * 8 / 3)}
-
-
 def build(kind: str, args):
     """(model, evaluation window) for a model name; see --models."""
-    backbone = llama(args.layers, args.d_model)
+    backbone = llama_backbone(args.layers, args.d_model)
     if kind == "flat":
         return FlatByteLM(FlatConfig(d_model=args.d_model, backbone=backbone)), 512
     if kind == "flat-gate":
@@ -110,7 +105,7 @@ def build(kind: str, args):
         return HierarchicalLM(HierarchicalConfig(d_model=args.d_model, backbone=backbone)), 128
     if kind == "hierarchical-big":
         return HierarchicalLM(HierarchicalConfig(d_byte=args.big_d_byte, d_model=args.big_d_model,
-                                                 backbone=llama(args.big_layers, args.big_d_model))), 128
+                                                 backbone=llama_backbone(args.big_layers, args.big_d_model))), 128
     if kind == "subword":
         return SubwordLM(backbone, args.d_model), 128
     raise SystemExit(f"unknown model {kind!r}")

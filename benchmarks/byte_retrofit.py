@@ -36,9 +36,9 @@ from tokensurgery.evaluate import load_causal_lm, read_text_file, score_text
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--distill-minutes", type=float, default=5.0)
-    ap.add_argument("--decoder-minutes", type=float, default=35.0)
-    ap.add_argument("--joint-minutes", type=float, default=20.0)
+    ap.add_argument("--distill-minutes", type=float, default=3.0)
+    ap.add_argument("--decoder-minutes", type=float, default=25.0)
+    ap.add_argument("--joint-minutes", type=float, default=7.0)
     ap.add_argument("--d-byte", type=int, default=256)
     ap.add_argument("--decoder-layers", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)

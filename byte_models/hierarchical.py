@@ -90,6 +90,13 @@ class Byte2Word(nn.Module):
         return self.out(segment_sum(p.unsqueeze(-1) * v, seg, n).reshape(n, -1))
 
 
+def llama_backbone(layers: int, d_model: int) -> dict:
+    """Llama sizes for a backbone of `layers` x `d_model`: 64-wide heads, SwiGLU at 8/3 x width."""
+    heads = max(1, d_model // 64)
+    return {"num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,
+            "intermediate_size": int(d_model * 8 / 3)}
+
+
 def default_backbone(config: HierarchicalConfig) -> nn.Module:
     from transformers import LlamaConfig, LlamaModel
 

@@ -444,7 +444,7 @@ def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str
     import torch
 
     from .byte_models.flat import FlatByteLM, FlatConfig
-    from .byte_models.hierarchical import HierarchicalConfig, HierarchicalLM
+    from .byte_models.hierarchical import HierarchicalConfig, HierarchicalLM, llama_backbone
     from .byte_models.train import ByteTrainConfig, train_bytes
     from .corpus import Corpus
 
@@ -455,8 +455,7 @@ def byte_model_train(kind: str, out: Path, corpus: tuple[str, ...], subword: str
     if init and out.resolve() == init.resolve():
         raise TokenSurgeryError("--init and OUT are the same folder; write the next stage to a new OUT")
     data = Corpus.from_paths(list(corpus))
-    backbone = {"num_hidden_layers": layers, "num_attention_heads": max(1, d_model // 64),
-                "num_key_value_heads": max(1, d_model // 64), "intermediate_size": int(d_model * 8 / 3)}
+    backbone = llama_backbone(layers, d_model)
     torch.manual_seed(seed)
     model = None
     if not resume:
