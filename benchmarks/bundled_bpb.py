@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from tokensurgery.assets import corpus_path, resolve_model
+from tokensurgery.assets import corpus_path
+from tokensurgery.inputs import open_model
 from tokensurgery.evaluate import load_causal_lm, score_files
 
 MODELS = ["smollm2-135m", "gemma3-270m"]
@@ -35,7 +36,7 @@ def main() -> None:
     results = {}
     for alias in MODELS:
         start = time.perf_counter()
-        model, tok = load_causal_lm(resolve_model(alias))
+        model, tok = load_causal_lm(open_model(alias))
         scores = score_files(model, tok, [corpus_path(lang) for lang in langs], window=args.window, stride=args.stride,
                              max_bytes=args.max_bytes)
         results[alias] = {lang: {"bits_per_byte": s.bits_per_byte, "tokens_per_byte": s.tokens_per_byte, "bytes": s.n_bytes}

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokensurgery.assets import corpus_text, resolve_model
-from tokensurgery.byte_models import ByteLM, ensemble
-from tokensurgery.evaluate import load_causal_lm
+from tokensurgery.assets import corpus_text
+from tokensurgery.inputs import open_model
+from tokensurgery.byte_models import ByteLM
 
 BYTESAMPLER_BPS = 12.5
 PROMPTS = ["The capital of France is", "Once upon a time, there was a", "def fibonacci(n):\n    ret",
@@ -59,7 +59,7 @@ def plain_generate(model, tok_ids: list[list[int]], new_tokens: int, pad: int) -
 
 
 def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
-    folder = resolve_model(name, progress=False)
+    folder = open_model(name, progress=False)
     t0 = time.time()
     blm = ByteLM.from_pretrained(folder, name=name)
     load_s = time.time() - t0
@@ -190,7 +190,7 @@ def bench_ensemble(lms: list[ByteLM], quick: bool) -> dict:
         text = held_out(lang, n, skip=50_000)
         dists = [m.distributions(text) for m in lms]
         row = {}
-        from tokensurgery.byte_models.ensemble import combine
+        from tokensurgery.byte_models.exact.ensemble import combine
 
         data = np.frombuffer(text.encode(), dtype=np.uint8)
         for name, d in [(m.name, d) for m, d in zip(lms, dists)] + \

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tokensurgery.byte_models.token_model import Query, TreeLM
+from tokensurgery.byte_models.exact.tree_lm import Query, TreeLM
 
 
 def random_tree(n: int, rng: random.Random) -> tuple[list[int], list[int]]:

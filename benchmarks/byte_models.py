@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tokensurgery.assets import corpus_path, resolve_model, vocabulary_of_folder
-from tokensurgery.byte_models.evaluate import score_bytes
-from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
-from tokensurgery.byte_models.hierarchical import HierarchicalConfig, HierarchicalLM, llama_backbone
-from tokensurgery.byte_models.train import ByteTrainConfig, train_bytes
+from tokensurgery.assets import corpus_path
+from tokensurgery.inputs import open_model, vocabulary_of_folder
+from tokensurgery.byte_models.trainable.score import score_bytes
+from tokensurgery.byte_models.trainable.flat import FlatByteLM, FlatConfig
+from tokensurgery.byte_models.trainable.hierarchical import HierarchicalConfig, HierarchicalLM, llama_backbone
+from tokensurgery.byte_models.trainable.train import ByteTrainConfig, train_bytes
 from tokensurgery.evaluate import read_text_file
 from tokensurgery.hypernets import bundled_corpus
 
@@ -41,7 +42,7 @@ class SubwordLM(torch.nn.Module):
         super().__init__()
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        self.vocab = vocabulary_of_folder(resolve_model("smollm2-135m"))
+        self.vocab = vocabulary_of_folder(open_model("smollm2-135m"))
         self.lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(self.vocab), hidden_size=d_model,
                                                max_position_embeddings=4096, tie_word_embeddings=True, **backbone))
 

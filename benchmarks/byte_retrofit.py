@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from tokensurgery.assets import corpus_path, hf_tokenizer, resolve_model
-from tokensurgery.byte_models.evaluate import score_bytes
-from tokensurgery.byte_models.hierarchical import HierarchicalConfig, HierarchicalLM
-from tokensurgery.byte_models.train import ByteTrainConfig, train_bytes
+from tokensurgery.assets import corpus_path
+from tokensurgery.inputs import hf_tokenizer, open_model
+from tokensurgery.byte_models.trainable.score import score_bytes
+from tokensurgery.byte_models.trainable.hierarchical import HierarchicalConfig, HierarchicalLM
+from tokensurgery.byte_models.trainable.train import ByteTrainConfig, train_bytes
 from tokensurgery.corpus import bundled_corpus
 from tokensurgery.evaluate import load_causal_lm, read_text_file, score_text
 
@@ -54,7 +55,7 @@ def main() -> None:
     print("command:", command, flush=True)
     texts = {lang: read_text_file(corpus_path(lang), args.eval_bytes) for lang in args.langs.split(",")}
 
-    folder = resolve_model("smollm2-135m")
+    folder = open_model("smollm2-135m")
     lm, _ = load_causal_lm(folder)
     tokenizer = hf_tokenizer(folder)
     reference = {}

@@ -18,6 +18,7 @@ Writes results/hypernet_quality.{json,md}.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import sys
@@ -28,7 +29,8 @@ from pathlib import Path
 import torch
 
 from tokensurgery import Vocabulary, VocabMap
-from tokensurgery.assets import corpus_path, corpus_text, load_vocabulary, resolve_model, vocabulary_of_folder
+from tokensurgery.assets import corpus_path, corpus_text
+from tokensurgery.inputs import open_model, open_vocabulary, vocabulary_of_folder
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.evaluate import load_causal_lm, score_files
 from tokensurgery.hypernets import Hypernet, predict_embeddings
@@ -37,16 +39,11 @@ from tokensurgery.transplant import TransplantOptions, new_embeddings
 BASE = "smollm2-135m"
 
 
-class VocabTokenizer:
-    """The two things `score_text` asks of a tokenizer, answered by a Vocabulary (no BOS)."""
-
-    all_special_ids: list[int] = []
-
-    def __init__(self, vocab: Vocabulary):
-        self.vocab = vocab
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
-        return {"input_ids": self.vocab.encode(text)}
+def without_bos(vocab: Vocabulary) -> Vocabulary:
+    """The vocabulary scored without a BOS in front (SmolLM2, the base, was trained without one)."""
+    plain = copy.copy(vocab)
+    plain.bos_added = None
+    return plain
 
 
 def german_unigram(folder: Path, holdout_bytes: int = 16384, size: int = 16000) -> Path:
@@ -91,15 +88,15 @@ def main() -> None:
     command = "python " + " ".join(sys.argv)
     print(f"command: {command}", flush=True)
     files = [corpus_path(lang) for lang in args.langs.split(",")]
-    base_dir = resolve_model(BASE)
+    base_dir = open_model(BASE)
     base_vocab = vocabulary_of_folder(base_dir, name=BASE)
     base_emb = load_embeddings(base_dir)
     net = Hypernet.from_pretrained(args.hypernet, base_emb)
     tmp = Path(tempfile.mkdtemp(prefix="hn-bench-"))
-    targets = {"gemma3": lambda: load_vocabulary("gemma3-270m"),
-               "mistral-v3": lambda: Vocabulary.load(mistral_file("mistral_instruct_tokenizer_240323.model.v3")),
-               "tekken": lambda: Vocabulary.load(mistral_file("tekken_240911.json")),
-               "de-unigram": lambda: Vocabulary.load(german_unigram(tmp / "de"))}
+    targets = {"gemma3": lambda: open_vocabulary("gemma3-270m"),
+               "mistral-v3": lambda: open_vocabulary(mistral_file("mistral_instruct_tokenizer_240323.model.v3")),
+               "tekken": lambda: open_vocabulary(mistral_file("tekken_240911.json")),
+               "de-unigram": lambda: open_vocabulary(german_unigram(tmp / "de"))}
     rows = []
     model, tok = load_causal_lm(base_dir)
     scores = score_files(model, tok, files, max_bytes=args.max_bytes)
@@ -120,13 +117,13 @@ def main() -> None:
             else:
                 opts = TransplantOptions(method="hypernet", hypernet=str(args.hypernet)) if method == "hypernet+copy" \
                     else TransplantOptions(method=method)
-                donor_emb = load_embeddings(resolve_model("gemma3-270m")) if method == "omp" else None
+                donor_emb = load_embeddings(open_model("gemma3-270m")) if method == "omp" else None
                 made = new_embeddings(base_emb, donor_emb, vm, opts)
                 inp, out = made.embeddings.input, made.embeddings.output
             seconds = time.perf_counter() - start
             model, _ = load_causal_lm(base_dir)
             swap(model, inp, out)
-            scores = score_files(model, VocabTokenizer(vocab), files, max_bytes=args.max_bytes)
+            scores = score_files(model, without_bos(vocab), files, max_bytes=args.max_bytes)
             rows.append({"tokenizer": name, "method": method, "vocab": len(vocab), "seconds": round(seconds, 1),
                          **{s.name: [s.bits_per_byte, s.tokens_per_byte] for s in scores}})
             print(rows[-1], flush=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from tokensurgery import VocabMap, Vocabulary
-from tokensurgery.assets import resolve_model
+from tokensurgery import VocabMap, open_vocabulary
+from tokensurgery.inputs import open_model
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.kernels.omp import omp
 
@@ -35,8 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     command = "python " + " ".join(sys.argv)
     print(f"command: {command}")
-    base, donor = resolve_model("smollm2-135m"), resolve_model("gemma3-270m")
-    vm = VocabMap.build(Vocabulary.load(base), Vocabulary.load(donor))
+    base, donor = open_model("smollm2-135m"), open_model("gemma3-270m")
+    vm = VocabMap.build(open_vocabulary(base), open_vocabulary(donor))
     E = load_embeddings(donor).input.float()
     shared = torch.tensor(sorted(vm.shared))
     new = torch.tensor(vm.new_text)

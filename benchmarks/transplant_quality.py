@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from tokensurgery.assets import corpus_path, hf_tokenizer
+from tokensurgery.assets import corpus_path
+from tokensurgery.inputs import vocabulary_of_folder
 from tokensurgery.checkpoint import check_embeddings_cover, load_embeddings
 from tokensurgery.evaluate import load_causal_lm, score_files
-from tokensurgery.transplant import (TransplantOptions, load_donor_embeddings, new_embeddings, prepare,
-                                     tokenizer_for_output)
+from tokensurgery.output_tokenizer import tokenizer_for_output
+from tokensurgery.transplant import TransplantOptions, load_donor_embeddings, new_embeddings, prepare
 
 PAIRS = {"light": ("gemma3-270m", "smollm2-135m"), "heavy": ("smollm2-135m", "gemma3-270m")}
 DEFAULT_VARIANTS = "omp;omp:candidates=all;omp:normalize=1;omp:ridge=0;omp:fvt_above=none;knn;fvt;mean;zero"
@@ -77,8 +78,8 @@ def main() -> None:
     base_emb = load_embeddings(base_dir)
     check_embeddings_cover(base_emb, len(vm.source), base)
     donor_emb = load_donor_embeddings(donor_, donor, vm, "omp")
-    tok_dir, note = tokenizer_for_output(vm, donor_.tokenizer_dir)
-    donor_tok = hf_tokenizer(tok_dir)
+    tok_dir, note = tokenizer_for_output(vm, donor_.files)
+    donor_tok = vocabulary_of_folder(tok_dir)
     if note:
         print("note:", note)
     rows = []

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from tokensurgery.assets import corpus_path, resolve_model
+from tokensurgery.assets import corpus_path
+from tokensurgery.inputs import open_model
 from tokensurgery.evaluate import load_causal_lm, score_files
 from transplant_quality import PAIRS  # the same two pairs (this script's folder is on sys.path)
 
@@ -84,7 +85,7 @@ def mergekit_progress(log: Path) -> tuple[int, int, float] | None:
 
 def score(folder: Path, files: list[Path], max_bytes: int, tokenizer_from: Path | None = None) -> dict:
     """Bits per byte of the model in `folder` (with the tokenizer of `tokenizer_from` if given)."""
-    from tokensurgery.assets import hf_tokenizer
+    from tokensurgery.inputs import hf_tokenizer
 
     model, tok = load_causal_lm(folder)
     if tokenizer_from is not None:
@@ -114,7 +115,7 @@ def main() -> None:
     results = {}
     for pair in args.pairs.split(","):
         base_alias, donor_alias = PAIRS[pair]
-        base, donor = resolve_model(base_alias), resolve_model(donor_alias)
+        base, donor = open_model(base_alias), open_model(donor_alias)
         ours_out, mk_out = args.work / f"{pair}-tokensurgery", args.work / f"{pair}-mergekit"
         r = {"base": base_alias, "donor": donor_alias}
         print(f"[{pair}] tokensurgery transplant ...", flush=True)

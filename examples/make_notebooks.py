@@ -16,12 +16,13 @@ GGUF files into a cache), maps Gemma-3's vocabulary onto SmolLM2's and back, wri
 checkpoint, and measures bits per byte. Set `MAX_BYTES` higher for a more precise figure."""),
     new_code_cell("""MAX_BYTES = 1500  # bytes of text scored per language (small so the recipe runs fast)
 
-from tokensurgery import Vocabulary, VocabMap
-from tokensurgery.assets import corpus_text, resolve_model
+from tokensurgery import VocabMap, open_vocabulary
+from tokensurgery.assets import corpus_text
+from tokensurgery.inputs import open_model
 
-smol_dir = resolve_model("smollm2-135m")   # imports the GGUF once, then reuses the cache
-gemma_dir = resolve_model("gemma3-270m")
-smol, gemma = Vocabulary.load(smol_dir), Vocabulary.load(gemma_dir)
+smol_dir = open_model("smollm2-135m")   # imports the GGUF once, then reuses the cache
+gemma_dir = open_model("gemma3-270m")
+smol, gemma = open_vocabulary(smol_dir), open_vocabulary(gemma_dir)
 smol.summary(), gemma.summary()"""),
     new_markdown_cell("""## Surface bytes
 
@@ -63,7 +64,8 @@ tokenizer it reproduces the base exactly."""),
     new_code_cell("""import tempfile, torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM
-from tokensurgery.checkpoint import NewEmbeddings, load_embeddings, model_card, write_patched_checkpoint
+from tokensurgery.checkpoint import NewEmbeddings, load_embeddings, write_patched_checkpoint
+from tokensurgery.model_card import model_card
 
 emb = load_embeddings(smol_dir)
 out = Path(tempfile.mkdtemp()) / "smollm2-copy"
@@ -186,12 +188,13 @@ Raise `STEPS` and `MAX_BYTES` for real numbers."""),
 import importlib.util
 from pathlib import Path
 
-from tokensurgery import Vocabulary, VocabMap
-from tokensurgery.assets import corpus_text, resolve_model, vocabulary_of_folder
+from tokensurgery import VocabMap, open_vocabulary
+from tokensurgery.assets import corpus_text
+from tokensurgery.inputs import open_model, vocabulary_of_folder
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.hypernets import Hypernet, TrainConfig, bundled_corpus, predict_embeddings, train
 
-base_dir = resolve_model("smollm2-135m")
+base_dir = open_model("smollm2-135m")
 config = TrainConfig(steps=STEPS, warmup_steps=2, batch_size=2, seq_len=64, vocab_size=4096, negatives=256,
                      identity_batch=256)
 result = train("smollm2-135m", bundled_corpus(), "hypernet-smollm2", config, force=True, progress=False)
@@ -201,7 +204,7 @@ print(f"{result.steps_done} steps in {result.seconds:.0f}s;", {k: round(v, 3) fo
 
 Each new token is split by SmolLM2's tokenizer, word-start aware; the hypernetwork reads those
 pieces' embeddings. Bytes SmolLM2 cannot spell get learned fallback vectors."""),
-    new_code_cell("""mistral = Vocabulary.load(Path(importlib.util.find_spec("mistral_common").origin).parent / "data"
+    new_code_cell("""mistral = open_vocabulary(Path(importlib.util.find_spec("mistral_common").origin).parent / "data"
                           / "mistral_instruct_tokenizer_240323.model.v3")
 smol = vocabulary_of_folder(base_dir)
 vm = VocabMap.build(smol, mistral)
@@ -221,11 +224,6 @@ net = Hypernet.from_pretrained("hypernet-smollm2", base_emb)
 hyper = predict_embeddings(net, vm, progress=False)
 fvt = new_embeddings(base_emb, None, vm, TransplantOptions(method="fvt"), progress=False).embeddings
 
-class Tok:  # what score_text needs from a tokenizer
-    all_special_ids = []
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": mistral.encode(text)}
-
 text = corpus_text("en", MAX_BYTES)
 for name, new in [("hypernet", hyper), ("fvt", fvt)]:
     model, _ = load_causal_lm(base_dir)
@@ -233,7 +231,7 @@ for name, new in [("hypernet", hyper), ("fvt", fvt)]:
     model.get_input_embeddings().weight.data.copy_(new.input)
     if new.output is not None:
         model.lm_head.weight = torch.nn.Parameter(new.output.clone())
-    print(f"{name:9s} {score_text(model, Tok(), text, progress=False).bits_per_byte:.3f} bits/byte")"""),
+    print(f"{name:9s} {score_text(model, mistral, text, progress=False).bits_per_byte:.3f} bits/byte")"""),
     new_markdown_cell("""## Write the patched checkpoint
 
 The same from the command line: `tokensurgery hypernet apply hypernet-smollm2 smollm2-135m TOKENIZER OUT`,
@@ -262,7 +260,7 @@ This recipe trains tiny models for a few steps; the real runs are
 `python benchmarks/byte_models.py` / `python benchmarks/byte_retrofit.py`. Raise `STEPS` for real numbers."""),
     new_code_cell(r"""STEPS, EVAL_BYTES = 30, 1500
 
-from tokensurgery.byte_models.splitter import split_fixed, split_whitespace, split_words
+from tokensurgery.byte_models.trainable.splitter import split_fixed, split_whitespace, split_words
 
 data = "The cat's  hat, naïve café — 漢字!\n    return x[0]".encode() + b"\xff\xfe"
 for split in (split_words, split_whitespace, split_fixed):
@@ -276,9 +274,9 @@ stacked into dense blocks, so nothing is padded. The trainer checkpoints, resume
 runs unchanged under `torchrun`."""),
     new_code_cell("""import torch
 from tokensurgery.assets import corpus_text
-from tokensurgery.byte_models.evaluate import score_bytes
-from tokensurgery.byte_models.hierarchical import HierarchicalConfig, HierarchicalLM
-from tokensurgery.byte_models.train import ByteTrainConfig, load_byte_model, train_bytes
+from tokensurgery.byte_models.trainable.score import score_bytes
+from tokensurgery.byte_models.trainable.hierarchical import HierarchicalConfig, HierarchicalLM
+from tokensurgery.byte_models.trainable.train import ByteTrainConfig, load_byte_model, train_bytes
 from tokensurgery.corpus import bundled_corpus
 
 torch.manual_seed(0)
@@ -302,7 +300,7 @@ print(repr(again.generate(b"The old house", max_new_bytes=40, temperature=0.8, s
 
 One vector per word from its bytes, in place of a subword embedding table: compare the
 parameter counts."""),
-    new_code_cell("""from tokensurgery.byte_models.hierarchical import Byte2Word
+    new_code_cell("""from tokensurgery.byte_models.trainable.hierarchical import Byte2Word
 
 words = [b" The", b" cat", b" sat", b"."]
 enc = Byte2Word(d_byte=128, d_out=576, heads=4, layers=1, max_len=16)
@@ -314,7 +312,7 @@ print(enc(data, lengths).shape, f"{sum(p.numel() for p in enc.parameters()) / 1e
 
 A byte-per-position Llama; with `gate_layer` set, a learned gate after that layer removes
 positions from what later layers attend to (soft while training, hard at evaluation)."""),
-    new_code_cell("""from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
+    new_code_cell("""from tokensurgery.byte_models.trainable.flat import FlatByteLM, FlatConfig
 
 flat = FlatByteLM(FlatConfig(d_model=128, gate_layer=1, gate_alpha=0.5, backbone={
     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 341}))

@@ -10,15 +10,18 @@ tokens the base has (`copy_shared`): on the benchmark that beat predicting them.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tokensurgery.checkpoint import NewEmbeddings
+from tokensurgery.checkpoint import (NewEmbeddings, check_embeddings_cover, check_output, load_embeddings,
+                                     write_patched_checkpoint)
 from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.inputs import open_model, open_tokenizer, vocabulary_of_folder
+from tokensurgery.model_card import model_card
+from tokensurgery.output_tokenizer import tokenizer_for_output
 from tokensurgery.progress import bar, status
 from tokensurgery.vocab_map import VocabMap
 from tokensurgery.vocabulary import TEXT_KINDS
@@ -77,83 +80,38 @@ class ApplyResult:
     seconds: float  # the rest (unmatched specials, placeholders) are BASE's mean row
 
 
-def open_tokenizer(spec: str | Path):
-    """A tokenizer to give the model: (Vocabulary, what the checkpoint writer copies).
-
-    Accepts a model or tokenizer folder, a bundled alias, a tokenizer.json, a SentencePiece
-    `.model`, a Tekken `.json` or a `.tiktoken` file."""
-    from tokensurgery.assets import load_vocabulary, resolve_model, sentencepiece_tokenizer
-
-    path = Path(str(spec)).expanduser()
-    if path.is_file():
-        if ".model" in path.name:
-            return load_vocabulary(path), sentencepiece_tokenizer(path)
-        if path.suffix in (".json", ".tiktoken"):
-            vocab = load_vocabulary(path)
-            if vocab.family == "tiktoken":  # Tekken / Qwen: written as an equivalent HF fast tokenizer
-                from tokensurgery.tiktoken_convert import hf_tokenizer_from_ranks
-
-                return vocab, hf_tokenizer_from_ranks(vocab)
-            return vocab, path.parent if path.name == "tokenizer.json" else _tokenizer_json_folder(path)
-        raise TokenSurgeryError(f"{path}: give a tokenizer folder, a tokenizer.json, a SentencePiece .model, "
-                                "a Tekken .json or a .tiktoken file")
-    if path.is_dir() and not (path / "config.json").exists():
-        from tokensurgery.assets import vocabulary_of_folder
-
-        return vocabulary_of_folder(path, name=str(spec)), path
-    folder = resolve_model(spec)
-    return load_vocabulary(folder), folder
-
-
-def _tokenizer_json_folder(path: Path) -> Path:
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix="tokensurgery-tok-"))
-    (tmp / "tokenizer.json").write_bytes(path.read_bytes())
-    return tmp
-
-
 def apply(hypernet: str | Path, base: str | Path, tokenizer: str | Path, out: str | Path, batch_size: int = 8192,
           device: str = "cpu", copy_shared: bool = True, force: bool = False, progress: bool = True) -> ApplyResult:
     """Write BASE with TOKENIZER, the embedding rows predicted by the hypernetwork (rows of
     tokens BASE also has are copied unless `copy_shared` is False; that measured better)."""
-    from tokensurgery.assets import resolve_model, vocabulary_of_folder
-    from tokensurgery.checkpoint import (check_embeddings_cover, check_output, load_embeddings, model_card,
-                                         write_patched_checkpoint)
-    from tokensurgery.transplant import tokenizer_for_output
-
     start = time.perf_counter()
     check_output(out, force=force)
-    base_dir = resolve_model(base, progress=progress)
+    base_dir = open_model(base, progress=progress)
     emb = load_embeddings(base_dir)
     net = Hypernet.from_pretrained(hypernet, emb).to(device)
     base_vocab = vocabulary_of_folder(base_dir, name=str(base))
     check_embeddings_cover(emb, len(base_vocab), f"base {base}")
-    target, tok_src = open_tokenizer(tokenizer)
-    vm = VocabMap.build(base_vocab, target)
-    with status(f"predicting {len(target):,} embeddings", progress):
-        new = predict_embeddings(net, vm, batch_size=batch_size, copy_shared=copy_shared, progress=progress)
-    temporary = [tok_src] if isinstance(tok_src, Path) and tok_src.name.startswith("tokensurgery-tok-") else []
-    note = ""
-    if isinstance(tok_src, Path):
-        tok_src, note = tokenizer_for_output(vm, tok_src)
-        if tok_src.name.startswith("tokensurgery-tok-"):
-            temporary.append(tok_src)
-    special_ids = {role: target.roles.get(role) for role in ("bos", "eos", "pad")}
-    n_copied = len(vm.specials) + (len(vm.shared) if copy_shared else 0)
-    copied = set(vm.specials) | (set(vm.shared) if copy_shared else set())
-    n_predicted = sum(1 for t, k in enumerate(target.kinds) if k in TEXT_KINDS and target.surface[t] and t not in copied)
-    params = {"rows": f"{new.input.shape[0]:,}", "predicted": f"{n_predicted:,}",
-              "specials copied": f"{len(vm.specials):,}", "shared copied": f"{len(vm.shared) if copy_shared else 0:,}", "output head": new.output is not None,
-              "hypernetwork config": net.config.__dict__}
-    card = model_card(f"{Path(str(base)).name} with the tokenizer of {Path(str(tokenizer)).name}", str(base),
-                      {"base": str(base), "tokenizer": str(tokenizer), "hypernetwork": str(hypernet)},
-                      "tokensurgery hypernet apply", params, notes=note)
-    try:
+    with open_tokenizer(tokenizer, progress=progress) as source:
+        target = source.vocab
+        vm = VocabMap.build(base_vocab, target)
+        with status(f"predicting {len(target):,} embeddings", progress):
+            new = predict_embeddings(net, vm, batch_size=batch_size, copy_shared=copy_shared, progress=progress)
+        tok_src, note = tokenizer_for_output(vm, source.files)
+        if tok_src != source.files:
+            source.temporary.append(tok_src)
+        special_ids = {role: target.roles.get(role) for role in ("bos", "eos", "pad")}
+        n_copied = len(vm.specials) + (len(vm.shared) if copy_shared else 0)
+        copied = set(vm.specials) | (set(vm.shared) if copy_shared else set())
+        n_predicted = sum(1 for t, k in enumerate(target.kinds)
+                          if k in TEXT_KINDS and target.surface[t] and t not in copied)
+        params = {"rows": f"{new.input.shape[0]:,}", "predicted": f"{n_predicted:,}",
+                  "specials copied": f"{len(vm.specials):,}",
+                  "shared copied": f"{len(vm.shared) if copy_shared else 0:,}", "output head": new.output is not None,
+                  "hypernetwork config": net.config.__dict__}
+        card = model_card(f"{Path(str(base)).name} with the tokenizer of {Path(str(tokenizer)).name}", str(base),
+                          {"base": str(base), "tokenizer": str(tokenizer), "hypernetwork": str(hypernet)},
+                          "tokensurgery hypernet apply", params, notes=note)
         with status(f"writing {out}", progress):
             write_patched_checkpoint(base_dir, out, new, tok_src, special_ids, card, force=force,
                                      extra_inputs=[Path(str(hypernet))])
-    finally:
-        for folder in temporary:
-            shutil.rmtree(folder, ignore_errors=True)
     return ApplyResult(Path(out), vm, new.input.shape[0], n_predicted, n_copied, time.perf_counter() - start)

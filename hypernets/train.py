@@ -119,7 +119,7 @@ class Trainer:
 
     def __init__(self, base: str | Path, corpus: Corpus, out: str | Path, config: TrainConfig,
                  hypernet_options: dict | None = None, resume: bool = False, force: bool = False, progress: bool = True):
-        from tokensurgery.assets import resolve_model, vocabulary_of_folder
+        from tokensurgery.inputs import open_model, vocabulary_of_folder
         from tokensurgery.checkpoint import check_embeddings_cover, load_embeddings
 
         config.check()
@@ -127,7 +127,7 @@ class Trainer:
         self.rank, self.world = dist_setup(config.device)
         if self.rank == 0:
             check_out(self.out, resume, force)
-        self.base_dir = resolve_model(base, progress=progress and self.rank == 0)
+        self.base_dir = open_model(base, progress=progress and self.rank == 0)
         self.base_vocab = vocabulary_of_folder(self.base_dir, name=str(base))
         emb = load_embeddings(self.base_dir)
         check_embeddings_cover(emb, len(self.base_vocab), f"base {base}")

@@ -3,7 +3,7 @@
 All tokens whose surface starts with some bytes form one contiguous range of the sorted
 order, and inside that range the byte at offset len(prefix) is non-decreasing. So "which
 tokens could continue this byte prefix, grouped by their next byte" is a bisection plus a
-difference of cumulative sums over a slice, with no per-token Python loop (see `byte_models/cover_tree.py`).
+difference of cumulative sums over a slice, with no per-token Python loop (see `byte_models/exact/cover_tree.py`).
 """
 
 from __future__ import annotations

@@ -35,27 +35,27 @@ def tiny_model_dirs(tmp_path_factory, tiny_tokenizers):
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    from tokensurgery.assets import resolve_model
+    from tokensurgery.inputs import open_model
 
-    return resolve_model("smollm2-135m", progress=False)
+    return open_model("smollm2-135m", progress=False)
 
 
 @pytest.fixture(scope="session")
 def gemma_dir():
-    from tokensurgery.assets import resolve_model
+    from tokensurgery.inputs import open_model
 
-    return resolve_model("gemma3-270m", progress=False)
+    return open_model("gemma3-270m", progress=False)
 
 
 @pytest.fixture(scope="session")
 def smollm2_vocab(smollm2_dir):
-    from tokensurgery import Vocabulary
+    from tokensurgery import open_vocabulary
 
-    return Vocabulary.load(smollm2_dir)
+    return open_vocabulary(smollm2_dir)
 
 
 @pytest.fixture(scope="session")
 def gemma_vocab(gemma_dir):
-    from tokensurgery import Vocabulary
+    from tokensurgery import open_vocabulary
 
-    return Vocabulary.load(gemma_dir)
+    return open_vocabulary(gemma_dir)

@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokensurgery.byte_models import ByteLM, ZeroProbability
-from tokensurgery.byte_models.canonical import Canonical
 from tokensurgery.errors import TokenSurgeryError
 
 
@@ -171,7 +170,7 @@ def test_specials_in_prompt_and_bos(tiny_byte_lms):
     """Special tokens in the prompt are read as the tokenizer reads them: the byte region
     starts after the last one, and BOS comes first."""
     blm = tiny_byte_lms["sentencepiece_bpe"]
-    ids, region = blm._split("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHel".encode())
+    ids, region = blm.split_prompt("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHel".encode())
     vocab = blm.vocab
     assert ids[0] == vocab.bos_added
     assert vocab.tokens[ids[-1]] == "<|im_start|>" and region == b"assistant\nHel"
@@ -201,7 +200,7 @@ def test_fast_merge_rule_equals_general_check(tiny_byte_lms):
     """MergeCanonical (merge-table spines, batched encoder) gives exactly the invalid sets of
     the general rule applied one pair at a time, for every tail of the tiny tokenizers (and
     for whitespace runs, which have longer tails)."""
-    from tokensurgery.byte_models.canonical import MergeCanonical
+    from tokensurgery.byte_models.exact.canonical import MergeCanonical
 
     for blm in tiny_byte_lms.values():
         fast = blm.canonical
@@ -217,7 +216,7 @@ def test_fast_merge_rule_equals_general_check(tiny_byte_lms):
 def test_fast_merge_rule_on_smollm2(smollm2_vocab):
     """The same on SmolLM2's real merges for tails that exercise every branch: plain words,
     whitespace runs (regex look-ahead), punctuation (regex punctuation runs), apostrophes."""
-    from tokensurgery.byte_models.canonical import canonical_for
+    from tokensurgery.byte_models.exact.canonical import canonical_for
 
     fast = canonical_for(smollm2_vocab)
     ids = np.flatnonzero(fast.continuable)
@@ -243,7 +242,7 @@ def test_ensemble_of_different_tokenizers(tiny_byte_lms):
     ref = np.sqrt(pa * pb)
     assert np.allclose(prod, ref / ref.sum(-1, keepdims=True), atol=1e-12)
     assert np.allclose(ensemble([a, b]).next_byte_logprobs("The c"), np.log(0.5 * np.exp(a.next_byte_logprobs("The c")) + 0.5 * np.exp(b.next_byte_logprobs("The c"))))
-    from tokensurgery.byte_models.ensemble import combine
+    from tokensurgery.byte_models.exact.ensemble import combine
 
     impossible = np.array([[np.log(0.5), np.log(0.5), -np.inf], [np.log(0.25), np.log(0.75), -np.inf]])  # byte 2: neither
     for mode in ("mix", "product"):
@@ -265,7 +264,7 @@ def test_fill_in_middle_uses_fim_tokens(tmp_path):
     make_tiny_model(tmp_path, tok)
     blm = ByteLM.from_pretrained(tmp_path, dtype="float64")
     fim = [tok.token_to_id(t) for t in ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")]
-    ids, region = blm._split(b"<fim_prefix>def f(x):\n    ret<fim_suffix>\n<fim_middle>")
+    ids, region = blm.split_prompt(b"<fim_prefix>def f(x):\n    ret<fim_suffix>\n<fim_middle>")
     assert [i for i in ids if i in fim] == fim and ids[-1] == fim[2] and region == b""
     out = blm.fill_in_middle("def f(x):\n    ret", "\n", max_new_bytes=12, seed=0, as_bytes=True)
     assert isinstance(out, bytes) and len(out) <= 12

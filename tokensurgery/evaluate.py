@@ -1,10 +1,14 @@
 """Bits per byte: the one quality figure that compares models with different tokenizers.
 
-bits/byte = (sum over the text's tokens of -log2 p(token | context)) / (UTF-8 bytes of text).
-The text is cut into windows of `window` tokens that advance by `stride`, so every scored
-token (after the first window) sees at least `window - stride` tokens of context. A model
-whose tokenizer adds BOS gets BOS at the start of every window; for a model without one the
-first token of the text has no context and is not scored (its bytes still count).
+bits/byte = (sum over the scored tokens of -log2 p(token | context)) / (their UTF-8 bytes).
+`Score` is the toolkit's one score type (subword models here, byte-level models in
+`byte_models`). `score_text` cuts a token sequence into windows of `window` tokens that
+advance by `stride`; every token is scored exactly once, and every scored token after the
+first window sees at least `window - stride` tokens of context. A model whose tokenizer adds
+BOS (`Vocabulary.bos_added`) gets BOS at the start of every window, so every token is scored.
+Without one, the text's first token has no context: it is not scored and its bytes do not
+count, and windows overlap by at least one token so that each window's first token was
+already scored by the window before it.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ import torch
 
 from .errors import TokenSurgeryError
 from .progress import bar
+from .vocabulary import Vocabulary
 
 
 @dataclass
-class TextScore:
-    """Bits per byte of one text under one model."""
+class Score:
+    """Bits a model spends on a text, the bytes they cover and the positions it used."""
 
-    name: str
-    n_bytes: int
-    n_tokens: int
-    bits: float
+    name: str = "text"
+    n_bytes: int = 0  # bytes scored
+    n_tokens: int = 0  # positions the model took for them (tokens; words or kept bytes for byte models)
+    bits: float = 0.0
 
     @property
     def bits_per_byte(self) -> float:
@@ -36,17 +41,32 @@ class TextScore:
     def tokens_per_byte(self) -> float:
         return self.n_tokens / max(self.n_bytes, 1)
 
-    def __add__(self, other: "TextScore") -> "TextScore":
-        return TextScore("overall", self.n_bytes + other.n_bytes, self.n_tokens + other.n_tokens, self.bits + other.bits)
+    positions_per_byte = tokens_per_byte  # the byte models' name for it
+
+    def __add__(self, other: "Score") -> "Score":
+        return Score("overall", self.n_bytes + other.n_bytes, self.n_tokens + other.n_tokens, self.bits + other.bits)
+
+    def as_dict(self) -> dict:
+        return {"text": self.name, "bytes": self.n_bytes, "tokens": self.n_tokens, "bits": self.bits,
+                "bits_per_byte": self.bits_per_byte, "tokens_per_byte": self.tokens_per_byte}
+
+
+def total(scores: list[Score], name: str = "overall") -> Score:
+    """All scores pooled: bits over bytes of every text together."""
+    out = Score(name)
+    for s in scores:
+        out = out + s
+    out.name = name
+    return out
 
 
 def load_causal_lm(folder: str | Path, dtype: str = "float32", device: str = "cpu"):
-    """A transformers causal LM and its tokenizer from a local folder (no remote code)."""
+    """A transformers causal LM and the `Vocabulary` of its tokenizer, from a local folder
+    (no remote code)."""
     from transformers import AutoModelForCausalLM
-
-    from .assets import hf_tokenizer
-
     from transformers.utils import logging as hf_logging
+
+    from .inputs import vocabulary_of_folder
 
     hf_logging.disable_progress_bar()  # a 1-second "Loading weights" bar is noise in our output
     try:
@@ -54,50 +74,52 @@ def load_causal_lm(folder: str | Path, dtype: str = "float32", device: str = "cp
     except Exception as e:
         raise TokenSurgeryError(f"transformers cannot load the model in {folder}: {str(e).splitlines()[0][:200]}") from None
     model.to(device).eval()
-    tokenizer = hf_tokenizer(Path(folder))
+    vocab = vocabulary_of_folder(Path(folder))
     rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise TokenSurgeryError(f"{folder}: the embedding matrix has {rows} rows but the tokenizer has {len(tokenizer)} tokens")
-    return model, tokenizer
+    if len(vocab) > rows:
+        raise TokenSurgeryError(f"{folder}: the embedding matrix has {rows} rows but the tokenizer has {len(vocab)} tokens")
+    return model, vocab
 
 
-def bos_id(tokenizer) -> int | None:
-    """The id the tokenizer puts in front of a text for its model, if any (Gemma: <bos>)."""
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    if len(with_special) > len(plain) and with_special[0] != plain[0] and with_special[0] in tokenizer.all_special_ids:
-        return with_special[0]
-    return None
+def windows(n_tokens: int, window: int, stride: int, bos: bool) -> list[tuple[int, int, int]]:
+    """(start, end, scored) per window over `n_tokens` ids: the window feeds ids[start:end]
+    (after BOS when `bos`) and scores its last `scored` ids. Every id is scored exactly once,
+    except the first without BOS (see the module docstring)."""
+    if window < (1 if bos else 2):
+        raise TokenSurgeryError(f"window must be at least {1 if bos else 2} tokens, got {window}")
+    if stride <= 0 or stride > window:
+        raise TokenSurgeryError(f"stride must be in 1..window ({window}), got {stride}")
+    if not bos:
+        stride = min(stride, window - 1)  # each window's first token must have been scored before
+    spans, done, begin = [], 0 if bos else 1, 0
+    while done < n_tokens:
+        end = min(begin + window, n_tokens)
+        spans.append((begin, end, end - done))
+        done, begin = end, begin + stride
+    return spans
 
 
 @torch.no_grad()
-def score_text(model, tokenizer, text: str, name: str = "text", window: int = 256, stride: int = 128,
-               batch_size: int = 8, progress: bool = True) -> TextScore:
-    """Bits per byte of `text` under `model` (see the module docstring for the windows)."""
-    if stride <= 0 or stride > window:
-        raise TokenSurgeryError(f"stride must be in 1..window ({window}), got {stride}")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    n_bytes = len(text.encode("utf-8"))
-    bos = bos_id(tokenizer)
+def score_text(model, vocab: Vocabulary, text: str, name: str = "text", window: int = 256, stride: int = 128,
+               batch_size: int = 8, progress: bool = True) -> Score:
+    """Bits per byte of `text` under `model`, tokenized by `vocab` (see the module docstring)."""
+    ids = vocab.encode(text)
+    bos = vocab.bos_added
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if ids and max(ids) >= vocab_rows:
         raise TokenSurgeryError(f"tokenizer produced id {max(ids)} but the model has only {vocab_rows} embedding rows")
-    # windows: (start, end, number of scored tokens at the end)
-    spans, prev_end, begin = [], 0, 0
-    while prev_end < len(ids):
-        end = min(begin + window, len(ids))
-        spans.append((begin, end, end - prev_end))
-        prev_end, begin = end, begin + stride
+    spans = windows(len(ids), window, stride, bos is not None)
+    n_bytes = len(text.encode("utf-8")) - (len(vocab.surface[ids[0]]) if ids and bos is None else 0)
     device = next(model.parameters()).device
-    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else vocab_rows
+    out_rows = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else vocab_rows
     # keep the logits of one batch near 1 GB: large vocabularies (Gemma: 262k) get smaller batches
-    batch_size = max(1, min(batch_size, int(2.5e8 // (vocab * (stride + 1)))))
-    bits = 0.0
+    batch_size = max(1, min(batch_size, int(2.5e8 // (out_rows * (max(stride, 1) + 1)))))
+    bits, n_scored = 0.0, 0
     batches = [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
     prefix = [bos] if bos is not None else []
     for batch in bar(batches, f"scoring {name}", enabled=progress and len(batches) > 1):
         rows = [prefix + ids[s:e] for s, e, _ in batch]
-        scored = [min(n_new, len(row) - 1) for row, (_, _, n_new) in zip(rows, batch)]
+        scored = [n for _, _, n in batch]
         width, keep = max(map(len, rows)), max(scored) + 1
         x = torch.zeros(len(rows), width, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -116,20 +138,18 @@ def score_text(model, tokenizer, text: str, name: str = "text", window: int = 25
                                                 reduction="none").view(len(rows), -1)
         for r, n in enumerate(scored):
             bits += nll[r, nll.shape[1] - n:].sum().item() / math.log(2)
-    return TextScore(name, n_bytes, len(ids), bits)
+            n_scored += n
+    return Score(name, n_bytes, n_scored, bits)
 
 
-def score_files(model, tokenizer, files: list[Path], window: int = 256, stride: int = 128, max_bytes: int | None = None,
-                progress: bool = True) -> list[TextScore]:
+def score_files(model, vocab: Vocabulary, files: list[Path], window: int = 256, stride: int = 128,
+                max_bytes: int | None = None, progress: bool = True) -> list[Score]:
     """Score each file (optionally only its first `max_bytes` bytes); the last entry is the total."""
     scores = []
     for f in files:
         text = read_text_file(f, max_bytes)
-        scores.append(score_text(model, tokenizer, text, name=Path(f).name, window=window, stride=stride, progress=progress))
-    total = TextScore("overall", 0, 0, 0.0)
-    for s in scores:
-        total = total + s
-    return scores + [total]
+        scores.append(score_text(model, vocab, text, name=Path(f).name, window=window, stride=stride, progress=progress))
+    return scores + [total(scores)]
 
 
 def read_text_file(path: str | Path, max_bytes: int | None = None) -> str:

@@ -1,4 +1,5 @@
-"""Progress reporting: tqdm bars for loops, a one-line status for long single steps."""
+"""Progress reporting: tqdm bars for loops, a one-line status for long single steps, and
+`log` for messages (through `tqdm.write`, so a live bar is not broken by them)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,20 @@ def bar(items: Iterable[T], desc: str, total: int | None = None, enabled: bool =
     yield from tqdm(items, desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+def log(message: str) -> None:
+    """One line on stderr, printed above any live progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+    sys.stderr.flush()
+
+
 @contextmanager
 def status(message: str, enabled: bool = True):
     """Print `message ...` before a long step and its duration after it."""
     start = time.perf_counter()
     if enabled:
-        print(f"{message} ...", file=sys.stderr, flush=True)
+        log(f"{message} ...")
     yield
     if enabled:
-        print(f"{message}: done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+        log(f"{message}: done in {time.perf_counter() - start:.1f}s")

@@ -11,32 +11,32 @@ Every donor id gets a row in the new embedding matrices:
   - `knn`: the k shared tokens nearest in the donor space, weighted by inverse distance;
   - `fvt`: the mean of BASE's rows for the pieces BASE's tokenizer splits the token into;
   - `mean`: the mean BASE row; `zero`: zeros;
-  - `hypernet`: rows predicted by a trained hypernetwork for BASE (`hypernets/`) from the
-    pieces BASE's tokenizer splits each token into; needs no donor weights.
+  - methods registered by plugins (`plugins.py`), e.g. `hypernet`: rows predicted by a
+    trained hypernetwork for BASE (`hypernets/`); they need no donor weights.
 Input and output matrices get their own solve when BASE is untied (from the donor's own
 output matrix when it has one); a tied BASE is solved once.
 """
 
 from __future__ import annotations
 
-import json
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .checkpoint import (Embeddings, NewEmbeddings, check_embeddings_cover, load_embeddings, model_card,
-                         write_patched_checkpoint)
+from .checkpoint import Embeddings, NewEmbeddings, check_embeddings_cover, load_embeddings, write_patched_checkpoint
 from .errors import TokenSurgeryError
+from .inputs import TokenizerInput, open_model, open_tokenizer, vocabulary_of_folder
 from .kernels.omp import omp
+from .model_card import model_card
+from .output_tokenizer import tokenizer_for_output
+from .plugins import BUILTIN_METHODS, FILL_METHODS, transplant_methods
 from .progress import bar, status
 from .vocab_map import VocabMap
-from .vocabulary import Vocabulary
 
-METHODS = ("omp", "knn", "fvt", "mean", "zero", "hypernet")
 NEEDS_DONOR_EMBEDDINGS = ("omp", "knn")
+METHODS = BUILTIN_METHODS  # plus plugin methods: `plugins.transplant_transplant_methods()`
 
 
 @dataclass
@@ -52,13 +52,13 @@ class TransplantOptions:
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
     block_size: int = 1024
-    hypernet: str | None = None  # folder of a trained hypernetwork (method "hypernet")
+    hypernet: str | None = None  # folder of a trained hypernetwork (the `hypernet` plugin method)
 
     def check(self) -> None:
-        if self.method not in METHODS:
-            raise TokenSurgeryError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.method == "hypernet" and not self.hypernet:
-            raise TokenSurgeryError("--method hypernet needs a trained hypernetwork (--hypernet FOLDER)")
+        if self.method not in transplant_methods():
+            raise TokenSurgeryError(f"unknown method {self.method!r}; choose one of {', '.join(transplant_methods())}")
+        if self.method in FILL_METHODS and FILL_METHODS[self.method].check:
+            FILL_METHODS[self.method].check(self)
         if self.k < 1:
             raise TokenSurgeryError(f"k must be at least 1, got {self.k}")
         if self.dtype not in ("float32", "float64"):
@@ -95,32 +95,6 @@ class TransplantResult:
             out["rel_error_p10_p50_p90"] = [round(v, 4) for v in self.errors.quantile(q).tolist()]
             out["rel_error_mean"] = round(self.errors.mean().item(), 4)
         return out
-
-
-# ---- inputs -------------------------------------------------------------------------------
-
-@dataclass
-class _Donor:
-    vocab: Vocabulary
-    tokenizer_dir: Path  # folder whose tokenizer files are copied
-    folder: Path | None  # checkpoint folder (None: tokenizer only)
-
-
-def _open_donor(spec: str) -> _Donor:
-    """A donor checkpoint, or (for methods that need no donor weights) a tokenizer folder."""
-    from .assets import load_vocabulary, resolve_model, vocabulary_of_folder
-
-    path = Path(str(spec)).expanduser()
-    if path.is_dir() and not (path / "config.json").exists():
-        if not any((path / n).exists() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-            raise TokenSurgeryError(f"{path} holds neither a model (config.json) nor tokenizer files")
-        return _Donor(vocabulary_of_folder(path, name=str(spec)), path, None)
-    folder = resolve_model(spec)
-    return _Donor(load_vocabulary(folder) if folder != path else vocabulary_of_folder(folder, str(spec)), folder, folder)
-
-
-def _has_weights(folder: Path | None) -> bool:
-    return folder is not None and any(folder.glob("*.safetensors"))
 
 
 # ---- the fill methods ---------------------------------------------------------------------
@@ -218,37 +192,18 @@ def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: 
     return rows, n_fvt
 
 
-def _hypernet_rows(base_emb: Embeddings, vm: VocabMap, filled: list[int], opts: TransplantOptions,
-                   progress: bool) -> dict[str, torch.Tensor]:
-    """{"input": rows, "output": rows} for the filled ids, predicted by the hypernetwork
-    (specials without a BASE counterpart and placeholders get the mean row); "output" is
-    absent when the hypernetwork has no output head and BASE is tied."""
-    from .hypernets import Hypernet, predict_embeddings
-
-    net = Hypernet.from_pretrained(opts.hypernet, base_emb).to(opts.device)
-    new = predict_embeddings(net, vm, n_rows=max(filled, default=-1) + 1, batch_size=opts.block_size * 8, only=filled,
-                             progress=progress)
-    idx = torch.tensor(filled, dtype=torch.long)
-    rows = {"input": new.input[idx]}
-    if new.output is not None:
-        rows["output"] = new.output[idx]
-    elif not base_emb.tied:
-        rows["output"] = new.input[idx]
-    return rows
-
-
 # ---- the transplant -----------------------------------------------------------------------
 
-def prepare(base: str, donor: str, progress: bool = True):
-    """Resolve both inputs and map the donor's vocabulary onto BASE's: (base folder, donor, map)."""
-    from .assets import resolve_model, vocabulary_of_folder
-
-    base_dir = resolve_model(base, progress=progress)
-    donor_ = _open_donor(donor)
+def prepare(base: str, donor: str, progress: bool = True) -> tuple[Path, TokenizerInput, VocabMap]:
+    """Open both inputs and map the donor's vocabulary onto BASE's: (base folder, donor, map).
+    The caller closes the donor (`TokenizerInput.close`) when done with its files."""
+    base_dir = open_model(base, progress=progress)
+    donor_ = open_tokenizer(donor, progress=progress)
     with status("mapping vocabularies", progress):
         base_vocab = vocabulary_of_folder(base_dir, name=str(base))
         vm = VocabMap.build(base_vocab, donor_.vocab)
     if not vm.shared:
+        donor_.close()
         raise TokenSurgeryError(f"{base} and {donor} share no text tokens; a transplant needs a shared dictionary "
                                 "(use the hypernetwork for unrelated tokenizers)")
     return base_dir, donor_, vm
@@ -293,8 +248,9 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
         donor_out = None if donor_emb is None else donor_emb.output if donor_emb.output is not None else donor_emb.input
         spaces["output"] = (base_emb.output, donor_out)
     solutions = {} if solutions is None else solutions
-    predicted = _hypernet_rows(base_emb, vm, filled, opts, progress) if opts.method == "hypernet" else None
-    if predicted and base_emb.tied and "output" in predicted:  # the hypernetwork's output head unties BASE
+    plugin = FILL_METHODS.get(opts.method)
+    predicted = plugin.rows(base_emb, vm, filled, opts, progress) if plugin else None
+    if predicted and base_emb.tied and "output" in predicted:  # e.g. a hypernetwork's output head unties BASE
         spaces["output"] = (base_emb.input, None)
     matrices, errors, n_fvt, n_capped = {}, None, 0, 0
     for name, (base_matrix, donor_matrix) in spaces.items():
@@ -325,14 +281,14 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
     return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt, n_capped, opts)
 
 
-def load_donor_embeddings(donor_: "_Donor", spec: str, vm: VocabMap, method: str) -> Embeddings | None:
+def load_donor_embeddings(donor_: TokenizerInput, spec: str, vm: VocabMap, method: str) -> Embeddings | None:
     """The donor's embeddings when the method needs them (clear errors when it has none)."""
     if method not in NEEDS_DONOR_EMBEDDINGS:
         return None
-    if not _has_weights(donor_.folder):
+    if not donor_.has_weights():
         raise TokenSurgeryError(f"donor {spec} has no weights; --method {method} needs the donor's embeddings "
                                 "(fvt, mean and zero need only its tokenizer)")
-    donor_emb = load_embeddings(donor_.folder)
+    donor_emb = load_embeddings(donor_.model)
     check_embeddings_cover(donor_emb, len(vm.target), f"donor {spec}")
     return donor_emb
 
@@ -347,82 +303,24 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
 
     check_output(out, force=force)  # fail before the long work
     base_dir, donor_, vm = prepare(base, donor, progress)
-    emb = load_embeddings(base_dir)
-    check_embeddings_cover(emb, len(vm.source), f"base {base}")
-    donor_emb = load_donor_embeddings(donor_, donor, vm, opts.method)
-    new = new_embeddings(emb, donor_emb, vm, opts, progress)
-    special_ids = {role: vm.target.roles.get(role) for role in ("bos", "eos", "pad")}
-    tokenizer_src, bos_note = tokenizer_for_output(vm, donor_.tokenizer_dir)
-    result = TransplantResult(str(base), str(donor), Path(out), vm, new.options, new.embeddings.input.shape[0],
-                              new.filled, new.errors,
-                              new.fvt_fallbacks, time.perf_counter() - start, [bos_note] if bos_note else [],
-                              capped=new.capped)
-    try:
+    with donor_:
+        emb = load_embeddings(base_dir)
+        check_embeddings_cover(emb, len(vm.source), f"base {base}")
+        donor_emb = load_donor_embeddings(donor_, donor, vm, opts.method)
+        new = new_embeddings(emb, donor_emb, vm, opts, progress)
+        special_ids = {role: vm.target.roles.get(role) for role in ("bos", "eos", "pad")}
+        tokenizer_src, bos_note = tokenizer_for_output(vm, donor_.files)
+        if tokenizer_src != donor_.files:
+            donor_.temporary.append(tokenizer_src)
+        result = TransplantResult(str(base), str(donor), Path(out), vm, new.options, new.embeddings.input.shape[0],
+                                  new.filled, new.errors, new.fvt_fallbacks, time.perf_counter() - start,
+                                  [bos_note] if bos_note else [], capped=new.capped)
         with status(f"writing {out}", progress):
             write_patched_checkpoint(base_dir, out, new.embeddings, tokenizer_src, special_ids,
                                      transplant_card(result), force=force,
-                                     extra_inputs=[p for p in (donor_.folder, donor_.tokenizer_dir) if p is not None])
-    finally:
-        if tokenizer_src != donor_.tokenizer_dir:
-            import shutil
-
-            shutil.rmtree(tokenizer_src, ignore_errors=True)
+                                     extra_inputs=[p for p in (donor_.model, donor_.files) if p is not None])
     result.seconds = time.perf_counter() - start
     return result
-
-
-# ---- tokenizer and BOS ---------------------------------------------------------------------
-
-def tokenizer_for_output(vm: VocabMap, donor_dir: Path) -> tuple[Path, str]:
-    """The donor's tokenizer files, with BOS switched on when BASE was trained to see one.
-
-    A BASE whose tokenizer adds BOS (Gemma-3) degrades badly without it; if the donor's
-    tokenizer does not add one but has a BOS token, a copy of its files is configured to add
-    it (that token carries BASE's BOS row). Returns (folder to copy from, note for the card)."""
-    base, donor = vm.source, vm.target
-    if base.bos_added is None or donor.bos_added is not None:
-        return donor_dir, ""
-    bos = donor.roles.get("bos")
-    if bos is None or not (donor_dir / "tokenizer.json").exists():
-        msg = (f"BASE's tokenizer adds {base.tokens[base.bos_added]!r} but the donor's has no BOS token to add; "
-               "the transplanted model will see texts without it (expect worse quality)")
-        warnings.warn(msg, stacklevel=3)
-        return donor_dir, msg
-    import tempfile
-
-    from .checkpoint import _TOKENIZER_FILES
-
-    tmp = Path(tempfile.mkdtemp(prefix="tokensurgery-tok-"))
-    for name in _TOKENIZER_FILES:
-        if (donor_dir / name).exists():
-            (tmp / name).write_bytes((donor_dir / name).read_bytes())
-    add_bos_to_tokenizer(tmp, donor.tokens[bos], bos)
-    how = vm.special_how.get(bos, "no base counterpart")
-    return tmp, (f"BASE was trained with {base.tokens[base.bos_added]!r} first; the donor's tokenizer did not add a BOS, "
-                 f"so it now adds {donor.tokens[bos]!r} (id {bos}, mapped {how}).")
-
-
-def add_bos_to_tokenizer(folder: Path, token: str, token_id: int) -> None:
-    """Make the tokenizer in `folder` put `token` in front of every encoded text."""
-    path = folder / "tokenizer.json"
-    spec = json.loads(path.read_text(encoding="utf-8"))
-    bos = {"SpecialToken": {"id": token, "type_id": 0}}
-    template = {"type": "TemplateProcessing",
-                "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
-                "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
-                "special_tokens": {token: {"id": token, "ids": [token_id], "tokens": [token]}}}
-    old = spec.get("post_processor")
-    if old is None or old.get("type") == "TemplateProcessing":
-        spec["post_processor"] = template
-    elif old.get("type") == "Sequence":
-        old["processors"] = [p for p in old["processors"] if p.get("type") != "TemplateProcessing"] + [template]
-    else:
-        spec["post_processor"] = {"type": "Sequence", "processors": [old, template]}
-    path.write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8")
-    cfg_path = folder / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
-    cfg.update({"add_bos_token": True, "bos_token": token})
-    cfg_path.write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 # ---- model card ---------------------------------------------------------------------------
@@ -459,11 +357,10 @@ def evaluate_transplant(result: TransplantResult, files: list[Path], max_bytes: 
                         progress: bool = True) -> dict[str, tuple[float, float]]:
     """Bits per byte of BASE (own tokenizer) and of the transplanted model on the same texts;
     the table is added to OUT's model card. Returns {text: (before, after)} plus 'overall'."""
-    from .assets import resolve_model
     from .evaluate import load_causal_lm, score_files
 
     scores = {}
-    for key, folder in (("before", resolve_model(result.base, progress=progress)), ("after", result.out)):
+    for key, folder in (("before", open_model(result.base, progress=progress)), ("after", result.out)):
         model, tok = load_causal_lm(folder)
         scores[key] = score_files(model, tok, files, max_bytes=max_bytes, progress=progress)
         del model

@@ -264,14 +264,6 @@ class Vocabulary:
         vocab.roles = vocab._infer_roles({})
         return vocab
 
-    @classmethod
-    def load(cls, spec: str | Path) -> "Vocabulary":
-        """Load from a checkpoint folder, `tokenizer.json`, SentencePiece `.model`,
-        Tekken `.json`, tiktoken file, `.gguf` file or a bundled alias."""
-        from . import assets
-
-        return assets.load_vocabulary(spec)
-
     # ---- roles --------------------------------------------------------------------------
 
     def _infer_roles(self, given: dict[str, int]) -> dict[str, int]:

@@ -15,7 +15,8 @@ from tokensurgery.errors import TokenSurgeryError
 from .cover_tree import Accumulator, Node, ZeroProbability, node_groups
 
 if TYPE_CHECKING:
-    from .byte_lm import ByteLM, Sampling
+    from .byte_lm import Sampling
+    from .engine import CoverEngine
 
 
 class ByteStream:
@@ -24,14 +25,14 @@ class ByteStream:
     tokens that may end within the next bytes are evaluated ahead (`speculate` of them, in
     the same batched call), so most bytes need no model call of their own."""
 
-    def __init__(self, blm: ByteLM, prompt: bytes, speculate: int = 8):
+    def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 8):
         self.blm = blm
         self.speculate = speculate
-        context, region = blm._split(prompt)
+        context, region = blm.split_prompt(prompt)
         self.context = context
         self.data = bytearray(region)
-        root = blm._root(context)
-        nodes = blm._tree(root, region)
+        root = blm.root(context)
+        nodes = blm.tree(root, region)
         reach = [n for n in nodes if n.end == len(region) or blm.index.range(region[n.end:])[1] > blm.index.range(region[n.end:])[0]]
         # Only nodes in `reach` can be live. Their common ancestor's probability is a common
         # factor, so only its subtree is evaluated (the path to it joins the trunk); inside
@@ -39,7 +40,7 @@ class ByteStream:
         top = _common_ancestor(reach) if reach else root
         nodes = [n for n in nodes if _descends(n, top)]
         near = {id(n) for n in reach}
-        blm._evaluate(nodes, commit=top, full=lambda n: id(n) in near)
+        blm.evaluate(nodes, commit=top, full=lambda n: id(n) in near)
         self.live = [n for n in nodes if n.probs is not None and self._is_live(n)]
         for n in nodes:
             if not any(n is m for m in self.live):
@@ -69,7 +70,7 @@ class ByteStream:
         self.data.append(byte)
         data, live = bytes(self.data), []
         for node in self.live:
-            live += self.blm._grow(node, data, only=len(data) - node.end)
+            live += self.blm.grow(node, data, only=len(data) - node.end)
             if self._is_live(node):
                 live.append(node)
         live = [n for n in live if n.logp > -math.inf]
@@ -109,11 +110,11 @@ class ByteStream:
                     end = node.end + len(self.blm.vocab.surface[tok])
                     child = Node(node, tok, end, math.nan, self.blm.canonical.tail(node.tail, tok), node.depth + 1)
                     node.children[tok] = child
-                    self.blm._child_logp(node, child)
+                    self.blm.child_logprob(node, child)
                 targets.append(child)
         commit = _common_ancestor(self.live)
         if targets or (commit is not None and not commit.committed):
-            self.blm._evaluate(targets, commit=commit)
+            self.blm.evaluate(targets, commit=commit)
 
     def resolve(self, rng, sampling: Sampling) -> tuple[Node, int | None, bytes]:
         """Draw one cover of the prefix: (node, token, its bytes past the prefix); token None

@@ -1,4 +1,5 @@
-"""Bits per byte of a byte-level model (hierarchical or flat) on a text.
+"""Bits per byte of a byte-level model (hierarchical or flat) on a text, as a `Score` whose
+positions are backbone positions (words, or bytes the delete gate kept).
 
 The text is cut into non-overlapping windows (of words for a hierarchical model, of bytes for
 a flat one), each scored from its own start, so the number is comparable to a subword model
@@ -8,32 +9,18 @@ scored with non-overlapping windows of about the same number of bytes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from tokensurgery.evaluate import Score
 
 from .flat import BOS, FlatByteLM
 from .hierarchical import HierarchicalLM
 
 
-@dataclass
-class ByteModelScore:
-    bits: float
-    n_bytes: int
-    positions: int  # backbone positions the text took (with a delete gate: positions kept)
-
-    @property
-    def bits_per_byte(self) -> float:
-        return self.bits / max(1, self.n_bytes)
-
-    @property
-    def positions_per_byte(self) -> float:
-        return self.positions / max(1, self.n_bytes)
-
-
 @torch.no_grad()
-def score_bytes(model: HierarchicalLM | FlatByteLM, data: bytes, window: int | None = None) -> ByteModelScore:
+def score_bytes(model: HierarchicalLM | FlatByteLM, data: bytes, window: int | None = None) -> Score:
     """Score `data` in windows of `window` words (hierarchical, default 128) or bytes (flat,
     default 512)."""
     was_training = model.training
@@ -54,4 +41,4 @@ def score_bytes(model: HierarchicalLM | FlatByteLM, data: bytes, window: int | N
             nats += F.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
             positions += x.shape[1] - 1 if p is None else int((p <= 0.5).sum())
     model.train(was_training)
-    return ByteModelScore(nats / math.log(2), len(data), positions)
+    return Score("text", len(data), positions, nats / math.log(2))

@@ -56,7 +56,7 @@ class ByteEnsemble:
         data = ByteLM._bytes(text)
         dist = self.distributions(data, context)
         picked = dist[np.arange(len(data)), np.frombuffer(data, dtype=np.uint8)] if data else np.zeros(0)
-        return ByteScore(picked, float(dist[-1, EOS]) if eos else None)
+        return ByteScore.of(picked, float(dist[-1, EOS]) if eos else None)
 
     def generate(self, prompt: str | bytes = b"", max_new_bytes: int = 64, temperature: float = 1.0,
                  seed: int | None = None, as_bytes: bool = False):

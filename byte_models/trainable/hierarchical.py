@@ -226,10 +226,10 @@ class HierarchicalLM(nn.Module):
         (its token embeddings and LM head are not used). `distill_loss` then pulls word
         vectors towards that model's own embeddings of each word, so the backbone sees
         inputs like the ones it was trained on."""
-        from tokensurgery.assets import resolve_model
+        from tokensurgery.inputs import open_model
         from tokensurgery.evaluate import load_causal_lm
 
-        folder = resolve_model(spec)
+        folder = open_model(spec)
         lm, _ = load_causal_lm(folder)
         width = lm.get_input_embeddings().weight.shape[1]
         config = HierarchicalConfig(**{**asdict(config or HierarchicalConfig()), "d_model": width})
@@ -246,7 +246,7 @@ class HierarchicalLM(nn.Module):
 
     def attach_subword(self, folder: Path, lm=None) -> None:
         """Remember the subword model whose word embeddings `distill_loss` aims at."""
-        from tokensurgery.assets import vocabulary_of_folder
+        from tokensurgery.inputs import vocabulary_of_folder
         from tokensurgery.evaluate import load_causal_lm
 
         lm = lm if lm is not None else load_causal_lm(folder)[0]

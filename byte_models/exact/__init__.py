@@ -1,0 +1,19 @@
+"""Exact byte-level probabilities from a tokenized LM, with no training.
+
+`ByteLM` reads any causal LM and its tokenizer as a next-byte model: `score` and
+`distributions` for known text, `generate` / `heal` / `fill_in_middle` for prompts that end
+mid-token or mid-character, `stream` for one next-byte distribution per arriving byte;
+`ensemble` combines models with different vocabularies byte by byte. `CoverEngine`
+(`engine.py`) is the cover-tree machinery underneath, for code that builds its own search.
+
+Not handled: SentencePiece
+models that prepend a space to every text (Llama-2, Mistral v1-v3) are refused.
+"""
+
+from .byte_lm import ByteLM, ByteScore, Sampling
+from .cover_tree import ZeroProbability
+from .engine import CoverEngine
+from .ensemble import ByteEnsemble, ensemble
+from .stream import ByteStream
+
+__all__ = ["ByteLM", "ByteScore", "ByteStream", "ByteEnsemble", "CoverEngine", "Sampling", "ZeroProbability", "ensemble"]

@@ -1,0 +1,256 @@
+"""CoverEngine: the cover tree of a tokenized LM over a byte string, and how its nodes are evaluated.
+
+A node is a token sequence (a path from the root) whose bytes cover a prefix of the data; its
+probability is the token model's. The engine builds nodes along known bytes (`tree`, `grow`),
+evaluates their next-token distributions in batched tree-attention calls (`evaluate`,
+`evaluate_tree`), and keeps the committed branch as the KV-cached trunk. `ByteLM` (known text,
+generation) and `ByteStream` (bytes arriving one at a time) are both built on this API.
+It does not sample or score by itself, and it knows nothing about byte distributions beyond
+the per-node token probabilities (`cover_tree.py` turns those into byte masses).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.kernels.surface_index import SurfaceIndex
+from tokensurgery.vocabulary import TokenKind, Vocabulary
+
+from .canonical import canonical_for
+from .cover_tree import Node, set_distribution
+from .tree_lm import Query, TreeLM
+
+
+class CoverEngine:
+    """Cover-tree operations over one model and its `Vocabulary` (see the module docstring).
+
+    `start` is the token that begins a document when the prompt has no special tokens
+    ("auto": the BOS the tokenizer adds, else `<|endoftext|>`, else the BOS role).
+    `settle_bytes`: prompt text further than this before the end is taken in its canonical
+    tokenization (exact whenever no valid encoding of the prompt's end reaches back that far).
+    """
+
+    def __init__(self, model, vocab: Vocabulary, start: int | str | None = "auto", eos: int | None = None,
+                 settle_bytes: int = 96, name: str = ""):
+        self.vocab = vocab
+        self.name = name or vocab.name
+        self.canonical = canonical_for(vocab)
+        self.index = SurfaceIndex(vocab.surface, np.flatnonzero(self.canonical.continuable).tolist())
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < len(vocab):
+            raise TokenSurgeryError(f"the model has {rows} output rows but the tokenizer has {len(vocab)} tokens")
+        self.lm = TreeLM(model)
+        self.start = self._start_token(start)
+        self.eos = eos if eos is not None else self._document_end()
+        self.settle_bytes = settle_bytes
+        # tokens the tokenizer matches in text before anything else (specials, added tokens)
+        self._specials = {}
+        for i, k in enumerate(vocab.kinds):
+            if k in (TokenKind.SPECIAL, TokenKind.ADDED, TokenKind.UNUSED) and vocab.surface[i]:
+                self._specials.setdefault(vocab.surface[i], i)
+        longest_first = sorted(self._specials, key=len, reverse=True)
+        self._special_re = re.compile(b"|".join(map(re.escape, longest_first))) if longest_first else None
+
+
+
+    # ---- construction helpers ---------------------------------------------------------
+
+    def _special_id(self, content: str) -> int | None:
+        for i, t in enumerate(self.vocab.tokens):
+            if t == content and self.vocab.kinds[i] == TokenKind.SPECIAL:
+                return i
+        return None
+
+    def _start_token(self, start) -> int:
+        if isinstance(start, int):
+            return start
+        if isinstance(start, str) and start != "auto":
+            found = self._special_id(start)
+            if found is None:
+                raise TokenSurgeryError(f"start token {start!r} is not a special token of {self.name}")
+            return found
+        for candidate in (self.vocab.bos_added, self._special_id("<|endoftext|>"), self.vocab.roles.get("bos")):
+            if candidate is not None:
+                return candidate
+        raise TokenSurgeryError(f"{self.name}: no BOS or <|endoftext|> token to start a document; pass start=<token id>")
+
+    def _document_end(self) -> int:
+        for candidate in (self._special_id("<|endoftext|>"), self.vocab.roles.get("eos")):
+            if candidate is not None:
+                return candidate
+        raise TokenSurgeryError(f"{self.name}: no end-of-text token; pass eos=<token id>")
+
+    # ---- prompts --------------------------------------------------------------------
+
+    @staticmethod
+    def _bytes(text: str | bytes) -> bytes:
+        if isinstance(text, str):
+            return text.encode("utf-8")
+        if isinstance(text, (bytes, bytearray)):
+            return bytes(text)
+        raise TokenSurgeryError(f"expected str or bytes, got {type(text).__name__}")
+
+    def split_prompt(self, data: bytes) -> tuple[list[int], bytes]:
+        """Context token ids (start token, everything up to the last special token in the
+        prompt, and a settled canonical prefix) and the free byte region after them."""
+        ids, pos = [self.start], 0
+        if self._special_re is not None:
+            for m in self._special_re.finditer(data):  # longest match first, left to right
+                ids += self.vocab.decompose(data[pos : m.start()]) + [self._specials[m.group()]]
+                pos = m.end()
+        region = data[pos:]
+        if len(region) > self.settle_bytes:
+            tokens = self.vocab.decompose(region)
+            done, keep = 0, 0
+            for n, t in enumerate(tokens):
+                if len(region) - (done + len(self.vocab.surface[t])) < self.settle_bytes:
+                    break
+                done += len(self.vocab.surface[t])
+                keep = n + 1
+            ids += tokens[:keep]
+            region = region[done:]
+        return ids, region
+
+    # ---- evaluating nodes -------------------------------------------------------------
+
+    def root(self, context: list[int]) -> Node:
+        logprobs = self.lm.reset(context)
+        root = Node(None, None, 0, 0.0, (), committed=True, trunk_pos=len(context))
+        self._set(root, logprobs)
+        return root
+
+    def _set(self, node: Node, logprobs: torch.Tensor) -> None:
+        """Store the node's next-token distribution (invalid continuations at 0) and give its
+        existing children their log-probabilities."""
+        probs = logprobs[torch.from_numpy(self.index.ids)].exp().numpy().copy()
+        invalid = self.canonical.invalid_after(node.tail)
+        if len(invalid):
+            probs[self.index.position[invalid]] = 0.0
+        set_distribution(node, probs, math.exp(float(logprobs[self.eos])))
+        for child in node.children.values():
+            self.child_logprob(node, child)
+
+    def child_logprob(self, node: Node, child: Node) -> None:
+        p = node.probs[self.index.position[child.token]]
+        child.logp = node.logp + math.log(p) if p > 0 else -math.inf
+
+    def evaluate(self, targets: Sequence[Node], commit: Node | None = None, full=None) -> None:
+        """Give every target its next-token distribution in as few calls as fit; `commit`
+        (a descendant of the trunk's last node) and its ancestors join the trunk. Nodes for
+        which `full(node)` is false only pass log-probabilities on to their children."""
+        chain: list[Node] = []
+        n = commit
+        while n is not None and not n.committed:
+            chain.append(n)
+            n = n.parent
+        chain.reverse()
+        pending = sorted({id(t): t for t in targets if t.probs is None}.values(), key=lambda t: t.depth)
+        while chain or pending:
+            tokens, parents, fork, nodes, at = [], [], [], [], {}
+            for node in chain:
+                self._pack(node, tokens, parents, fork, nodes, at)
+            rest = []
+            for t in pending:
+                path, n = [], t
+                while not n.committed and id(n) not in at:
+                    path.append(n)
+                    n = n.parent
+                if len(tokens) + len(path) > self.lm.max_query and len(tokens) > len(chain):
+                    rest.append(t)
+                    continue
+                for node in reversed(path):
+                    self._pack(node, tokens, parents, fork, nodes, at)
+            out = self.lm.forward(Query(tokens, parents, fork, commit=len(chain)))
+            base = len(self.lm.trunk) - len(chain)
+            for i, node in enumerate(chain):
+                node.committed, node.trunk_pos = True, base + i + 1
+            for i, node in enumerate(nodes):  # parents come before children
+                if node.probs is None:
+                    if full is None or full(node):
+                        self._set(node, out[i])
+                    else:
+                        for child in node.children.values():
+                            child.logp = node.logp + float(out[i][child.token])
+            chain, pending = [], rest
+
+    @staticmethod
+    def _pack(node: Node, tokens, parents, fork, nodes, at) -> None:
+        at[id(node)] = len(tokens)
+        tokens.append(node.token)
+        nodes.append(node)
+        if id(node.parent) in at:
+            parents.append(at[id(node.parent)])
+            fork.append(0)
+        else:
+            parents.append(-1)
+            fork.append(node.parent.trunk_pos)
+
+    # ---- the tree over known bytes ----------------------------------------------------------
+
+    def grow(self, node: Node, data: bytes, only: int | None = None) -> list[Node]:
+        """Children of `node` whose tokens spell data[node.end:node.end+k] exactly (only k =
+        `only` when given) and may follow it."""
+        out = []
+        ks = [only] if only is not None else range(1, min(self.index.max_len, len(data) - node.end) + 1)
+        for k in ks:
+            piece = data[node.end : node.end + k]
+            lo, hi = self.index.range(piece)
+            if hi <= lo:
+                break
+            for r in self.index.exact(lo, hi, k):
+                tok = int(self.index.ids[r])
+                child = node.children.get(tok)
+                if child is None:
+                    if node.probs is not None and node.probs[r] == 0 or not self.canonical.valid_next(node.tail, tok):
+                        continue
+                    child = Node(node, tok, node.end + k, math.nan, self.canonical.tail(node.tail, tok), node.depth + 1)
+                    node.children[tok] = child
+                    if node.probs is not None:
+                        self.child_logprob(node, child)
+                out.append(child)
+        return out
+
+    def tree(self, root: Node, data: bytes) -> list[Node]:
+        """Every valid node along `data`, ordered by end (parents before children)."""
+        by_end: list[list[Node]] = [[] for _ in range(len(data) + 1)]
+        by_end[0].append(root)
+        ordered = []
+        for j in range(len(data) + 1):
+            for node in by_end[j]:
+                ordered.append(node)
+                for child in self.grow(node, data):
+                    by_end[child.end].append(child)
+        return ordered
+
+    def evaluate_tree(self, nodes: list[Node], commit_to: Node | None, on_node=None) -> None:
+        """Evaluate all nodes (ordered by end) in chunks; the branch to `commit_to` joins the
+        trunk as it goes so side branches fork from the KV cache. `on_node(node)` runs once a
+        node's distribution and log-probability are both known."""
+        main: dict[int, Node] = {}
+        n = commit_to
+        while n is not None:
+            main[id(n)] = n
+            n = n.parent
+        todo = [n for n in nodes if n.probs is None]
+        if on_node:
+            for node in nodes:
+                if node.probs is not None:
+                    on_node(node)
+        step = max(1, self.lm.max_query // 2)
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            commit = None
+            for node in chunk:
+                if id(node) in main:
+                    commit = node
+            self.evaluate(chunk, commit=commit)
+            if on_node:
+                for node in chunk:
+                    on_node(node)
+
