@@ -168,10 +168,10 @@ def byte_model_group() -> None:
               help="Flat: an MrT5 delete gate after this many backbone layers (default: no gate).")
 @click.option("--gate-alpha", default=0.1, show_default=True,
               help="Flat with --delete-gate: reward for deleting (nats per byte at 100% deletion).")
-@click.option("--steps", default=1000, show_default=True, help="Optimizer steps.")
+@options.steps(1000)
 @options.batch_size(8)
 @click.option("--context-bytes", default=512, show_default=True, help="Bytes per training window.")
-@click.option("--lr", default=1e-3, show_default=True, help="Peak AdamW learning rate (cosine schedule).")
+@options.lr(1e-3)
 @options.max_minutes
 @click.option("--lr-by-time", is_flag=True, help="With --max-minutes: the cosine schedule spans the time budget "
               "instead of --steps (a resumed run then does not repeat exactly).")
@@ -251,8 +251,7 @@ def byte_model_generate(model: Path, prompt: str, max_new_bytes: int, temperatur
 @byte_model_group.command("eval")
 @click.argument("model", type=click.Path(path_type=Path))
 @options.texts(default_max_bytes=None)
-@click.option("--window", type=int, default=None,
-              help="Words per window (hierarchical, default 128) or bytes per window (flat, default 512).")
+@options.window(None)
 @options.json_out
 def byte_model_eval(model: Path, texts, langs, max_bytes, window, json_out) -> None:
     """Bits per byte of a saved byte model on text files (non-overlapping windows)."""

@@ -27,18 +27,19 @@ def hypernet_group() -> None:
 @click.argument("base")
 @click.argument("out", type=click.Path(path_type=Path))
 @options.corpus
-@click.option("--steps", default=1000, show_default=True, help="LM-loss steps (after the warm-up).")
+@options.steps(1000)
 @click.option("--warmup-steps", default=100, show_default=True, help="Identity warm-up steps (reconstruct BASE's rows).")
 @options.batch_size(8)
 @click.option("--seq-len", default=128, show_default=True, help="Tokens (of the sampled tokenizer) per sequence.")
 @click.option("--grad-accum", default=1, show_default=True, help="Micro-batches per optimizer step.")
-@click.option("--lr", default=3e-4, show_default=True, help="Peak AdamW learning rate (cosine to 10%).")
+@options.lr(3e-4)
 @options.max_minutes
 @click.option("--vocab-size", default=32768, show_default=True, help="Size of each sampled unigram tokenizer.")
 @click.option("--negatives", default=2048, show_default=True,
               help="Extra random tokens in each step's softmax besides the batch's own (-1: the whole sampled vocabulary).")
 @click.option("--noise", default=1.0, show_default=True, help="Noise on the sampled tokenizers' log-count scores.")
-@click.option("--layers", default=3, show_default=True, help="Transformer encoder layers (width = BASE's hidden size).")
+@click.option("--hypernet-layers", "layers", default=3, show_default=True,
+              help="Transformer encoder layers of the hypernetwork (width = BASE's hidden size).")
 @click.option("--max-pieces", default=8, show_default=True, help="BASE pieces kept per token.")
 @click.option("--residual/--no-residual", default=True, show_default=True,
               help="Predict corrections to FVT (the mean of the pieces' rows) instead of whole rows.")

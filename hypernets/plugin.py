@@ -37,7 +37,7 @@ HYPERNET = FillMethod("hypernet", _rows, "rows predicted by a hypernetwork train
 
 
 def register() -> None:
+    register_fill_method(HYPERNET)  # first: importing the CLI below builds `transplant --method` choices
     from .cli import hypernet_group
 
-    register_fill_method(HYPERNET)
     register_command(hypernet_group)

@@ -10,61 +10,46 @@
    base token.
 
 Every step's data is a function of (seed, step, rank), so a resumed run continues exactly.
-Under `torchrun` (WORLD_SIZE > 1) the hypernetwork is wrapped in DistributedDataParallel
-(gloo on CPU, nccl on GPU); each rank draws its own data and tokenizer; rank 0 writes.
+The loop (schedule, accumulation, checkpoints, logging, DDP under torchrun: each rank draws
+its own data and tokenizer, rank 0 writes) is `tokensurgery.training.TrainLoop`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from tokensurgery.corpus import Corpus
 from tokensurgery.errors import TokenSurgeryError
-from tokensurgery.training import (CHECKPOINT, STATE, TrainResult, check_in_sync, check_out, cosine_lr, dist_setup,
-                                   from_known, load_state, out_of_time, save_checkpoint, saved_config)
+from tokensurgery.training import LoopConfig, TrainLoop, TrainResult, cosine_lr
 from tokensurgery.vocabulary import TokenKind
 
-from tokensurgery.corpus import Corpus
 from .model import Hypernet, hypernet_for
 from .pieces import PieceSplitter
 from .sampler import UnigramSampler
 
-LOG = "training_log.jsonl"
-
 
 @dataclass
-class TrainConfig:
-    """Hyper-parameters of a training run (saved with the checkpoint)."""
+class TrainConfig(LoopConfig):
+    """Hyper-parameters of a training run (saved with the checkpoint); `steps` are LM steps,
+    after `warmup_steps` identity warm-up steps."""
 
-    steps: int = 1000  # LM steps (after the warm-up)
+    lr: float = 3e-4
     warmup_steps: int = 100  # identity warm-up steps
     batch_size: int = 8  # sequences per micro-batch
     seq_len: int = 128  # tokens of the sampled tokenizer per sequence
-    grad_accum: int = 1
-    lr: float = 3e-4
-    lr_warmup: int = 50  # linear learning-rate warm-up (steps); then cosine to 10%
-    weight_decay: float = 0.01
-    clip: float = 1.0
     vocab_size: int = 32768  # size of each sampled tokenizer
     negatives: int = 2048  # random extra tokens in the softmax (-1: the whole sampled vocabulary)
     aux_weight: float = 0.5
     noise: float = 1.0  # std of the noise on sampled tokenizers' log-count scores
     sampler_window: int = 256  # recent texts the substring counts come from
     identity_batch: int = 2048  # base tokens per warm-up step
-    save_every: int = 100
-    log_every: int = 10
-    max_minutes: float | None = None  # stop (checkpointed, resumable) after this much wall-clock time
-    seed: int = 0
-    device: str = "cpu"
 
     def check(self) -> None:
         for name in ("batch_size", "seq_len", "grad_accum", "vocab_size", "identity_batch", "save_every"):
@@ -74,10 +59,6 @@ class TrainConfig:
             raise TokenSurgeryError("steps and warmup_steps must not be negative")
         if self.vocab_size < 1000:
             raise TokenSurgeryError(f"vocab_size {self.vocab_size} is too small for a sampled tokenizer (use 1000+)")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return from_known(cls, d)
 
 
 # ---- the base LM ---------------------------------------------------------------------------
@@ -119,48 +100,39 @@ class Trainer:
 
     def __init__(self, base: str | Path, corpus: Corpus, out: str | Path, config: TrainConfig,
                  hypernet_options: dict | None = None, resume: bool = False, force: bool = False, progress: bool = True):
-        from tokensurgery.inputs import open_model, vocabulary_of_folder
         from tokensurgery.checkpoint import check_embeddings_cover, load_embeddings
+        from tokensurgery.inputs import open_model, vocabulary_of_folder
 
         config.check()
-        self.config, self.corpus, self.out, self.progress = config, corpus, Path(out), progress
-        self.rank, self.world = dist_setup(config.device)
-        if self.rank == 0:
-            check_out(self.out, resume, force)
+        self.loop = TrainLoop(out, config, resume, force, progress, desc="training hypernetwork",
+                              shown=("step", "phase", "loss", "lm", "aux", "identity", "tokens_per_byte"))
+        self.config, self.corpus, self.out, self.progress = self.loop.config, corpus, Path(out), progress
+        self.rank, self.world = self.loop.rank, self.loop.world
         self.base_dir = open_model(base, progress=progress and self.rank == 0)
         self.base_vocab = vocabulary_of_folder(self.base_dir, name=str(base))
         emb = load_embeddings(self.base_dir)
         check_embeddings_cover(emb, len(self.base_vocab), f"base {base}")
-        start = self.out / CHECKPOINT
-        if resume:  # the saved run's settings, except how long to go on
-            saved = TrainConfig.from_dict(saved_config(self.out))
-            saved.steps, saved.max_minutes, saved.device = config.steps, config.max_minutes, config.device
-            self.config = config = saved
-        if resume and (start / STATE).exists():
-            self.hypernet = Hypernet.from_pretrained(start, emb)
+        if resume:
+            self.hypernet = Hypernet.from_pretrained(self.loop.resume_folder(), emb)
         else:
-            torch.manual_seed(config.seed)  # the same seed starts from the same weights
+            torch.manual_seed(self.config.seed)  # the same seed starts from the same weights
             self.hypernet = hypernet_for(emb, name=str(base), **(hypernet_options or {}))
-        self.hypernet.to(config.device)
-        self.lm = FrozenLM(self.base_dir, config.device)
+        self.loop.attach(self.hypernet)
+        self.model = self.loop.ddp
+        self.lm = FrozenLM(self.base_dir, self.config.device)
         self.splitter = PieceSplitter(self.base_vocab, self.hypernet.config.max_pieces, n_rows=emb.input.shape[0])
         self.identity_ids = [i for i, k in enumerate(self.base_vocab.kinds)
                              if k == TokenKind.NORMAL and self.base_vocab.surface[i] and i < emb.input.shape[0]]
         bos = self.base_vocab.bos_added
         self.bos = None if bos is None else int(bos)
-        self.model = self.hypernet
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
 
-            self.model = DistributedDataParallel(self.hypernet, find_unused_parameters=True)
-        params = [p for p in self.hypernet.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.step = 0
-        if resume and (start / STATE).exists():
-            state = load_state(self.out)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.step = int(state["step"])
-        self.history: list[dict] = []
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def history(self) -> list[dict]:
+        return self.loop.history
 
     # ---- schedule ---------------------------------------------------------------------
 
@@ -253,74 +225,23 @@ class Trainer:
 
     def run(self, until: int | None = None) -> TrainResult:
         """Train to the end of the schedule (or only up to step `until`, checkpointed)."""
-        from tokensurgery.progress import bar
-
         c = self.config
+        state = {"sampler": None}
+
+        def on_phase(step: int) -> None:
+            if step >= c.warmup_steps and state["sampler"] is None:
+                state["sampler"] = self._sampler()
+
+        def loss_fn(step: int, micro: int) -> dict:
+            if step < c.warmup_steps:
+                return {**self.identity_step(_rng(c, step, self.rank, micro)), "phase": "identity"}
+            return {**self.lm_step(step, micro, state["sampler"]), "phase": "lm"}
+
         start = time.perf_counter()
-        sampler = None
-        end = self.total_steps if until is None else min(until, self.total_steps)
-        steps = range(self.step, end)
-        stopped = False
-        self.model.train()
-        for step in bar(steps, "training hypernetwork", total=len(steps), enabled=self.progress and self.rank == 0,
-                        unit="step"):
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_at(step)
-            phase = "identity" if step < c.warmup_steps else "lm"
-            if phase == "lm" and sampler is None:
-                sampler = self._sampler()
-            logs: dict[str, float] = {}
-            for micro in range(c.grad_accum):
-                sync = micro == c.grad_accum - 1 or self.world == 1
-                ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
-                with ctx:
-                    parts = self.identity_step(_rng(c, step, self.rank, micro)) if phase == "identity" \
-                        else self.lm_step(step, micro, sampler)
-                    (parts["loss"] / c.grad_accum).backward()
-                for k, v in parts.items():
-                    logs[k] = logs.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / c.grad_accum
-            norm = torch.nn.utils.clip_grad_norm_(self.hypernet.parameters(), c.clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step = step + 1
-            logs.update(step=self.step, phase=phase, lr=self.lr_at(step), grad_norm=float(norm),
-                        seconds=round(time.perf_counter() - start, 2))
-            self.history.append(logs)
-            if self.rank == 0:
-                self._log(logs)
-            late = out_of_time(start, c.max_minutes, self.world)
-            if self.step % c.save_every == 0 or late or self.step == end:
-                self.save_checkpoint()
-            if late and self.step < end:
-                stopped = True
-                break
-        if self.world > 1:
-            check_in_sync(self.hypernet, self.world)
-        if self.rank == 0:
-            self.save_final(time.perf_counter() - start)
-        return TrainResult(self.out, self.step, time.perf_counter() - start, self.history, stopped)
-
-    def _log(self, logs: dict) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / LOG, "a") as f:
-            f.write(json.dumps(logs) + "\n")
-        if self.progress and (logs["step"] % self.config.log_every == 0 or logs["step"] == 1):
-            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items()
-                             if k in ("step", "phase", "loss", "lm", "aux", "identity", "tokens_per_byte"))
-            print(shown, file=sys.stderr, flush=True)
-
-    # ---- saving -------------------------------------------------------------------------
-
-    def save_checkpoint(self) -> None:
-        """Hypernetwork + optimizer state into OUT/checkpoint, atomically (rank 0 only)."""
-        if self.rank == 0:
-            save_checkpoint(self.out, self.hypernet.save_pretrained, self.optimizer, self.step, asdict(self.config))
-
-    def save_final(self, seconds: float) -> None:
-        self.hypernet.save_pretrained(self.out)
-        summary = {"base": str(self.base_dir), "steps_done": self.step, "seconds_this_run": round(seconds, 1),
-                   "world_size": self.world, "config": asdict(self.config), "corpus_chars": self.corpus.n_chars}
-        (self.out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+        result = self.loop.run(loss_fn, total_steps=self.total_steps, until=until, on_phase=on_phase)
+        self.loop.save_final({"base": str(self.base_dir), "corpus_chars": self.corpus.n_chars},
+                             time.perf_counter() - start)
+        return result
 
 
 def train(base: str | Path, corpus: Corpus, out: str | Path, config: TrainConfig | None = None,

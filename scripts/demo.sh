@@ -11,7 +11,7 @@ bash scripts/setup.sh
 .venv/bin/tokensurgery inspect smollm2-135m gemma3-270m
 .venv/bin/tokensurgery eval smollm2-135m --compare gemma3-270m --lang en --lang de --lang zh --max-bytes 8000
 .venv/bin/tokensurgery transplant gemma3-270m smollm2-135m out/gemma3-270m-smollm2-tokenizer --force \
-    --eval-lang en --eval-lang de --eval-lang py --max-bytes 4000 --report out/gemma3-270m-smollm2-tokenizer.png
+    --lang en --lang de --lang py --max-bytes 4000 --report out/gemma3-270m-smollm2-tokenizer.png
 echo "transplanted checkpoint: out/gemma3-270m-smollm2-tokenizer (model card: its README.md)"
-.venv/bin/tokensurgery bytes generate smollm2-135m 'def fibonacci(n):\n    ret' --escapes --temperature 0 --max-bytes 80
+.venv/bin/tokensurgery bytes generate smollm2-135m 'def fibonacci(n):\n    ret' --escapes --temperature 0 --max-new-bytes 80
 .venv/bin/tokensurgery bytes score smollm2-135m gemma3-270m --lang de --max-bytes 1500 --mode mix

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
@@ -209,3 +210,37 @@ def test_bytes_bad_input(tiny_model_dirs):
     folder = str(tiny_model_dirs["tied"])
     r = CliRunner().invoke(cli, ["bytes", "score", folder, folder, "--lang", "en", "--weights", "1,2,3"])
     assert_one_line_error(r, "3 numbers for 2 models")
+
+
+def _commands(group, prefix=()):
+    import click
+
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from _commands(command, prefix + (name,))
+        else:
+            yield prefix + (name,), command
+
+
+def test_every_option_has_help_and_one_meaning():
+    """Each command's --help renders; every option has help; an option name means the same
+    (same help text) in every command; the shared options are the README's table."""
+    from tokensurgery.cli.options import SHARED
+
+    meaning: dict[str, set[str]] = {}
+    for path, command in _commands(cli):
+        result = run(*path, "--help")
+        assert result.exit_code == 0, (path, result.output)
+        for param in command.params:
+            if param.param_type_name != "option" or param.hidden:
+                continue
+            assert param.help, (path, param.opts)
+            assert param.opts[0] in result.output, (path, param.opts)
+            meaning.setdefault(param.opts[0], set()).add(param.help)
+    clashes = {name: helps for name, helps in meaning.items() if len(helps) > 1}
+    assert not clashes, clashes
+    for name, text in SHARED.items():
+        assert meaning[name] == {text}, name
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in SHARED:
+        assert f"`{name}" in readme, f"README's option table lacks {name}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +287,53 @@ def test_delete_gate_learns_to_delete_and_saves(tmp_path):
     with pytest.raises(TokenSurgeryError, match="gate_layer"):
         FlatByteLM(FlatConfig(d_model=32, gate_layer=2, backbone={"num_hidden_layers": 2, "num_attention_heads": 2,
                                                                    "num_key_value_heads": 2, "intermediate_size": 64}))
+
+
+def test_retrofit_folder_is_self_describing_and_moves(tiny_model_dirs, tmp_path, capsys):
+    """A saved retrofit has a config.json naming its class, and finds its subword model again
+    after both folders move together (relative path) or when the subword model is gone (warning)."""
+    import json
+    import shutil
+
+    sub = tmp_path / "place" / "subword"
+    shutil.copytree(tiny_model_dirs["tied"], sub)
+    model = HierarchicalLM.from_subword(sub, TINY)
+    model.save_pretrained(tmp_path / "place" / "hat")
+    meta = json.loads((tmp_path / "place" / "hat" / "config.json").read_text())
+    assert meta["architectures"] == ["HierarchicalLM"] and meta["subword"]["relative"] == "../subword"
+    shutil.move(tmp_path / "place", tmp_path / "moved")
+    again = HierarchicalLM.from_pretrained(tmp_path / "moved" / "hat")
+    assert Path(again.subword_source) == (tmp_path / "moved" / "subword").resolve()
+    texts = [b"The old house stood on the hill."]
+    again.text_loss(texts, stage="distill")  # distillation targets are there
+    shutil.rmtree(tmp_path / "moved" / "subword")
+    lost = HierarchicalLM.from_pretrained(tmp_path / "moved" / "hat")
+    assert "is not found" in capsys.readouterr().err
+    with pytest.raises(TokenSurgeryError, match="from_subword"):
+        lost.text_loss(texts, stage="distill")
+
+
+def test_byte_model_cli_delete_gate_and_eval(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from tokensurgery.byte_models.trainable.flat import FlatByteLM
+    from tokensurgery.byte_models.trainable.train import load_byte_model
+    from tokensurgery.cli import cli
+
+    text = tmp_path / "c.txt"
+    text.write_text("\n".join(corpus_lines(8_000, langs=("en",))))
+    args = ["byte-model", "train", "flat", str(tmp_path / "g"), "--steps", "2", "--batch-size", "2", "--context-bytes",
+            "64", "--corpus", str(text), "--d-model", "32", "--layers", "2"]
+    r = CliRunner().invoke(cli, args + ["--delete-gate", "1"])
+    assert r.exit_code == 0, r.output
+    model = load_byte_model(tmp_path / "g")
+    assert isinstance(model, FlatByteLM) and model.gate is not None and model.config.gate_layer == 1
+    r = CliRunner().invoke(cli, args[:3] + [str(tmp_path / "h")] + args[4:] + ["--delete-gate", "2"])
+    assert r.exit_code == 2 and "--delete-gate" in r.stderr
+    r = CliRunner().invoke(cli, ["byte-model", "eval", str(tmp_path / "g"), "--text", str(text), "--max-bytes", "300",
+                                 "--json", "-"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)["results"][0]
+    assert row["bytes"] == 300 and 0 < row["bits_per_byte"] < 20 and 0 < row["positions_per_byte"] <= 1

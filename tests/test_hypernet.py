@@ -193,7 +193,7 @@ def test_torchrun_two_cpu_processes(tiny_model_dirs, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "tokensurgery.cli", "hypernet", "train", str(tiny_model_dirs["tied"]), str(out), "--corpus", str(corpus),
            "--steps", "3", "--warmup-steps", "1", "--batch-size", "2", "--seq-len", "24", "--vocab-size", "1200",
-           "--negatives", "64", "--layers", "1", "--max-pieces", "4"]
+           "--negatives", "64", "--hypernet-layers", "1", "--max-pieces", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -264,7 +264,7 @@ def test_cli_hypernet_train_apply_and_bad_input(tiny_model_dirs, trained_tiny, t
     corpus.write_text("\n".join(corpus_lines(20_000, langs=("en",))))
     r = run("hypernet", "train", tiny_model_dirs["tied"], tmp_path / "net", "--corpus", corpus, "--steps", "1",
             "--warmup-steps", "1", "--batch-size", "2", "--seq-len", "16", "--vocab-size", "1000", "--negatives", "32",
-            "--layers", "1")
+            "--hypernet-layers", "1")
     assert r.exit_code == 0, r.output
     assert "2 steps" in r.output and (tmp_path / "net" / "hypernet.safetensors").exists()
     r = run("hypernet", "apply", tmp_path / "net", tiny_model_dirs["tied"], tiny_model_dirs["bos"], tmp_path / "out",
@@ -278,7 +278,7 @@ def test_cli_hypernet_train_apply_and_bad_input(tiny_model_dirs, trained_tiny, t
     r = run("hypernet", "train", tiny_model_dirs["tied"], tmp_path / "x", "--corpus", tmp_path / "missing.txt")
     assert r.exit_code == 2 and "corpus path not found" in r.stderr
     r = run("transplant", tiny_model_dirs["tied"], tiny_model_dirs["bos"], tmp_path / "y", "--method", "hypernet")
-    assert r.exit_code == 2 and "--hypernet" in r.stderr
+    assert r.exit_code == 2 and "--hypernet" in r.stderr, r.output
 
 
 def test_apply_with_a_tekken_file(tiny_model_dirs, trained_tiny, tmp_path):

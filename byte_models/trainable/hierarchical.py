@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,9 @@ from .splitter import split_words
 
 EOW = 256  # end-of-word symbol of the byte decoder
 STAGES = ("all", "distill", "decoder")  # what `text_loss` trains; the last two are for retrofits
-WEIGHTS, CONFIG = "model.safetensors", "hierarchical_config.json"
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+OLD_CONFIG = "hierarchical_config.json"  # folders saved before config.json (still read)
+ARCHITECTURE = "HierarchicalLM"
 
 
 @dataclass
@@ -234,7 +237,7 @@ class HierarchicalLM(nn.Module):
         width = lm.get_input_embeddings().weight.shape[1]
         config = HierarchicalConfig(**{**asdict(config or HierarchicalConfig()), "d_model": width})
         model = cls(config, lm.base_model)
-        model.attach_subword(folder, lm)
+        model.attach_subword(folder, lm, spec=str(spec))
         role = next((r for r in ("bos", "eos") if r in model.subword_vocab.roles), None)
         with torch.no_grad():  # the backbone saw documents start after BOS (or the previous one's EOS)
             row = model.subword_embeddings[model.subword_vocab.roles[role]] if role else model.subword_embeddings.mean(0)
@@ -244,13 +247,15 @@ class HierarchicalLM(nn.Module):
                 p.requires_grad_(False)
         return model
 
-    def attach_subword(self, folder: Path, lm=None) -> None:
-        """Remember the subword model whose word embeddings `distill_loss` aims at."""
-        from tokensurgery.inputs import vocabulary_of_folder
+    def attach_subword(self, folder: Path, lm=None, spec: str | None = None) -> None:
+        """Remember the subword model whose word embeddings `distill_loss` aims at (`spec`:
+        how the user named it, e.g. a bundled alias, saved so a moved folder finds it again)."""
         from tokensurgery.evaluate import load_causal_lm
+        from tokensurgery.inputs import vocabulary_of_folder
 
         lm = lm if lm is not None else load_causal_lm(folder)[0]
-        self.subword_source = str(folder)
+        self.subword_source = str(Path(folder).resolve())
+        self.subword_spec = spec
         self.subword_vocab = vocabulary_of_folder(Path(folder))
         emb = lm.get_input_embeddings()
         scale = getattr(emb, "embed_scale", None)  # Gemma scales its inputs
@@ -321,11 +326,15 @@ class HierarchicalLM(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(folder / WEIGHTS), metadata={"format": "pt", "library": "tokensurgery"})
-        meta = {"config": asdict(self.config)}
+        meta = {"architectures": [ARCHITECTURE], "library_name": "tokensurgery", "config": asdict(self.config)}
         if hasattr(self.backbone, "config"):
             meta["backbone_config"] = self.backbone.config.to_dict()
         if getattr(self, "subword_source", None):
-            meta["subword_source"] = self.subword_source
+            # the alias / hub id when there is one (found anywhere), else the folder, relative to
+            # this one (survives moving both together) and absolute (survives moving this one)
+            meta["subword"] = {"spec": _portable_spec(getattr(self, "subword_spec", None)),
+                               "relative": os.path.relpath(self.subword_source, folder.resolve()),
+                               "absolute": self.subword_source}
         meta["backbone_frozen"] = not any(p.requires_grad for p in self.backbone.parameters())
         (folder / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         return folder
@@ -336,13 +345,16 @@ class HierarchicalLM(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         folder = Path(folder)
-        if not (folder / CONFIG).exists() or not (folder / WEIGHTS).exists():
+        config_file = folder / CONFIG if (folder / CONFIG).exists() else folder / OLD_CONFIG
+        if not config_file.exists() or not (folder / WEIGHTS).exists():
             raise TokenSurgeryError(f"{folder} is not a saved hierarchical model (needs {CONFIG} and {WEIGHTS})")
         try:
-            meta = json.loads((folder / CONFIG).read_text())
+            meta = json.loads(config_file.read_text())
             state = load_file(str(folder / WEIGHTS))
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
             raise TokenSurgeryError(f"{folder}: corrupt model files ({str(e).splitlines()[0][:160]})") from None
+        if config_file.name == CONFIG and meta.get("architectures") != [ARCHITECTURE]:
+            raise TokenSurgeryError(f"{folder} holds a {meta.get('architectures')} model, not a hierarchical byte model")
         config = HierarchicalConfig.from_dict(meta["config"])
         backbone = None
         if "backbone_config" in meta:
@@ -350,9 +362,45 @@ class HierarchicalLM(nn.Module):
             backbone = AutoModel.from_config(AutoConfig.for_model(bc.pop("model_type"), **bc))
         model = cls(config, backbone)
         model.load_state_dict(state)
-        if meta.get("subword_source") and Path(meta["subword_source"]).exists():
-            model.attach_subword(Path(meta["subword_source"]))
+        subword = meta.get("subword") or ({"absolute": meta["subword_source"]} if meta.get("subword_source") else None)
+        if subword:
+            found = _find_subword(folder, subword)
+            if found is None:
+                from tokensurgery.progress import log
+
+                log(f"warning: {folder}: the subword model it was retrofitted from ({subword.get('spec') or subword.get('absolute')}) "
+                    "is not found; the model runs, but the distill/all training stages need it")
+            else:
+                model.attach_subword(found, spec=subword.get("spec"))
         if meta.get("backbone_frozen"):
             for p in model.backbone.parameters():
                 p.requires_grad_(False)
         return model
+
+
+def _portable_spec(spec: str | None) -> str | None:
+    """A subword spec that resolves on any machine (bundled alias or hub id), else None."""
+    from tokensurgery.inputs import hub_id
+
+    if spec is None:
+        return None
+    from tokensurgery.assets import BUNDLED
+
+    return spec if spec in BUNDLED or hub_id(spec) == spec else None
+
+
+def _find_subword(folder: Path, saved: dict) -> Path | None:
+    """The saved subword model's folder: by alias / hub id, else relative, else absolute path."""
+    if saved.get("spec"):
+        from tokensurgery.inputs import open_model
+
+        try:
+            return open_model(saved["spec"], progress=False)
+        except TokenSurgeryError:
+            pass
+    for key, base in (("relative", folder.resolve()), ("absolute", None)):
+        if saved.get(key):
+            path = (base / saved[key]) if base is not None else Path(saved[key])
+            if (path / "config.json").exists():
+                return path.resolve()
+    return None

@@ -14,7 +14,25 @@ from ..errors import TokenSurgeryError
 
 
 class _Group(click.Group):
-    """Turns library errors into one line on stderr and exit code 2 (traceback with --debug)."""
+    """Turns library errors into one line on stderr and exit code 2 (traceback with --debug);
+    adds the plugins' commands when commands are first looked up (a plugin may be loaded
+    while this module is still being imported)."""
+
+    def _with_plugins(self) -> None:
+        from ..plugins import COMMANDS, load_plugins
+
+        load_plugins()
+        for command in COMMANDS:
+            if command.name not in self.commands:
+                self.add_command(command)
+
+    def list_commands(self, ctx):
+        self._with_plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._with_plugins()
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -47,16 +65,12 @@ def cli(debug: bool) -> None:
 
 
 def _add_commands() -> None:
-    from ..plugins import COMMANDS, load_plugins
     from .evaluate import eval_
     from .inspect_vocab import inspect
     from .models import import_, models
     from .transplant import transplant
 
     for command in (models, import_, inspect, eval_, transplant):
-        cli.add_command(command)
-    load_plugins()
-    for command in COMMANDS:
         cli.add_command(command)
 
 

@@ -13,7 +13,7 @@ from . import options
 @click.argument("model")
 @options.texts(default_max_bytes=None)
 @click.option("--compare", "other", help="A second model scored on the same bytes, shown side by side.")
-@click.option("--window", default=256, show_default=True, help="Tokens per window.")
+@options.window(256)
 @click.option("--stride", default=128, show_default=True, help="Tokens a window advances (window - stride = context).")
 @options.dtype()
 @options.device

@@ -92,8 +92,34 @@ def max_new_bytes(default: int) -> Callable:
     return _shared("--max-new-bytes", default=default, show_default=True, help="Stop after this many new bytes.")
 
 
+def lr(default: float) -> Callable:
+    return _shared("--lr", default=default, show_default=True,
+                   help="Peak AdamW learning rate (linear warm-up, then cosine to 10%).")
+
+
+def steps(default: int) -> Callable:
+    return _shared("--steps", default=default, show_default=True,
+                   help="Optimizer steps to train (after any --warmup-steps).")
+
+
+def window(default: int | None) -> Callable:
+    return _shared("--window", type=int, default=default, show_default=default is not None,
+                   help="Model positions per scoring window: tokens; for byte models words (hierarchical, "
+                        "default 128) or bytes (flat, default 512).")
+
+
 def temperature(f):
     return _shared("--temperature", default=0.8, show_default=True, help="Sampling temperature (0 = greedy).")(f)
+
+
+class LazyChoice(click.Choice):
+    """A choice whose list is read when used (plugins may register more after import)."""
+
+    def __init__(self, get_choices: Callable[[], tuple[str, ...]]):
+        self._get_choices = get_choices
+        super().__init__(())
+
+    choices = property(lambda self: tuple(self._get_choices()), lambda self, value: None)
 
 
 class GroupedCommand(click.Command):

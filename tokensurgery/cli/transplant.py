@@ -18,7 +18,7 @@ from . import options
 @click.argument("base")
 @click.argument("donor")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--method", default="omp", show_default=True, type=click.Choice(list(transplant_methods())),
+@click.option("--method", default="omp", show_default=True, type=options.LazyChoice(transplant_methods),
               help="How rows of tokens BASE lacks are computed (" + ", ".join(BUILTIN_METHODS[2:]) +
                    " and plugin methods need only the donor's tokenizer).")
 @click.option("-k", "k", default=64, show_default=True, help="Shared tokens per new token (omp, knn).")
