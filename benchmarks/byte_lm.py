@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import re
 import sys
@@ -31,7 +30,7 @@ import torch
 
 from tokensurgery.assets import corpus_text
 from tokensurgery.inputs import open_model
-from tokensurgery.byte_models import ByteLM
+from tokensurgery.byte_models import ByteLM, ByteScore
 
 BYTESAMPLER_BPS = 12.5
 PROMPTS = ["The capital of France is", "Once upon a time, there was a", "def fibonacci(n):\n    ret",
@@ -195,7 +194,7 @@ def bench_ensemble(lms: list[ByteLM], quick: bool) -> dict:
         data = np.frombuffer(text.encode(), dtype=np.uint8)
         for name, d in [(m.name, d) for m, d in zip(lms, dists)] + \
                 [("mix", combine(dists, np.array([0.5, 0.5]), "mix")), ("product", combine(dists, np.array([0.5, 0.5]), "product"))]:
-            row[name] = -float(d[np.arange(len(data)), data].sum()) / math.log(2) / len(data)
+            row[name] = ByteScore.of(d[np.arange(len(data)), data]).bits_per_byte
         out[lang] = row
         print(f"[ensemble] {lang}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     return out

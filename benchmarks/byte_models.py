@@ -15,8 +15,8 @@ Run: .venv/bin/python benchmarks/byte_models.py --minutes 20 --out results/byte_
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import math
 import random
 import sys
 import time
@@ -31,7 +31,7 @@ from tokensurgery.byte_models.trainable.score import score_bytes
 from tokensurgery.byte_models.trainable.flat import FlatByteLM, FlatConfig
 from tokensurgery.byte_models.trainable.hierarchical import HierarchicalConfig, HierarchicalLM, llama_backbone
 from tokensurgery.byte_models.trainable.train import ByteTrainConfig, train_bytes
-from tokensurgery.evaluate import read_text_file
+from tokensurgery.evaluate import read_text_file, score_text
 from tokensurgery.hypernets import bundled_corpus
 
 
@@ -85,14 +85,10 @@ def bits_per_byte(model, text: str, window: int) -> tuple[float, float]:
         score = score_bytes(model, text.encode(), window)
         return score.bits_per_byte, score.positions_per_byte
     model.eval()
-    ids, nats, positions = model.vocab.encode(text), 0.0, 0
-    for s in range(0, len(ids), window):
-        x = torch.tensor([[0] + ids[s : s + window]])
-        logits = model.lm(input_ids=x[:, :-1]).logits[0]
-        nats += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-        positions += x.shape[1] - 1
-    n_bytes = len(text.encode())
-    return nats / math.log(2) / n_bytes, positions / n_bytes
+    vocab = copy.copy(model.vocab)
+    vocab.bos_added = 0  # the subword model was trained with token 0 in front of every window
+    score = score_text(model.lm, vocab, text, window=window, stride=window, progress=False)
+    return score.bits_per_byte, score.tokens_per_byte
 
 
 def build(kind: str, args):

@@ -174,12 +174,11 @@ class Hypernet(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Weights (safetensors) and configuration (JSON) into `folder` (created)."""
-        from safetensors.torch import save_file
+        from tokensurgery.checkpoint import save_module
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS), metadata={"format": "pt", "library": "tokensurgery"})
+        save_module(self, folder / WEIGHTS)
         (folder / CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
         return folder
 

@@ -153,3 +153,21 @@ def test_patched_config_nested_text_config():
     assert new["text_config"]["vocab_size"] == 49152 and "vocab_size" not in new
     assert new["text_config"]["eos_token_id"] == 2 and new["tie_word_embeddings"] is False
     assert config["text_config"]["vocab_size"] == 262208  # the input dict is not modified
+
+
+def test_model_card_names_the_hub_base_only_when_known(tmp_path):
+    """The card's metadata goes through huggingface_hub: a bundled alias becomes its hub id,
+    a hub id stays, a local folder gets no base_model (the hub rejects paths there)."""
+    from huggingface_hub import ModelCard
+
+    def base_of(spec):
+        card = ModelCard(model_card("t", spec, {"base": spec}, "identity", {"k": 1}, quality="q", notes="n"))
+        assert card.data.library_name == "transformers" and "tokensurgery" in card.data.tags
+        assert "| k | 1 |" in card.text and "## Measured quality" in card.text and f"`{spec}`" in card.text
+        return card.data.base_model
+
+    assert base_of("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_of("gemma3-270m") == "google/gemma-3-270m"
+    assert base_of("someone/some-model") == "someone/some-model"
+    (tmp_path / "local").mkdir()
+    assert base_of(str(tmp_path / "local")) is None

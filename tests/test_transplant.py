@@ -256,3 +256,38 @@ def test_light_pair_end_to_end(gemma_dir, smollm2_dir, tmp_path):
     new = load_embeddings(out).input
     t, s = next(iter(result.vocab_map.shared.items()))
     assert torch.equal(new[t], old[s])
+
+
+def _temp_tokenizer_folders():
+    import tempfile
+    from pathlib import Path
+
+    return sorted(Path(tempfile.gettempdir()).glob("tokensurgery-tok-*"))
+
+
+def test_tokenizer_file_donors_for_methods_without_donor_weights(tiny_model_dirs, tmp_path):
+    """fvt takes the donor as a model folder, a tokenizer file under any name, or a SentencePiece
+    .model (converted); the same donor gives the same rows, the written tokenizer encodes like
+    the donor, no temporary folder is left, and omp asks for weights."""
+    from helpers import site_file
+
+    base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
+    loose = tmp_path / "my-tokenizer.json"
+    loose.write_bytes((donor / "tokenizer.json").read_bytes())
+    before = _temp_tokenizer_folders()
+    opts = TransplantOptions(method="fvt")
+    transplant(str(base), str(donor), tmp_path / "from-folder", opts, progress=False)
+    transplant(str(base), str(loose), tmp_path / "from-file", opts, progress=False)
+    assert torch.equal(load_embeddings(tmp_path / "from-folder").input, load_embeddings(tmp_path / "from-file").input)
+    text = "The quick brown fox, 1234 times."
+    assert hf_tokenizer(tmp_path / "from-file")(text)["input_ids"] == hf_tokenizer(donor)(text)["input_ids"]
+    sp = site_file("mistral_common", "data", "mistral_instruct_tokenizer_240323.model.v3")
+    result = transplant(str(base), str(sp), tmp_path / "from-model", opts, progress=False)
+    vocab = open_vocabulary(sp)
+    assert result.n_rows == len(vocab) and load_embeddings(tmp_path / "from-model").input.shape[0] == len(vocab)
+    written = hf_tokenizer(tmp_path / "from-model")(text, add_special_tokens=False)["input_ids"]
+    assert written == vocab.encode(text)
+    assert _temp_tokenizer_folders() == before
+    with pytest.raises(TokenSurgeryError, match="has no weights"):
+        transplant(str(base), str(loose), tmp_path / "omp", TransplantOptions(), progress=False)
+    assert not (tmp_path / "omp").exists() and _temp_tokenizer_folders() == before

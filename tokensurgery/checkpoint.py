@@ -399,3 +399,11 @@ def _write_tokenizer(tokenizer, folder: Path) -> None:
             raise TokenSurgeryError(f"{src} holds no tokenizer files")
     else:
         tokenizer.save_pretrained(folder)
+
+
+def save_module(module: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """A module's weights as one safetensors file (CPU, contiguous), tagged as ours."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt", "library": "tokensurgery", **(metadata or {})})

@@ -78,7 +78,7 @@ def _json_types(node) -> set[str]:
     return found
 
 
-def _valid_utf8_runs(data: bytes) -> list[tuple[bool, bytes]]:
+def utf8_runs(data: bytes) -> list[tuple[bool, bytes]]:
     """Split bytes into maximal valid-UTF-8 runs and single invalid bytes."""
     runs: list[tuple[bool, bytes]] = []
     i = 0
@@ -349,7 +349,7 @@ class Vocabulary:
             return [t.id for p in pieces for t in self._hf.model.tokenize(p)]
         if self.family.startswith("sentencepiece"):
             out: list[int] = []
-            for valid, run in _valid_utf8_runs(data):
+            for valid, run in utf8_runs(data):
                 if valid:
                     out += [t.id for t in self._hf.model.tokenize(run.decode().replace(" ", "▁"))]
                 else:

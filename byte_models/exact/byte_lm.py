@@ -29,7 +29,6 @@ import torch
 
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.evaluate import Score
-from tokensurgery.inputs import open_vocabulary
 from tokensurgery.vocabulary import Vocabulary
 
 from .cover_tree import EOS, Accumulator, Node, ZeroProbability, node_groups
@@ -101,17 +100,18 @@ class ByteLM(CoverEngine):
         super().__init__(model, vocab, start=start, eos=eos, settle_bytes=settle_bytes, name=name)
         self.speculate = speculate
 
-
     @classmethod
-    def from_pretrained(cls, spec: str | Path, dtype: str = "float32", device: str = "cpu", **kwargs) -> "ByteLM":
-        """Load a bundled alias (`smollm2-135m`, `gemma3-270m`), local folder, `.gguf` or hub id."""
-        from tokensurgery.inputs import open_model
+    def from_pretrained(cls, spec: str | Path, dtype: str = "float32", device: str = "cpu", progress: bool = True,
+                        **kwargs) -> "ByteLM":
+        """Load a bundled alias (`smollm2-135m`, `gemma3-270m`), local folder, `.gguf` or hub id
+        (a first GGUF import takes 30-90 s; `progress` reports it on stderr)."""
         from tokensurgery.evaluate import load_causal_lm
+        from tokensurgery.inputs import open_model
 
-        folder = open_model(spec, progress=False)
-        model, _ = load_causal_lm(folder, dtype=dtype, device=device)
+        folder = open_model(spec, progress=progress)
+        model, vocab = load_causal_lm(folder, dtype=dtype, device=device)
         kwargs.setdefault("name", str(spec))
-        return cls(model, open_vocabulary(folder), **kwargs)
+        return cls(model, vocab, **kwargs)
 
     # ---- public API: known text -------------------------------------------------------
 

@@ -125,13 +125,12 @@ class FlatByteLM(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """A transformers checkpoint; the delete gate (if any) beside it in `delete_gate.safetensors`."""
-        from safetensors.torch import save_file
+        from tokensurgery.checkpoint import save_module
 
         folder = Path(folder)
         self.lm.save_pretrained(folder)
         if self.gate is not None:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.gate.state_dict().items()}
-            save_file(state, str(folder / GATE_FILE), metadata={"config": json.dumps(asdict(self.config))})
+            save_module(self.gate, folder / GATE_FILE, metadata={"config": json.dumps(asdict(self.config))})
         return folder
 
     @classmethod

@@ -320,12 +320,11 @@ class HierarchicalLM(nn.Module):
     def save_pretrained(self, folder: str | Path) -> Path:
         """Weights (safetensors) and configuration; the backbone's config goes along when it
         is a transformers model."""
-        from safetensors.torch import save_file
+        from tokensurgery.checkpoint import save_module
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS), metadata={"format": "pt", "library": "tokensurgery"})
+        save_module(self, folder / WEIGHTS)
         meta = {"architectures": [ARCHITECTURE], "library_name": "tokensurgery", "config": asdict(self.config)}
         if hasattr(self.backbone, "config"):
             meta["backbone_config"] = self.backbone.config.to_dict()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import regex
 
+from tokensurgery.vocabulary import utf8_runs
+
 _WORD = regex.compile(
     r" ?(?:[\p{Han}\p{Hiragana}\p{Katakana}]"  # one ideograph / kana per word
     r"|[\p{L}\p{M}\p{N}_]+(?:['’][\p{L}\p{M}\p{N}_]+)*)"  # a word, inner apostrophes kept
@@ -22,22 +24,6 @@ _WORD = regex.compile(
     regex.DOTALL,
 )
 _WHITESPACE = regex.compile(rb"\s*\S+|\s+")
-
-
-def _utf8_runs(data: bytes) -> list[tuple[bool, bytes]]:
-    """`data` as (is valid UTF-8, bytes) runs; invalid bytes come one at a time."""
-    runs: list[tuple[bool, bytes]] = []
-    i = 0
-    while i < len(data):
-        try:
-            runs.append((True, data[i:].decode("utf-8").encode()))
-            break
-        except UnicodeDecodeError as e:
-            if e.start:
-                runs.append((True, data[i : i + e.start]))
-            runs.append((False, data[i + e.start : i + e.start + 1]))
-            i += e.start + 1
-    return runs
 
 
 def _chop(piece: str, max_bytes: int) -> list[bytes]:
@@ -65,7 +51,7 @@ def split_words(data: bytes, max_bytes: int = 16) -> list[bytes]:
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
     pieces: list[bytes] = []
-    for valid, run in _utf8_runs(data):
+    for valid, run in utf8_runs(data):
         if not valid:
             pieces.append(run)
             continue
