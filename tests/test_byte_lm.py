@@ -7,6 +7,7 @@ forward passes of the reference agree far below the 1e-6 tolerance.
 from __future__ import annotations
 
 import math
+import unicodedata
 from functools import lru_cache
 
 import numpy as np
@@ -27,11 +28,51 @@ def tiny_byte_lms(tiny_model_dirs):
             "sentencepiece_bpe": ByteLM.from_pretrained(tiny_model_dirs["bos"], dtype="float64")}
 
 
+# Every printable ASCII character and a spread of assigned characters from all over the BMP
+# and beyond (letters, marks, digits, symbols, spaces of many scripts): the next characters
+# brute force tries after whitespace (independent of canonical.LOOKAHEAD_PROBES).
+NEXT_CHARACTERS = tuple(sorted({chr(c).encode() for c in [*range(0x20, 0x7F), *range(0xA0, 0x3100, 23),
+                                                          *range(0x4E00, 0xA000, 997), *range(0xAC00, 0xD7A4, 1499),
+                                                          0x1F600, 0x1F44B, 0x2028, 0x3000, 0xFEFF, 0x9, 0xA, 0xD]
+                                if unicodedata.category(chr(c)) not in ("Cn", "Cs", "Co")}))
+
+
+# characters that can finish an unfinished UTF-8 sequence, by the bytes already there
+COMPLETIONS: dict[bytes, list[bytes]] = {}
+for _c in [*range(0x80, 0x3100), *range(0x3100, 0x10000, 61), *range(0x1F300, 0x1FB00, 7)]:
+    if unicodedata.category(chr(_c)) not in ("Cn", "Cs", "Co"):
+        _b = chr(_c).encode()
+        for _k in range(1, len(_b)):
+            COMPLETIONS.setdefault(_b[:_k], []).append(_b)
+
+
+def unfinished_character(data: bytes) -> bytes:
+    """The bytes of a character the data ends inside (b"" when it ends on a boundary)."""
+    for k in range(1, min(3, len(data)) + 1):
+        lead = data[-k]
+        if lead >= 0xC0:
+            need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+            return data[-k:] if k < need and all(0x80 <= b < 0xC0 for b in data[len(data) - k + 1:]) else b""
+        if lead < 0x80:
+            return b""
+    return b""
+
+
+def last_character(data: bytes) -> str:
+    """The whole character the bytes end with ("" when they end inside one)."""
+    for k in range(1, 5):
+        try:
+            return data[-k:].decode("utf-8")[-1]
+        except (UnicodeDecodeError, IndexError):
+            continue
+    return ""
+
+
 class BruteForce:
     """Next-byte distributions by enumerating token sequences. A sequence counts when every
     prefix of it starts the tokenizer's own encoding of that prefix's bytes, or of them plus
-    a letter (the regex looks one character ahead); checked on whole prefixes with
-    `Vocabulary.decompose`, not pair by pair."""
+    some next character (the regex looks one character ahead; `NEXT_CHARACTERS` are tried);
+    checked on whole prefixes with `Vocabulary.decompose`, not pair by pair."""
 
     def __init__(self, blm: ByteLM):
         self.blm, self.vocab = blm, blm.vocab
@@ -46,8 +87,15 @@ class BruteForce:
 
     def canonical(self, seq: tuple) -> bool:
         data = self.vocab.decode_bytes(seq)
-        probes = (b"", b"x") if data[-1:].isspace() else (b"",)
-        return any(self.vocab.decompose(data + z)[: len(seq)] == list(seq) for z in probes)
+        cut = unfinished_character(data)
+        # text that ends inside a character goes on with its rest: try ways to finish it
+        whole = [data[: len(data) - len(cut)] + c for c in COMPLETIONS.get(cut, ())] if cut else [data]
+        for text in whole or [data]:
+            last = last_character(text)
+            probes = (b"",) + NEXT_CHARACTERS if last.isspace() and last not in "\x1c\x1d\x1e\x1f" else (b"",)
+            if any(self.vocab.decompose(text + z)[: len(seq)] == list(seq) for z in probes):
+                return True
+        return False
 
     def next_byte(self, prefix: bytes) -> np.ndarray:
         mass = np.zeros(257)
@@ -351,3 +399,62 @@ def test_tiktoken_llama3_regex_matches_brute_force(tiktoken_byte_lm):
     for prefix in [b"", b"The", b"it's", b"x 12", b"1234", b"a  b", b"a\n\nb", "Straß".encode()]:
         ours = np.exp(blm.next_byte_logprobs(prefix))
         assert np.abs(ours - brute.next_byte(prefix)).max() < 1e-6, prefix
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer_byte_lm(smollm2_vocab):
+    """SmolLM2's real tokenizer on a tiny random float64 Llama (brute force stays cheap)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smollm2_vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    model = LlamaForCausalLM(config).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return ByteLM(model, smollm2_vocab)
+
+
+# whitespace runs (spaces, newlines, tabs, indentation, NBSP) followed by each class of character
+WHITESPACE_TEXTS = ["a  1", "x =  1", "values:\n    1, 2", "a  .", "a  (b", "  中文", "a  é", "a  ½", "a \u00a0b",
+                    "a\n\n1", "a \n 1", "x\t\t2", "a   'b", "x  _y", "| a  |  12 |", "def f():\n\t\treturn  0",
+                    "a  😀", "x\n\n😀", "Hello world.\n\n👋"]
+
+
+def covers(vocab, ids, data: bytes, seq: tuple = ()):
+    """Every sequence of the given token ids that spells `data` exactly."""
+    if not data:
+        yield seq
+        return
+    for t in ids:
+        s = vocab.surface[t]
+        if data.startswith(s):
+            yield from covers(vocab, ids, data[len(s):], seq + (t,))
+
+
+@pytest.mark.real
+def test_whitespace_runs_before_every_character_class(smollm2_tokenizer_byte_lm):
+    """SmolLM2 has " x" but no " 1" or " 中": "  1" is [Ġ, Ġ, 1], so a step that ends in
+    whitespace must be judged against every class of next character, not only letters; a
+    token that ends inside a character (ĠÂ, ðŁ) is judged with the ways to finish it. Every
+    sequence that spells these texts is judged as brute force judges it (the tokenizer's own
+    encoding of each prefix, finished and followed by any character), the tokenizer's own
+    encoding is always valid, and scoring never finds a zero."""
+    blm = smollm2_tokenizer_byte_lm
+    brute = BruteForce(blm)
+    vocab = blm.vocab
+    for text in WHITESPACE_TEXTS:
+        data = text.encode()
+        ids = [t for t in brute.text_ids if vocab.surface[t] and vocab.surface[t] in data]
+        own = tuple(vocab.encode(text))
+        judged = 0
+        for seq in covers(vocab, ids, data):
+            ref = all(brute.canonical(seq[:k]) for k in range(1, len(seq) + 1))
+            assert blm.canonical.is_valid(list(seq)) == ref, (text, [vocab.tokens[t] for t in seq], ref)
+            assert ref or seq != own
+            judged += 1
+        assert judged > 1 and blm.canonical.is_valid(list(own)), text
+    for text in WHITESPACE_TEXTS:
+        score = blm.score(text)  # raised ZeroProbability before for digits and CJK after a run
+        assert np.isfinite(score.logprobs).all() and len(score.logprobs) == len(text.encode())

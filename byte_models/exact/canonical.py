@@ -3,7 +3,8 @@
 A token sequence is *valid* when every token can be produced by the tokenizer alone
 (`decompose(surface) == [token]`) and every adjacent pair is the tokenizer's own split of
 the pair's bytes (for a pair ending in whitespace under a regex pre-tokenizer: of the
-pair's bytes, or of them followed by a letter, since the regex looks one character ahead).
+pair's bytes, or of them followed by some next character, since the regex looks one
+character ahead; see `LOOKAHEAD_PROBES`).
 For BPE without pre-tokenization this is exactly canonicality (a BPE encoding is canonical iff all its adjacent pairs are; Berglund et al. 2023, Vieira et al.
 2025); with a pre-tokenizer regex the pair sees the regex too. SentencePiece byte
 fallback needs more than a pair: `<0xE4><0xB8><0xAD>` is canonical only if the character
@@ -22,6 +23,17 @@ import numpy as np
 from tokensurgery.vocabulary import TEXT_KINDS, TokenKind, Vocabulary
 
 Tail = tuple[int, ...]
+
+# A step that ends in whitespace is judged with the next character too, because a regex
+# pre-tokenizer looks ahead (`\s+(?!\S)`): it is valid when the tokenizer keeps the split
+# before *some* next character. Which split it makes depends on the character's class in the
+# regex (letter, digit, punctuation, symbol, whitespace) and, inside the next pre-token, on
+# whether the vocabulary joins a space to that character (SmolLM2 has " x" but no " 1" or
+# " 中"), so one character of each class and of several scripts is tried. The step after the
+# whitespace run is then checked exactly, with the whole run as its context (`tail`).
+LOOKAHEAD_PROBES = tuple(c.encode() for c in (
+    "x", "X", "1", "½", ".", ",", "'", "\"", "-", "_", "(", ")", "+", "$", "^", "`", "~", "/", "\\", "@", "#",
+    "中", "の", "한", "ไ", "ا", "д", "λ", "क", "é", "\u0301", "😀", "€", " ", "\n", "\t", "\r", "\u00a0", "\u3000"))
 
 
 def utf8_length(lead: int) -> int:
@@ -56,6 +68,11 @@ class Canonical:
         # "\\n\\n\\n" + "\\n" + "L", so a step ending in whitespace is judged with a letter after it
         # too, and a whitespace run is judged as a whole
         self._lookahead = vocab.family.startswith("byte_level") or vocab.family == "tiktoken"
+        self.probes = _distinct_probes(vocab) if self._lookahead else ()
+        # tokens after which a text can end inside a character: those ending in an unfinished
+        # one, and pieces made only of continuation bytes (they may finish or extend one)
+        self._may_end_inside = np.array([bool(unfinished_character(s)) or (bool(s) and all(0x80 <= c < 0xC0 for c in s))
+                                         for s in vocab.surface])
         self._batchable = False
         if vocab._hf is not None and vocab.family.startswith("byte_level"):
             import re
@@ -71,8 +88,9 @@ class Canonical:
         """The context that decides what may follow `prev + (token,)`: the token, or the
         whole byte-fallback character / whitespace run it continues."""
         surface = self.vocab.surface
-        if self._lookahead and prev and len(prev) < 16 and surface[token].isspace() and all(surface[t].isspace() for t in prev):
-            return prev + (token,)  # a regex reads a whitespace run as one piece
+        if self._lookahead and prev and len(prev) < 16 and \
+                _whitespace_so_far(b"".join(surface[t] for t in prev) + surface[token]):
+            return prev + (token,)  # a regex reads a whitespace run (NBSP split over tokens too) as one piece
         if self.is_fallback[token] and prev and self.is_fallback[prev[-1]]:
             run = bytes(self.vocab.surface[t][0] for t in prev)
             if len(run) < utf8_length(run[0]) and 0x80 <= self.vocab.surface[token][0] < 0xC0:
@@ -87,9 +105,22 @@ class Canonical:
             return True
         data = b"".join(self.vocab.surface[t] for t in tail) + self.vocab.surface[token]
         want = list(tail) + [token]
+        cut = unfinished_character(data) if self._lookahead else b""
+        if cut and completions(cut):
+            # the text goes on with the rest of the character (the regex only sees whole
+            # characters): valid when some way to finish it keeps the split
+            return any(self._keeps(data + rest, want) for rest in completions(cut))
         if self.vocab.decompose(data) == want:
             return True
-        return self._lookahead and data[-1:].isspace() and self.vocab.decompose(data + b"x")[: len(want)] == want
+        return self._lookahead and _ends_in_space(data) and self._keeps(data, want)
+
+    def _keeps(self, data: bytes, want: list[int]) -> bool:
+        """Does the tokenizer start `data` (or, when it ends in whitespace, `data` and some next
+        character) with `want`?"""
+        n = len(want)
+        if self.vocab.decompose(data)[:n] == want:
+            return True
+        return _ends_in_space(data) and any(self.vocab.decompose(data + p)[:n] == want for p in self.probes)
 
     def invalid_after(self, tail: Tail) -> np.ndarray:
         """Continuable token ids that may not follow `tail` (cached)."""
@@ -107,23 +138,42 @@ class Canonical:
             return np.array([b for b in candidates if not self.valid_next(tail, int(b))], dtype=np.int64)
         surface, want = self.vocab.surface, list(tail)
         prefix = b"".join(surface[t] for t in tail)
-        texts, ids, slow = [], [], []
+        plain, trials, slow = [], [], []  # (candidate, text): exact encodings / finished characters
         for b in candidates.tolist():
             data = prefix + surface[b]
-            text = data.decode("utf-8", "ignore")
-            if len(text.encode()) != len(data) or self._added.search(text):
-                slow.append(b)  # broken UTF-8 or an added token's text: the one-by-one path
+            cut = unfinished_character(data) if self._may_end_inside[b] else b""
+            if cut and completions(cut):  # ends inside a character: try ways to finish it
+                texts = [(data + rest).decode("utf-8", "ignore") for rest in completions(cut)]
+                if all(len(t.encode()) == len(data) + len(r) for t, r in zip(texts, completions(cut))) \
+                        and not any(self._added.search(t) for t in texts):
+                    trials += [(b, t) for t in texts]
+                    continue
             else:
-                texts.append(text)
-                ids.append(b)
-        bad, probe = [], []
-        for b, text, enc in zip(ids, texts, self.vocab._hf.encode_batch(texts, add_special_tokens=False)):
-            if enc.ids != want + [b]:
-                (probe if self._lookahead and text.encode()[-1:].isspace() else bad).append((b, text))
-        if probe:
-            encs = self.vocab._hf.encode_batch([t + "x" for _, t in probe], add_special_tokens=False)
-            bad += [(b, t) for (b, t), enc in zip(probe, encs) if enc.ids[: len(want) + 1] != want + [b]]
-        bad_ids = [b for b, _ in bad] + [b for b in slow if not self.valid_next(tail, b)]
+                text = data.decode("utf-8", "ignore")
+                if len(text.encode()) == len(data) and not self._added.search(text):
+                    plain.append((b, text))
+                    continue
+            slow.append(b)  # broken UTF-8 or an added token's text: the one-by-one path
+        n, valid, probe = len(want) + 1, set(), []
+        encode = self.vocab._hf.encode_batch
+        for (b, text), enc in zip(plain, encode([t for _, t in plain], add_special_tokens=False)):
+            if enc.ids == want + [b]:
+                valid.add(b)
+            elif self._lookahead and _is_space(text[-1:] or "x"):
+                probe.append((b, text))
+        for (b, text), enc in zip(trials, encode([t for _, t in trials], add_special_tokens=False)):
+            if enc.ids[:n] == want + [b]:
+                valid.add(b)
+            elif _is_space(text[-1:] or "x"):
+                probe.append((b, text))
+        for p in self.probes:  # valid when some next character keeps the split
+            probe = [(b, t) for b, t in probe if b not in valid]
+            if not probe:
+                break
+            encs = encode([t + p.decode() for _, t in probe], add_special_tokens=False)
+            valid.update(b for (b, t), enc in zip(probe, encs) if enc.ids[:n] == want + [b])
+        tried = {b for b, _ in plain} | {b for b, _ in trials}
+        bad_ids = sorted(tried - valid) + [b for b in slow if not self.valid_next(tail, b)]
         return np.array(sorted(bad_ids), dtype=np.int64)
 
     def is_valid(self, tokens: list[int]) -> bool:
@@ -259,6 +309,94 @@ def _punct(data: bytes, first: bool) -> bool:
 def _is_space(ch: str) -> bool:
     """Unicode White_Space, the regex's `\\s` (Python's isspace also counts \\x1c-\\x1f)."""
     return ch.isspace() and ch not in "\x1c\x1d\x1e\x1f"
+
+
+_SPACE_ENCODINGS = [chr(c).encode() for c in range(0x80, 0x3001) if chr(c).isspace()]
+
+
+def _whitespace_so_far(data: bytes) -> bool:
+    """Are the bytes whitespace characters, the last one possibly unfinished (b" \xc2" is a
+    space and the start of NBSP)?"""
+    for k in range(0, min(3, len(data)) + 1):
+        head, cut = data[: len(data) - k], data[len(data) - k:]
+        if cut and not any(e.startswith(cut) and len(e) > len(cut) for e in _SPACE_ENCODINGS):
+            continue
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return (bool(text) or bool(cut)) and all(_is_space(ch) for ch in text)
+    return False
+
+
+def unfinished_character(data: bytes) -> bytes:
+    """The bytes of a UTF-8 character the data ends inside (b"" on a character boundary)."""
+    for k in range(1, min(3, len(data)) + 1):
+        lead = data[-k]
+        if lead >= 0xC0:
+            return data[-k:] if k < utf8_length(lead) and all(0x80 <= b < 0xC0 for b in data[len(data) - k + 1:]) else b""
+        if lead < 0x80:
+            return b""
+    return b""
+
+
+@lru_cache(maxsize=4096)
+def completions(cut: bytes, most: int = 32) -> tuple[bytes, ...]:
+    """Up to `most` ways to finish the character `cut` starts (the missing bytes), spread
+    over the assigned characters that start so: scripts, symbols, emoji, spaces."""
+    import unicodedata
+
+    lead = cut[0]
+    if utf8_length(lead) == 1:
+        return ()
+    try:  # the code points whose encoding starts with `cut`
+        lo = (cut + b"\x80" * (utf8_length(lead) - len(cut))).decode("utf-8")
+        hi = (cut + b"\xbf" * (utf8_length(lead) - len(cut))).decode("utf-8")
+    except UnicodeDecodeError:
+        return ()
+    found = [chr(c).encode()[len(cut):] for c in range(ord(lo), ord(hi) + 1)
+             if unicodedata.category(chr(c)) not in ("Cn", "Cs", "Co")]
+    if len(found) <= most:
+        return tuple(found)
+    step = len(found) / most
+    spaces = [chr(c).encode()[len(cut):] for c in range(ord(lo), ord(hi) + 1) if _is_space(chr(c))]
+    return tuple(dict.fromkeys(spaces + [found[int(i * step)] for i in range(most)]))
+
+
+_RUNS = [b" ", b"  ", b"   ", b"\n", b"\n\n", b" \n", b"\n ", b"\n  ", b"\t", b"\t\t", b"\r\n", "\u00a0".encode(),
+         " \u00a0".encode(), "\u3000".encode()]
+
+
+def _distinct_probes(vocab: Vocabulary) -> tuple[bytes, ...]:
+    """The `LOOKAHEAD_PROBES` that split whitespace differently in this vocabulary: two next
+    characters that leave every run of `_RUNS` in the same tokens (and join its end to
+    themselves or not alike) judge whitespace steps alike, so one of them is enough."""
+    seen, keep = set(), []
+    for p in LOOKAHEAD_PROBES:
+        signature = []
+        for run in _RUNS:
+            ids, done = vocab.decompose(run + p), 0
+            inside = []
+            for t in ids:
+                if done + len(vocab.surface[t]) > len(run):
+                    break
+                inside.append(t)
+                done += len(vocab.surface[t])
+            signature.append((tuple(inside), done == len(run)))
+        if tuple(signature) not in seen:
+            seen.add(tuple(signature))
+            keep.append(p)
+    return tuple(keep)
+
+
+def _ends_in_space(data: bytes) -> bool:
+    """Do the bytes end with a whole whitespace character (not inside an unfinished one)?"""
+    for k in range(1, min(4, len(data)) + 1):
+        try:
+            return _is_space(data[-k:].decode("utf-8")[-1])
+        except UnicodeDecodeError:
+            continue
+    return False
 
 
 def _space(data: bytes, first: bool) -> bool:
