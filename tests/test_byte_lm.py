@@ -364,13 +364,26 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+def random_llama(vocab_size: int, width: int, layers: int, std: float):
+    """A float64 Llama with random weights (seed 0), for brute-force comparisons."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                         num_attention_heads=4 if width >= 32 else 2, num_key_value_heads=2, max_position_embeddings=512)
+    model = LlamaForCausalLM(config).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, std)
+    return model
+
+
 @pytest.fixture(scope="module")
 def tiktoken_byte_lm(tiny_tokenizers):
     """A tiktoken vocabulary with the Llama-3/Tekken-style regex (digit groups of three,
     case-insensitive contractions), ranks taken from the tiny byte-level BPE's merges."""
     import json
 
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from tokensurgery.vocabulary import BYTE_TO_CHAR, CHAR_TO_BYTE, Vocabulary
 
@@ -382,14 +395,7 @@ def tiktoken_byte_lm(tiny_tokenizers):
         ranks.setdefault(data, len(ranks))
     assert all(BYTE_TO_CHAR[b] for b in range(256))
     vocab = Vocabulary._from_ranks(ranks, LLAMA3_PATTERN, {"<s>": len(ranks), "</s>": len(ranks) + 1}, 0, "tiny-tiktoken")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    model = LlamaForCausalLM(config).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return ByteLM(model, vocab, start="<s>", eos=len(ranks) + 1)
+    return ByteLM(random_llama(len(vocab), width=32, layers=2, std=0.2), vocab, start="<s>", eos=len(ranks) + 1)
 
 
 def test_tiktoken_llama3_regex_matches_brute_force(tiktoken_byte_lm):
@@ -404,16 +410,7 @@ def test_tiktoken_llama3_regex_matches_brute_force(tiktoken_byte_lm):
 @pytest.fixture(scope="module")
 def smollm2_tokenizer_byte_lm(smollm2_vocab):
     """SmolLM2's real tokenizer on a tiny random float64 Llama (brute force stays cheap)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(smollm2_vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
-    model = LlamaForCausalLM(config).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    return ByteLM(model, smollm2_vocab)
+    return ByteLM(random_llama(len(smollm2_vocab), width=16, layers=1, std=0.5), smollm2_vocab)
 
 
 # whitespace runs (spaces, newlines, tabs, indentation, NBSP) followed by each class of character
