@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from tokensurgery.assets import corpus_path
-from tokensurgery.inputs import hf_tokenizer, open_model
+from tokensurgery.inputs import open_model
 from tokensurgery.byte_models.trainable.score import score_bytes
 from tokensurgery.byte_models.trainable.hierarchical import HierarchicalConfig, HierarchicalLM
 from tokensurgery.byte_models.trainable.train import ByteTrainConfig, train_bytes
@@ -56,12 +56,11 @@ def main() -> None:
     texts = {lang: read_text_file(corpus_path(lang), args.eval_bytes) for lang in args.langs.split(",")}
 
     folder = open_model("smollm2-135m")
-    lm, _ = load_causal_lm(folder)
-    tokenizer = hf_tokenizer(folder)
+    lm, vocab = load_causal_lm(folder)
     reference = {}
     for lang, text in texts.items():
-        same = score_text(lm, tokenizer, text, lang, window=128, stride=128, progress=False)
-        usual = score_text(lm, tokenizer, text, lang, progress=False)
+        same = score_text(lm, vocab, text, lang, window=128, stride=128, progress=False)
+        usual = score_text(lm, vocab, text, lang, progress=False)
         reference[lang] = {"bpb": same.bits_per_byte, "bpb_256_128": usual.bits_per_byte,
                            "positions_per_byte": same.n_tokens / same.n_bytes}
     print("smollm2:", json.dumps(reference), flush=True)

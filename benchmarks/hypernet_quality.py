@@ -32,7 +32,7 @@ from tokensurgery import Vocabulary, VocabMap
 from tokensurgery.assets import corpus_path, corpus_text
 from tokensurgery.inputs import open_model, open_vocabulary, vocabulary_of_folder
 from tokensurgery.checkpoint import load_embeddings
-from tokensurgery.evaluate import load_causal_lm, score_files
+from tokensurgery.evaluate import load_causal_lm, load_model, score_files
 from tokensurgery.hypernets import Hypernet, predict_embeddings
 from tokensurgery.transplant import TransplantOptions, new_embeddings
 
@@ -121,7 +121,7 @@ def main() -> None:
                 made = new_embeddings(base_emb, donor_emb, vm, opts)
                 inp, out = made.embeddings.input, made.embeddings.output
             seconds = time.perf_counter() - start
-            model, _ = load_causal_lm(base_dir)
+            model = load_model(base_dir)
             swap(model, inp, out)
             scores = score_files(model, without_bos(vocab), files, max_bytes=args.max_bytes)
             rows.append({"tokenizer": name, "method": method, "vocab": len(vocab), "seconds": round(seconds, 1),

@@ -23,7 +23,7 @@ import torch
 from tokensurgery.assets import corpus_path
 from tokensurgery.inputs import vocabulary_of_folder
 from tokensurgery.checkpoint import check_embeddings_cover, load_embeddings
-from tokensurgery.evaluate import load_causal_lm, score_files
+from tokensurgery.evaluate import load_causal_lm, load_model, score_files
 from tokensurgery.output_tokenizer import tokenizer_for_output
 from tokensurgery.transplant import TransplantOptions, load_donor_embeddings, new_embeddings, prepare
 
@@ -94,7 +94,7 @@ def main() -> None:
         start = time.perf_counter()
         new = new_embeddings(base_emb, donor_emb, vm, opts, solutions=solutions)
         seconds = time.perf_counter() - start
-        model, _ = load_causal_lm(base_dir)
+        model = load_model(base_dir)
         swap_embeddings(model, new.embeddings)
         scores = score_files(model, donor_tok, files, max_bytes=args.max_bytes)
         row = {"variant": spec, "seconds": round(seconds, 1), **{s.name: s.bits_per_byte for s in scores}}

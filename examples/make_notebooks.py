@@ -216,7 +216,7 @@ for t in vm.new_text[:5]:
 `predict_embeddings` works in blocks (bounded memory for 200k+ vocabularies). The output head
 gives the model its own output matrix, so the patched model is untied."""),
     new_code_cell("""import torch
-from tokensurgery.evaluate import load_causal_lm, score_text
+from tokensurgery.evaluate import load_model, score_text
 from tokensurgery.transplant import TransplantOptions, new_embeddings
 
 base_emb = load_embeddings(base_dir)
@@ -226,7 +226,7 @@ fvt = new_embeddings(base_emb, None, vm, TransplantOptions(method="fvt"), progre
 
 text = corpus_text("en", MAX_BYTES)
 for name, new in [("hypernet", hyper), ("fvt", fvt)]:
-    model, _ = load_causal_lm(base_dir)
+    model = load_model(base_dir)
     model.resize_token_embeddings(new.input.shape[0], mean_resizing=False)
     model.get_input_embeddings().weight.data.copy_(new.input)
     if new.output is not None:

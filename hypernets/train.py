@@ -67,9 +67,9 @@ class FrozenLM:
     """The base model, frozen: hidden states from input embeddings, logits from any rows."""
 
     def __init__(self, folder: Path, device: str):
-        from tokensurgery.evaluate import load_causal_lm
+        from tokensurgery.evaluate import load_model
 
-        self.model, _ = load_causal_lm(folder, device=device)
+        self.model = load_model(folder, device=device)
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tokensurgery.checkpoint import NewEmbeddings, atomic_folder, embedding_names, load_embeddings, write_patched_checkpoint
 from tokensurgery.model_card import model_card
 from tokensurgery.errors import TokenSurgeryError
-from tokensurgery.evaluate import load_causal_lm
+from tokensurgery.evaluate import load_model
 from tokensurgery.inputs import hf_tokenizer
 
 
@@ -124,7 +124,7 @@ def test_bundled_import_is_a_normal_checkpoint(which, smollm2_dir, gemma_dir):
     assert "quantization_config" not in config and config["architectures"]
     emb = load_embeddings(folder)
     assert emb.tied and emb.input.shape[0] == {"smollm2": 49152, "gemma": 262144}[which]
-    model, _ = load_causal_lm(folder)
+    model = load_model(folder)
     tok = hf_tokenizer(folder)
     prompt = "The capital of France is the city of"
     ids = tok(prompt, return_tensors="pt")

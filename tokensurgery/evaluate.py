@@ -60,20 +60,24 @@ def total(scores: list[Score], name: str = "overall") -> Score:
     return out
 
 
-def load_causal_lm(folder: str | Path, dtype: str = "float32", device: str = "cpu"):
-    """A transformers causal LM and the `Vocabulary` of its tokenizer, from a local folder
-    (no remote code)."""
+def load_model(folder: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """A transformers causal LM from a local folder, in eval mode (no remote code)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
-
-    from .inputs import vocabulary_of_folder
 
     hf_logging.disable_progress_bar()  # a 1-second "Loading weights" bar is noise in our output
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), trust_remote_code=False)
     except Exception as e:
         raise TokenSurgeryError(f"transformers cannot load the model in {folder}: {str(e).splitlines()[0][:200]}") from None
-    model.to(device).eval()
+    return model.to(device).eval()
+
+
+def load_causal_lm(folder: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """`load_model` and the `Vocabulary` of the folder's tokenizer, checked to fit the model."""
+    from .inputs import vocabulary_of_folder
+
+    model = load_model(folder, dtype, device)
     vocab = vocabulary_of_folder(Path(folder))
     rows = model.get_input_embeddings().weight.shape[0]
     if len(vocab) > rows:

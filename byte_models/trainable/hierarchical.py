@@ -230,10 +230,10 @@ class HierarchicalLM(nn.Module):
         vectors towards that model's own embeddings of each word, so the backbone sees
         inputs like the ones it was trained on."""
         from tokensurgery.inputs import open_model
-        from tokensurgery.evaluate import load_causal_lm
+        from tokensurgery.evaluate import load_model
 
         folder = open_model(spec)
-        lm, _ = load_causal_lm(folder)
+        lm = load_model(folder)
         width = lm.get_input_embeddings().weight.shape[1]
         config = HierarchicalConfig(**{**asdict(config or HierarchicalConfig()), "d_model": width})
         model = cls(config, lm.base_model)
@@ -250,10 +250,10 @@ class HierarchicalLM(nn.Module):
     def attach_subword(self, folder: Path, lm=None, spec: str | None = None) -> None:
         """Remember the subword model whose word embeddings `distill_loss` aims at (`spec`:
         how the user named it, e.g. a bundled alias, saved so a moved folder finds it again)."""
-        from tokensurgery.evaluate import load_causal_lm
+        from tokensurgery.evaluate import load_model
         from tokensurgery.inputs import vocabulary_of_folder
 
-        lm = lm if lm is not None else load_causal_lm(folder)[0]
+        lm = lm if lm is not None else load_model(folder)
         self.subword_source = str(Path(folder).resolve())
         self.subword_spec = spec
         self.subword_vocab = vocabulary_of_folder(Path(folder))
