@@ -7,10 +7,21 @@ import pytest
 from helpers import make_tiny_model, train_tiny_tokenizer
 
 
+REAL_FIXTURES = {"smollm2_dir", "gemma_dir", "smollm2_vocab", "gemma_vocab"}
+
+
 def pytest_configure(config):
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses a bundled real model is marked `real` (so `-m "not real"` runs the
+    fast suite alone), whatever its author remembered."""
+    for item in items:
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real)
 
 
 @pytest.fixture(scope="session")

@@ -116,6 +116,27 @@ class BruteForce:
         walk((), 0, 0.0)
         return mass / mass.sum()
 
+    def best_cover(self, prefix: bytes) -> tuple[float, bytes]:
+        """The most likely cover of `prefix`: a valid sequence whose last token runs past the
+        prefix's end or starts right at it (or EOS there); (log-probability, bytes past the end)."""
+        best = (-math.inf, b"")
+
+        def walk(seq: tuple, pos: int, logp: float) -> None:
+            nonlocal best
+            lp = self.logprobs(seq)
+            if pos == len(prefix):
+                best = max(best, (logp + lp[self.blm.eos], b""))
+            for v in self.text_ids:
+                s, need = self.vocab.surface[v], prefix[pos:]
+                if len(s) <= len(need) and need:
+                    if need.startswith(s) and self.canonical(seq + (v,)):
+                        walk(seq + (v,), pos + len(s), logp + lp[v])
+                elif s.startswith(need) and self.canonical(seq + (v,)):
+                    best = max(best, (logp + lp[v], s[len(need):]))
+
+        walk((), 0, 0.0)
+        return best
+
 
 PREFIXES = {
     "byte_level_bpe": [b"", b"T", b"The", b"the qu", b"and th", b" ", b"Der Ha", b"\xc3", b"caf\xc3", b"a,  b", b"a\n\n\n\nL",
@@ -235,9 +256,16 @@ def test_generate_heal_and_errors(tiny_byte_lms):
     assert greedy == blm.generate("The", max_new_bytes=16, temperature=0, as_bytes=True)
     stop = greedy[3:6]
     assert blm.generate("The", max_new_bytes=40, temperature=0, stop=[stop], as_bytes=True) == greedy[: greedy.index(stop)]
-    healed = blm.heal("The qu")
-    # the healed bytes finish a token: prompt + healed is spelled by a valid sequence ending there
-    assert blm.canonical.is_valid(blm.vocab.decompose(b"The qu" + healed)) or healed == b""
+    # greedy healing finishes the most likely cover of the prompt (brute force): the token that
+    # runs past the prompt's end or starts right at it
+    brute = BruteForce(blm)
+    finished = 0
+    for prompt in [b"The qu", b"and th", b"Der Ha", b"the"]:
+        healed = blm.heal(prompt)
+        assert healed == brute.best_cover(prompt)[1], prompt
+        assert blm.canonical.is_valid(blm.vocab.decompose(prompt + healed))
+        finished += bool(healed) and not blm.vocab.surface[blm.vocab.decompose(prompt + healed)[-1]] == healed
+    assert finished  # some prompt ends inside its most likely token
     with pytest.raises(TokenSurgeryError, match="fill-in-the-middle"):
         blm.fill_in_middle("def f(", "):")
     with pytest.raises(TokenSurgeryError, match="str or bytes"):
@@ -349,7 +377,8 @@ def test_real_model_identity_greedy_and_stream(real_byte_lms, name):
         ids = torch.tensor([[blm.start, *blm.vocab.encode(prompt)]])
         ref = blm.lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
                                     pad_token_id=blm.eos)
-        assert blm.vocab.decode_bytes(ref[0, ids.shape[1]:].tolist()).startswith(ours), prompt
+        expected = blm.vocab.decode_bytes(ref[0, ids.shape[1]:].tolist())
+        assert expected.startswith(ours) and len(ours) == min(24, len(expected)), (prompt, ours, expected)
 
     data = "Hello wor".encode()
     stream = blm.stream(b"")
