@@ -25,6 +25,15 @@ def _prompt_bytes(text: str, escapes: bool) -> bytes:
         raise TokenSurgeryError(f"bad escape sequence in {text!r}: {e}") from None
 
 
+def _joined(prompt: bytes, new: bytes) -> str:
+    """Prompt and continuation as text, the new part in bold; a character the prompt ends
+    inside is decoded whole, with the new part."""
+    from .exact.canonical import unfinished_character
+
+    head = prompt[: len(prompt) - len(unfinished_character(prompt))]
+    return head.decode("utf-8", "replace") + click.style((prompt[len(head):] + new).decode("utf-8", "replace"), bold=True)
+
+
 def _byte_lms(specs: tuple[str, ...], dtype: str, device: str):
     from tokensurgery.progress import status
 
@@ -112,7 +121,7 @@ def bytes_generate(model, prompt, max_new_bytes, temperature, top_k, top_p, stop
     data = _prompt_bytes(prompt, escapes)
     out = lm.generate(data, max_new_bytes=max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
                       stop=stops, seed=seed, as_bytes=True)
-    click.echo(data.decode("utf-8", "replace") + click.style(out.decode("utf-8", "replace"), bold=True))
+    click.echo(_joined(data, out))
 
 
 @bytes_group.command("next")
@@ -245,7 +254,7 @@ def byte_model_generate(model: Path, prompt: str, max_new_bytes: int, temperatur
     net = load_byte_model(model).eval()
     data = _prompt_bytes(prompt, escapes)
     out = net.generate(data, max_new_bytes=max_new_bytes, temperature=temperature, seed=seed)
-    click.echo(data.decode("utf-8", "replace") + out.decode("utf-8", "replace"))
+    click.echo(_joined(data, out))
 
 
 @byte_model_group.command("eval")
