@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from tokensurgery.corpus import Corpus
 from tokensurgery.errors import TokenSurgeryError
-from tokensurgery.training import LoopConfig, TrainLoop, TrainResult, cosine_lr
+from tokensurgery.training import LoopConfig, TrainLoop, TrainResult
 from tokensurgery.vocabulary import TokenKind
 
 from .model import Hypernet, hypernet_for
@@ -139,9 +139,6 @@ class Trainer:
     @property
     def total_steps(self) -> int:
         return self.config.warmup_steps + self.config.steps
-
-    def lr_at(self, step: int) -> float:
-        return cosine_lr(step, self.total_steps, self.config.lr, self.config.lr_warmup)
 
     # ---- losses -------------------------------------------------------------------------
 

@@ -65,14 +65,16 @@ class Canonical:
             self.continuable[i] = vocab.decompose(vocab.surface[i]) == [i]
         self._invalid = lru_cache(maxsize=4096)(self._compute_invalid)
         # regex pre-tokenizers look ahead at whitespace: `\\s+(?!\\S)` splits "\\n\\n\\n\\nL" as
-        # "\\n\\n\\n" + "\\n" + "L", so a step ending in whitespace is judged with a letter after it
-        # too, and a whitespace run is judged as a whole
+        # "\\n\\n\\n" + "\\n" + "L", so a step ending in whitespace is judged with the next
+        # characters `probes` after it too, and a whitespace run is judged as a whole
         self._lookahead = vocab.family.startswith("byte_level") or vocab.family == "tiktoken"
         self.probes = _distinct_probes(vocab) if self._lookahead else ()
         # tokens after which a text can end inside a character: those ending in an unfinished
         # one, and pieces made only of continuation bytes (they may finish or extend one)
         self._may_end_inside = np.array([bool(unfinished_character(s)) or (bool(s) and all(0x80 <= c < 0xC0 for c in s))
                                          for s in vocab.surface])
+        # tokens that can go on a whitespace run: whitespace, or the rest / start of a whitespace character
+        self._may_be_space = np.array([bool(s) and (_whitespace_so_far(s) or 0x80 <= s[0] < 0xC0) for s in vocab.surface])
         self._batchable = False
         if vocab._hf is not None and vocab.family.startswith("byte_level"):
             import re
@@ -88,7 +90,7 @@ class Canonical:
         """The context that decides what may follow `prev + (token,)`: the token, or the
         whole byte-fallback character / whitespace run it continues."""
         surface = self.vocab.surface
-        if self._lookahead and prev and len(prev) < 16 and \
+        if self._lookahead and prev and len(prev) < 16 and self._may_be_space[token] and \
                 _whitespace_so_far(b"".join(surface[t] for t in prev) + surface[token]):
             return prev + (token,)  # a regex reads a whitespace run (NBSP split over tokens too) as one piece
         if self.is_fallback[token] and prev and self.is_fallback[prev[-1]]:
