@@ -36,7 +36,7 @@ from .progress import bar, status
 from .vocab_map import VocabMap
 
 NEEDS_DONOR_EMBEDDINGS = ("omp", "knn")
-METHODS = BUILTIN_METHODS  # plus plugin methods: `plugins.transplant_transplant_methods()`
+METHODS = BUILTIN_METHODS  # plus plugin methods: `plugins.transplant_methods()`
 
 
 @dataclass
