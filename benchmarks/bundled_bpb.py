@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tokensurgery.assets import corpus_path
+from tokensurgery.assets import text_paths
 from tokensurgery.inputs import open_model
 from tokensurgery.evaluate import load_causal_lm, score_files
 
@@ -37,7 +37,7 @@ def main() -> None:
     for alias in MODELS:
         start = time.perf_counter()
         model, tok = load_causal_lm(open_model(alias))
-        scores = score_files(model, tok, [corpus_path(lang) for lang in langs], window=args.window, stride=args.stride,
+        scores = score_files(model, tok, [p for lang in langs for p in text_paths(lang)], window=args.window, stride=args.stride,
                              max_bytes=args.max_bytes)
         results[alias] = {lang: {"bits_per_byte": s.bits_per_byte, "tokens_per_byte": s.tokens_per_byte, "bytes": s.n_bytes}
                           for lang, s in zip(langs + ["overall"], scores)}

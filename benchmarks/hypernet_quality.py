@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from tokensurgery import Vocabulary, VocabMap
-from tokensurgery.assets import corpus_path, corpus_text
+from tokensurgery.assets import corpus_text, text_paths
 from tokensurgery.inputs import open_model, open_vocabulary, vocabulary_of_folder
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.evaluate import load_causal_lm, load_model, score_files
@@ -87,7 +87,7 @@ def main() -> None:
     args = ap.parse_args()
     command = "python " + " ".join(sys.argv)
     print(f"command: {command}", flush=True)
-    files = [corpus_path(lang) for lang in args.langs.split(",")]
+    files = [p for lang in args.langs.split(",") for p in text_paths(lang)]
     base_dir = open_model(BASE)
     base_vocab = vocabulary_of_folder(base_dir, name=BASE)
     base_emb = load_embeddings(base_dir)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
-import torch
 
-from tokensurgery.assets import corpus_path
+from run_record import run_record  # this script's folder is on sys.path
+from tokensurgery.assets import text_paths
 from tokensurgery.inputs import vocabulary_of_folder
 from tokensurgery.checkpoint import check_embeddings_cover, load_embeddings
 from tokensurgery.evaluate import load_causal_lm, load_model, score_files
@@ -67,13 +66,15 @@ def main() -> None:
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="`;`-separated variants")
     ap.add_argument("--langs", default="en,de,fr,py")
     ap.add_argument("--max-bytes", type=int, default=6000)
+    ap.add_argument("--suffix", default="", help="added to the result files' stem, e.g. _multilingual")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "results")
     args = ap.parse_args()
-    command = "python " + " ".join(sys.argv)
+    record = run_record()
+    command = record["command"]
     print(f"command: {command}", flush=True)
     base, donor = PAIRS[args.pair]
     langs = args.langs.split(",")
-    files = [corpus_path(lang) for lang in langs]
+    files = [p for lang in langs for p in text_paths(lang)]
     base_dir, donor_, vm = prepare(base, donor)
     base_emb = load_embeddings(base_dir)
     check_embeddings_cover(base_emb, len(vm.source), base)
@@ -115,10 +116,10 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command, "pair": args.pair, "base": base, "donor": donor, "langs": langs,
-            "max_bytes": args.max_bytes, "threads": torch.get_num_threads(), "torch": torch.__version__}
-    (args.out / f"transplant_{args.pair}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (args.out / f"transplant_{args.pair}.md").write_text(f"Command: `{command}`\n\n{table}\n")
+    meta = {**record, "pair": args.pair, "base": base, "donor": donor, "langs": langs, "max_bytes": args.max_bytes}
+    stem = f"transplant_{args.pair}{args.suffix}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, ensure_ascii=False) + "\n")
+    (args.out / f"{stem}.md").write_text(f"Command: `{command}` (commit {record['commit']})\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from tokensurgery.assets import corpus_path
+from tokensurgery.assets import text_paths
 from tokensurgery.inputs import open_model
 from tokensurgery.evaluate import load_causal_lm, score_files
 from transplant_quality import PAIRS  # the same two pairs (this script's folder is on sys.path)
@@ -110,7 +110,7 @@ def main() -> None:
     print(f"command: {command}", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     exe = mergekit_venv(args.work)
-    files = [corpus_path(lang) for lang in args.langs.split(",")]
+    files = [p for lang in args.langs.split(",") for p in text_paths(lang)]
     ours_exe = str(Path(sys.executable).with_name("tokensurgery"))
     results = {}
     for pair in args.pairs.split(","):

