@@ -45,14 +45,16 @@ class OMPResult:
 
 def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int = 1024,
         dtype: torch.dtype = torch.float32, progress: bool = False, candidates: int | None = None,
-        ridge: float = 0.0, normalize: bool = False, max_block_bytes: int = 2**30) -> OMPResult:
+        ridge: float = 0.0, normalize: bool = False, max_block_bytes: int = 2**30,
+        exclude: torch.Tensor | None = None) -> OMPResult:
     """Batched OMP of `targets` (B, d) over the rows of `dictionary` (n, d), k atoms each.
 
     Work is done in blocks of `block_size` targets (memory ~ block_size * n floats for the
     correlations, plus block_size * M * (M + d) with screening); `dtype` float64 gives
     bit-for-bit stable supports on hard cases. See the module docstring for `candidates`; with
     screening, blocks shrink so that one block's candidate atoms and Gram matrices stay under
-    `max_block_bytes`."""
+    `max_block_bytes`. `exclude` (B,) names one atom per target that it may not use (-1:
+    none): leave-one-out fits of atoms against the rest of the dictionary."""
     n, d = dictionary.shape
     if targets.ndim != 2 or targets.shape[1] != d:
         raise ValueError(f"targets must be (B, {d}), got {tuple(targets.shape)}")
@@ -62,6 +64,8 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
         raise ValueError(f"candidates ({candidates}) must be at least k ({k})")
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
+    if exclude is not None and exclude.shape != (targets.shape[0],):
+        raise ValueError(f"exclude must be ({targets.shape[0]},), got {tuple(exclude.shape)}")
     D = dictionary.to(dtype)
     norms2 = (D * D).sum(1)
     screened = candidates is not None and candidates < n
@@ -79,10 +83,11 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
         blocks = tqdm(blocks, desc="OMP", unit="block", total=len(blocks))
     for start in blocks:
         X = targets[start : start + block_size].to(device=D.device, dtype=dtype)
+        ex = None if exclude is None else exclude[start : start + block_size].to(D.device)
         if screened:
-            idx, coef, n_sel = _omp_screened_block(D, D_screen, norms2, X, k, candidates, ridge, normalize)
+            idx, coef, n_sel = _omp_screened_block(D, D_screen, norms2, X, k, candidates, ridge, normalize, ex)
         else:
-            idx, coef, n_sel = _omp_block(D, norms2, X, k, ridge, normalize)
+            idx, coef, n_sel = _omp_block(D, norms2, X, k, ridge, normalize, ex)
         recon = torch.einsum("bk,bkd->bd", coef, D[idx])
         eps = torch.finfo(dtype).eps
         out_res.append((X - recon).norm(dim=1) / X.norm(dim=1).clamp(min=eps))
@@ -131,13 +136,24 @@ class _Factor:
         return rows
 
 
-def _omp_block(D: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, ridge: float, normalize: bool):
+def _excluded(exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rows, atoms) of the targets that exclude an atom, or None."""
+    if exclude is None:
+        return None
+    rows = (exclude >= 0).nonzero().squeeze(1)
+    return (rows, exclude[rows]) if len(rows) else None
+
+
+def _omp_block(D: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, ridge: float, normalize: bool,
+               exclude: torch.Tensor | None = None):
     B = X.shape[0]
     idx = torch.zeros(B, k, dtype=torch.long, device=D.device)
     f = _Factor(B, k, D)
     scale = norms2.clamp(min=f.eps).rsqrt() if normalize else None
     residual = X.clone()
     taken = torch.zeros(B, D.shape[0], dtype=torch.bool, device=D.device)
+    if (ex := _excluded(exclude)) is not None:
+        taken[ex] = True
     for t in range(k):
         corr = (residual @ D.T).abs_()
         if scale is not None:
@@ -156,12 +172,14 @@ def _omp_block(D: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, r
 
 
 def _omp_screened_block(D: torch.Tensor, D_screen: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, M: int,
-                        ridge: float, normalize: bool):
+                        ridge: float, normalize: bool, exclude: torch.Tensor | None = None):
     B = X.shape[0]
     corr0 = X.to(D_screen.dtype) @ D_screen.T  # (B, n), only used to rank atoms
     score = corr0.abs_()
     if normalize:
         score *= norms2.clamp(min=torch.finfo(D.dtype).eps).rsqrt().to(score.dtype)
+    if (ex := _excluded(exclude)) is not None:
+        score[ex] = -1.0  # never among the candidates
     cand = score.topk(M, dim=1).indices  # (B, M) global atom ids
     del score, corr0
     Dc = D[cand]  # (B, M, d)

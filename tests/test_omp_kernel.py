@@ -131,3 +131,27 @@ def test_normalized_selection_equals_omp_on_unit_atoms(candidates):
     ours = dense(got, 150)
     assert ((ours != 0) == (ref != 0)).all()
     np.testing.assert_allclose(ours, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("candidates", [None, 40])
+def test_exclude_equals_omp_without_that_atom(candidates):
+    """Leave-one-out: excluding atom e for a target gives the coefficients scikit-learn finds
+    over the dictionary with row e deleted (targets are near their own atom, so a fit that
+    ignored `exclude` would pick it first and fail this)."""
+    rng = np.random.default_rng(3)
+    D = rng.standard_normal((200, 32))
+    exclude = np.array([5, 17, -1, 120, 199, 0])
+    X = D[np.maximum(exclude, 0)] * 3 + 0.1 * rng.standard_normal((6, 32))
+    k = 6
+    got = omp(torch.from_numpy(D), torch.from_numpy(X), k, dtype=torch.float64, candidates=candidates,
+              exclude=torch.from_numpy(exclude))
+    ours = dense(got, 200)
+    for b, e in enumerate(exclude):
+        keep = np.arange(200) if e < 0 else np.delete(np.arange(200), e)
+        if candidates is not None:  # the screened kernel's candidates, from the kept atoms
+            keep = keep[np.argsort(-np.abs(D[keep] @ X[b]), kind="stable")[:candidates]]
+        ref = np.zeros(200)
+        ref[keep] = sklearn_reference(D[keep], X[b : b + 1], k)[0]
+        if e >= 0:
+            assert ours[b, e] == 0
+        np.testing.assert_allclose(ours[b], ref, atol=1e-9)
