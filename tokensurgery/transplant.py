@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .blend import blend, fit_weights, sample_shared
 from .checkpoint import Embeddings, NewEmbeddings, check_embeddings_cover, load_embeddings, write_patched_checkpoint
 from .errors import TokenSurgeryError
 from .inputs import TokenizerInput, open_model, open_tokenizer, vocabulary_of_folder
@@ -49,6 +50,7 @@ class TransplantOptions:
     ridge: float = 0.1  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
     fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
+    blend: bool = True  # OMP: mix each new row with its FVT row, weight per token class fit by leave-one-out (blend.py)
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
     block_size: int = 1024
@@ -85,6 +87,7 @@ class TransplantResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     capped: int = 0  # computed rows scaled down to BASE's largest row norm
+    blend_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # matrix -> class -> OMP weight
 
     def summary(self) -> dict:
         vm = self.vocab_map
@@ -166,6 +169,21 @@ def _solve(donor: torch.Tensor, filled: list[int], plan: dict, opts: TransplantO
     return _Solution(res.indices.cpu(), res.coefs.float().cpu(), res.residual_norm.float().cpu())
 
 
+def _loo_solver(donor: torch.Tensor, plan: dict, opts: TransplantOptions):
+    """rows(ids) -> OMP weights for shared donor ids, each solved without its own atom."""
+    position = {t: i for i, t in enumerate(plan["dict_donor"])}
+    D = donor[torch.tensor(plan["dict_donor"])].float()
+
+    def solve(ids: list[int]) -> _Solution:
+        dt = getattr(torch, opts.dtype)
+        ridge = opts.ridge * (D * D).sum(1).mean().item()
+        res = omp(D.to(opts.device, dt), donor[torch.tensor(ids)].to(dt), opts.k, block_size=opts.block_size, dtype=dt,
+                  candidates=opts.candidates, ridge=ridge, normalize=opts.normalize,
+                  exclude=torch.tensor([position[t] for t in ids]))
+        return _Solution(res.indices.cpu(), res.coefs.float().cpu(), None)
+    return solve
+
+
 def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: list[int], opts: TransplantOptions,
           plan: dict, progress: bool) -> tuple[torch.Tensor, int]:
     """Rows for the `filled` donor ids in BASE's space (and how many fell back to FVT)."""
@@ -219,6 +237,7 @@ class Transplanted:
     fvt_fallbacks: int
     capped: int = 0  # input rows scaled down to BASE's largest row norm
     options: TransplantOptions | None = None  # as used ("auto" candidates resolved)
+    blend_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # matrix -> class -> OMP weight
 
 
 def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: VocabMap, opts: TransplantOptions,
@@ -252,7 +271,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
     predicted = plugin.rows(base_emb, vm, filled, opts, progress) if plugin else None
     if predicted and base_emb.tied and "output" in predicted:  # e.g. a hypernetwork's output head unties BASE
         spaces["output"] = (base_emb.input, None)
-    matrices, errors, n_fvt, n_capped = {}, None, 0, 0
+    matrices, errors, n_fvt, n_capped, weights = {}, None, 0, 0, {}
     for name, (base_matrix, donor_matrix) in spaces.items():
         M = torch.empty(n_rows, base_matrix.shape[1], dtype=torch.float32)
         if copied:
@@ -267,6 +286,18 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
                         solutions[key] = _solve(donor_matrix, filled, plan, opts, progress)
                 solution = solutions[key]
             rows, nf = (predicted[name], 0) if predicted else _fill(base_matrix, solution, vm, filled, opts, plan, progress)
+            if opts.method == "omp" and opts.blend and vm.new_text:
+                atoms = base_matrix.float()[torch.tensor(plan["dict_base"])]
+                solve = _loo_solver(donor_matrix, plan, opts)
+
+                def loo_rows(ids, solve=solve, atoms=atoms):
+                    sol = solve(ids)
+                    return torch.einsum("bk,bkd->bd", sol.weights, atoms[sol.indices])
+                with status(f"blend: fitting OMP/FVT weights per token class ({name})", progress):
+                    weights[name] = fit_weights(base_matrix, vm, loo_rows, sample_shared(vm))
+                base_f = base_matrix.float()
+                mean = base_f[sorted(set(vm.shared.values()))].mean(0)
+                rows = blend(rows, _fvt_rows(vm, filled, base_f, mean, False), filled, vm, weights[name])
             # guard: no computed row may be longer than the longest row BASE itself has
             limit = base_matrix.float().norm(dim=1).max()
             norms = rows.norm(dim=1)
@@ -278,7 +309,8 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
         if not torch.isfinite(M).all():
             raise TokenSurgeryError(f"the {opts.method} {name} rows are not finite; try --dtype float64 or a larger --ridge")
         matrices[name] = M
-    return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt, n_capped, opts)
+    return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt, n_capped, opts,
+                        weights)
 
 
 def load_donor_embeddings(donor_: TokenizerInput, spec: str, vm: VocabMap, method: str) -> Embeddings | None:
@@ -314,7 +346,7 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
             donor_.temporary.append(tokenizer_src)
         result = TransplantResult(str(base), str(donor), Path(out), vm, new.options, new.embeddings.input.shape[0],
                                   new.filled, new.errors, new.fvt_fallbacks, time.perf_counter() - start,
-                                  [bos_note] if bos_note else [], capped=new.capped)
+                                  [bos_note] if bos_note else [], capped=new.capped, blend_weights=new.blend_weights)
         with status(f"writing {out}", progress):
             write_patched_checkpoint(base_dir, out, new.embeddings, tokenizer_src, special_ids,
                                      transplant_card(result), force=force,
@@ -335,6 +367,8 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
     if o.method == "omp":
         params.update({"candidates (screening)": o.candidates or "all (exact)", "ridge": o.ridge, "normalize": o.normalize,
                        "solve dtype": o.dtype})
+        for name, w in result.blend_weights.items():
+            params[f"OMP weight per token class, {name} (rest FVT)"] = ", ".join(f"{c} {a:.2f}" for c, a in w.items())
         if o.fvt_above is not None:
             params["FVT above rel. error"] = f"{o.fvt_above} ({result.fvt_fallbacks:,} tokens)"
     params["rows capped to BASE's largest norm"] = f"{result.capped:,}"

@@ -12,7 +12,7 @@ from . import options
 
 
 @click.command(cls=options.grouped(
-    Method=["method", "k", "candidates", "ridge", "normalize", "fvt_above", "hypernet"],
+    Method=["method", "k", "candidates", "ridge", "normalize", "fvt_above", "blend", "hypernet"],
     Compute=["solve_dtype", "device", "block_size"],
     Output_and_evaluation=["force", "texts", "langs", "max_bytes", "report"]))
 @click.argument("base")
@@ -33,6 +33,9 @@ from . import options
 @click.option("--fvt-above", default="off", show_default=True,
               help="OMP: text tokens whose donor-space reconstruction error exceeds this get FVT instead; "
                    "'off' keeps OMP everywhere.")
+@click.option("--blend/--no-blend", default=True, show_default=True,
+              help="OMP: mix each new token's row with its FVT row, one weight per token class (fragments, words, "
+                   "pieces, digits, ...) fit by leave-one-out on shared tokens; fragments get FVT.")
 @click.option("--hypernet", type=click.Path(path_type=Path),
               help="A hypernetwork trained for BASE (`tokensurgery hypernet train`); used by --method hypernet.")
 @click.option("--solve-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
@@ -43,7 +46,7 @@ from . import options
 @options.texts(default_max_bytes=8000)
 @click.option("--report", type=click.Path(path_type=Path), help="Write a PNG: reconstruction errors and bits per byte.")
 def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates: str, ridge: float, normalize: bool,
-               fvt_above: str, hypernet: Path | None, solve_dtype: str, device: str, block_size: int, force: bool,
+               fvt_above: str, blend: bool, hypernet: Path | None, solve_dtype: str, device: str, block_size: int, force: bool,
                texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int, report: Path | None) -> None:
     """Give BASE the tokenizer of DONOR, without training; write the result to OUT.
 
@@ -65,7 +68,7 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
     if hypernet and method != "hypernet":
         raise TokenSurgeryError(f"--hypernet is used by --method hypernet, not --method {method}")
     opts = TransplantOptions(method=method, k=k, candidates=n_candidates, ridge=ridge,
-                             normalize=normalize, fvt_above=fvt_limit, dtype=solve_dtype, device=device,
+                             normalize=normalize, fvt_above=fvt_limit, blend=blend, dtype=solve_dtype, device=device,
                              block_size=block_size, hypernet=str(hypernet) if hypernet else None)
     files = options.text_files(texts, langs)
     result = run(base, donor, out, opts, force=force)
@@ -75,6 +78,8 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
     if "rel_error_mean" in s:
         click.echo(f"reconstruction error in the donor space: mean {s['rel_error_mean']}, "
                    f"p10/p50/p90 {s['rel_error_p10_p50_p90']}")
+    for name, w in result.blend_weights.items():
+        click.echo(f"OMP weight per token class ({name}; the rest is FVT): " + ", ".join(f"{c} {a:.2f}" for c, a in w.items()))
     for note in result.notes:
         click.echo(f"note: {note}")
     scores = evaluate_transplant(result, files, max_bytes=max_bytes) if files else None

@@ -1,0 +1,89 @@
+"""The per-class OMP/FVT blend: token classes, leave-one-out pieces, the least-squares weight,
+and the transplant's blended rows against separately computed OMP and FVT transplants."""
+
+import pytest
+import torch
+
+from tokensurgery.blend import CLASSES, fit_weights, split_pieces, token_class
+from tokensurgery.checkpoint import load_embeddings
+from tokensurgery.transplant import TransplantOptions, transplant
+from tokensurgery.vocabulary import Vocabulary
+
+
+@pytest.mark.parametrize("surface,cls", [(b" hello", "ascii-word"), (b"ing", "ascii-piece"), (b" \xd0\xbc\xd0\xb8\xd1\x80", "word"),
+                                         (b"\xe0\xa4\x95\xe0\xa5\x87", "piece"), (b"\xe0\xa4", "fragment"), (b" \xd0", "fragment"),
+                                         (b"\n\n  ", "whitespace"), (b" 2024", "digits"), (b"()", "other"), (b" don't", "other")])
+def test_token_class(surface, cls):
+    assert token_class(surface) == cls and cls in CLASSES
+
+
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
+def test_split_pieces_is_the_fewest_pieces_over_all_two_part_splits(tiny_tokenizers, family):
+    vocab = Vocabulary.from_hf_tokenizer(tiny_tokenizers[family])
+    checked = 0
+    for t in range(len(vocab)):
+        data = vocab.surface[t]
+        if len(data) < 3 or t in vocab.special_ids:
+            continue
+        got = split_pieces(vocab, data)
+        best = min(len(vocab.decompose(data[:i]) + vocab.decompose(data[i:])) for i in range(1, len(data)))
+        assert len(got) == best and len(got) >= 2 and vocab.decode_bytes(got) == data and t not in got
+        checked += 1
+    assert checked > 100
+
+
+class _FakeVocab:
+    def __init__(self, surfaces):
+        self.surface = surfaces
+
+    def decompose(self, data):  # one piece per byte: byte b is id b
+        return list(data)
+
+
+class _FakeMap:
+    def __init__(self, source, target, shared):
+        self.source, self.target, self.shared = source, target, shared
+
+
+def test_fit_weights_recovers_a_known_mixture():
+    """BASE rows built as exactly 0.3 * method + 0.7 * FVT for ascii words: alpha = 0.3;
+    a class with too few shared tokens gets 0; the weight is clipped to [0, 1]."""
+    torch.manual_seed(0)
+    d = 16
+    base = torch.randn(400, d)  # ids 0..255: bytes; 256+: whole tokens
+    words = [bytes([32]) + bytes(97 + (i * 7 + j) % 26 for j in range(3)) for i in range(40)]
+    pieces = [b"xy" + bytes([97 + i % 26]) for i in range(40)]
+    target_surfaces = words + pieces + [b"\xe0\xa4"]
+    shared = {t: 256 + t for t in range(80)}
+    method = torch.randn(80, d)
+    for t, s in enumerate(target_surfaces[:80]):
+        fvt = base[list(s)].mean(0)
+        mix = 0.3 if t < 40 else 1.7  # pieces: alpha would be 1.7, clipped to 1
+        base[256 + t] = mix * method[t] + (1 - mix) * fvt
+    vm = _FakeMap(_FakeVocab(None), _FakeVocab(target_surfaces), shared)
+    weights = fit_weights(base, vm, lambda ids: method[torch.tensor(ids)], {"ascii-word": list(range(40)),
+                          "ascii-piece": list(range(40, 80)), "fragment": [80] * 0, "word": list(range(40))[:5]})
+    assert weights["ascii-word"] == pytest.approx(0.3, abs=1e-4)
+    assert weights["ascii-piece"] == 1.0
+    assert weights["fragment"] == 0.0 and weights["word"] == 0.0  # none / 5 < MIN_SHARED
+
+
+def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs, tmp_path):
+    base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
+    runs = {name: transplant(str(base), str(donor), tmp_path / name, TransplantOptions(k=4, **o), progress=False)
+            for name, o in {"blend": {}, "omp": {"blend": False}, "fvt": {"method": "fvt"}}.items()}
+    weights = runs["blend"].blend_weights["input"]
+    assert set(weights) == set(CLASSES) and any(0 < a < 1 for a in weights.values())
+    rows = {n: load_embeddings(tmp_path / n).input.float() for n in runs}
+    vm = runs["blend"].vocab_map
+    checked = 0
+    for t in vm.new_text:
+        a = weights[token_class(vm.target.surface[t])]
+        want = a * rows["omp"][t] + (1 - a) * rows["fvt"][t]
+        limit = load_embeddings(base).input.float().norm(dim=1).max()
+        want = want * min(1.0, float(limit / want.norm()))  # the norm cap applies after the blend
+        torch.testing.assert_close(rows["blend"][t], want, atol=1e-5, rtol=1e-5)
+        checked += 1
+    assert checked > 10
+    for t in vm.shared:  # copied rows untouched
+        assert torch.equal(rows["blend"][t], rows["omp"][t])

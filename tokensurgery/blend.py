@@ -1,0 +1,96 @@
+"""Blend OMP (or k-NN) rows with FVT rows per token class, with weights fit by leave-one-out.
+
+OMP and FVT fail on different tokens. OMP copies the donor's view of a token, which is good
+for frequent words and poor where the donor's own embedding is poor (UTF-8 fragments and
+scripts the donor hardly saw: OMP rows for SmolLM2's `b'\\xe0\\xa4'` put Gemma-3 at 32 bits
+per byte on Hindi); FVT builds the row from BASE's own pieces. Every new token therefore
+gets `alpha * omp_row + (1 - alpha) * fvt_row`, one `alpha` per class of token (`CLASSES`),
+chosen where the truth is known: on shared tokens of the class, each estimated without
+itself (OMP over the dictionary minus the token, through the kernel's `exclude`; FVT over
+the fewest pieces BASE splits its bytes into once the token itself is gone), `alpha` is the
+least-squares weight that brings the blend closest to BASE's real rows, clipped to [0, 1].
+A class with fewer than `MIN_SHARED` shared tokens to learn from gets `alpha = 0`: OMP
+has to earn its place. Not handled: classes are by surface form only (no frequency).
+"""
+
+from __future__ import annotations
+
+import regex
+import torch
+
+from .vocab_map import VocabMap
+from .vocabulary import Vocabulary
+
+CLASSES = ("fragment", "whitespace", "digits", "ascii-word", "ascii-piece", "word", "piece", "other")
+MIN_SHARED = 32  # shared tokens a class needs before its weight is fit
+SAMPLE = 256  # shared tokens per class used for the fit (spread evenly over the class)
+_LETTERS = regex.compile(r"^[\p{L}\p{M}]+$")
+
+
+def token_class(surface: bytes) -> str:
+    """The class of a token by its bytes: `fragment` (not whole UTF-8 characters),
+    `whitespace`, `digits` (has a digit), `ascii-word`/`word` (leading space, then letters
+    only; ASCII or not), `ascii-piece`/`piece` (letters only, no leading space), `other`."""
+    try:
+        text = surface.decode("utf-8")
+    except UnicodeDecodeError:
+        return "fragment"
+    if not text or text.isspace():
+        return "whitespace"
+    if any(c.isdigit() for c in text):
+        return "digits"
+    word = text[1:] if text.startswith(" ") else text
+    if not _LETTERS.match(word):
+        return "other"
+    kind = "word" if text.startswith(" ") else "piece"
+    return f"ascii-{kind}" if word.isascii() else kind
+
+
+def split_pieces(vocab: Vocabulary, data: bytes) -> list[int] | None:
+    """BASE's ids for `data` when the token spelling it is gone: the split of `data` into
+    two parts, each decomposed by BASE, with the fewest pieces (None for one byte)."""
+    best = None
+    for i in range(1, len(data)):
+        pieces = vocab.decompose(data[:i]) + vocab.decompose(data[i:])
+        if pieces and (best is None or len(pieces) < len(best)):
+            best = pieces
+    return best
+
+
+def sample_shared(vm: VocabMap) -> dict[str, list[int]]:
+    """Up to SAMPLE shared donor ids per class (evenly spread over the class, by id)."""
+    by_class: dict[str, list[int]] = {c: [] for c in CLASSES}
+    for t in sorted(vm.shared):
+        if len(vm.target.surface[t]) > 1:  # a single byte has no pieces to fall back to
+            by_class[token_class(vm.target.surface[t])].append(t)
+    return {c: ids[:: max(1, len(ids) // SAMPLE)][:SAMPLE] for c, ids in by_class.items()}
+
+
+def fit_weights(base: torch.Tensor, vm: VocabMap, loo_rows, sample: dict[str, list[int]]) -> dict[str, float]:
+    """`alpha` per class: least-squares weight of the method's leave-one-out rows against
+    FVT's (`loo_rows(ids)` gives the method's rows for shared donor ids, each fit without
+    itself) on the sampled shared tokens; 0 where a class has too few samples."""
+    base = base.float()
+    weights = {}
+    for c in CLASSES:
+        pairs = [(t, p) for t in sample.get(c, []) if (p := split_pieces(vm.source, vm.target.surface[t]))]
+        if len(pairs) < MIN_SHARED:
+            weights[c] = 0.0
+            continue
+        ids = [t for t, _ in pairs]
+        truth = base[torch.tensor([vm.shared[t] for t in ids])]
+        fvt = torch.stack([base[torch.tensor(p)].mean(0) for _, p in pairs])
+        method = loo_rows(ids).float()
+        d = method - fvt
+        alpha = ((truth - fvt) * d).sum() / (d * d).sum().clamp(min=1e-12)
+        weights[c] = round(float(alpha.clamp(0.0, 1.0)), 4)
+    return weights
+
+
+def blend(method_rows: torch.Tensor, fvt_rows: torch.Tensor, ids: list[int], vm: VocabMap,
+          weights: dict[str, float]) -> torch.Tensor:
+    """`alpha * method + (1 - alpha) * fvt` per row, alpha by the class of donor id ids[r];
+    rows that are not text tokens (specials, placeholders) keep the method's row."""
+    text = set(vm.new_text)
+    alpha = torch.tensor([weights[token_class(vm.target.surface[t])] if t in text else 1.0 for t in ids])
+    return alpha[:, None] * method_rows + (1 - alpha[:, None]) * fvt_rows
