@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
+from run_record import run_record  # this script's folder is on sys.path
 from tokensurgery.assets import text_paths
 from tokensurgery.inputs import open_model
 from tokensurgery.evaluate import load_causal_lm, score_files
@@ -102,11 +102,15 @@ def main() -> None:
     ap.add_argument("--mergekit-limit-s", type=float, default=None,
                     help="stop mergekit after this many seconds (heavy pair) and extrapolate its total")
     ap.add_argument("--ours", default="", help="extra options for `tokensurgery transplant`, e.g. '--candidates 256'")
+    ap.add_argument("--ours-fvt", action="store_true", help="also run `tokensurgery transplant --method fvt`")
+    ap.add_argument("--mergekit-subword", action="store_true",
+                    help="also run mergekit's `-a subword` (its FVT) and score it (light pair: it is fast)")
     ap.add_argument("--work", type=Path, default=ROOT / ".bench")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--name", default="vs_mergekit", help="stem of the result files")
     args = ap.parse_args()
-    command = "python " + " ".join(sys.argv)
+    record = run_record()
+    command = record["command"]
     print(f"command: {command}", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     exe = mergekit_venv(args.work)
@@ -148,6 +152,19 @@ def main() -> None:
             # mergekit's rows with tokensurgery's tokenizer (BOS configured where BASE needs it):
             # separates the embedding method from the tokenizer set-up
             r["bpb"]["mergekit omp, tokensurgery's tokenizer"] = score(mk_out, files, args.max_bytes, tokenizer_from=ours_out)
+        if args.ours_fvt:
+            fvt_out = args.work / f"{pair}-tokensurgery-fvt"
+            r["tokensurgery fvt"] = timed([ours_exe, "transplant", str(base), str(donor), str(fvt_out), "--force",
+                                           "--method", "fvt"], args.work / f"{pair}-tokensurgery-fvt.log")
+            r["bpb"]["tokensurgery fvt"] = score(fvt_out, files, args.max_bytes)
+        if args.mergekit_subword:
+            sub_out = args.work / f"{pair}-mergekit-subword"
+            shutil.rmtree(sub_out, ignore_errors=True)
+            r["mergekit subword"] = timed([str(exe), str(base), str(donor), str(sub_out), "-a", "subword"],
+                                          args.work / f"{pair}-mergekit-subword.log", env=env)
+            r["bpb"]["mergekit subword (FVT)"] = score(sub_out, files, args.max_bytes)
+            r["bpb"]["mergekit subword, tokensurgery's tokenizer"] = score(sub_out, files, args.max_bytes,
+                                                                           tokenizer_from=ours_out)
         results[pair] = r
         print(json.dumps(r, indent=1), flush=True)
     lines = []
@@ -159,7 +176,9 @@ def main() -> None:
                   "| tool | wall seconds | peak RSS GiB |", "|---|---|---|",
                   f"| tokensurgery | {r['tokensurgery']['seconds']:.0f} | {r['tokensurgery']['peak_rss_gib'] or 0:.1f} |",
                   f"| mergekit-tokensurgeon | {mk_time} | "
-                  f"{'n/a (stopped)' if mk['peak_rss_gib'] is None else format(mk['peak_rss_gib'], '.1f')} |", "",
+                  f"{'n/a (stopped)' if mk['peak_rss_gib'] is None else format(mk['peak_rss_gib'], '.1f')} |",
+                  *[f"| {tool} | {r[tool]['seconds']:.0f} | {r[tool]['peak_rss_gib'] or 0:.1f} |"
+                    for tool in ("tokensurgery fvt", "mergekit subword") if tool in r], "",
                   f"Speed-up: **{r['speedup']:.1f}x**", ""]
         names = list(next(iter(r["bpb"].values())))
         lines += ["| bits per byte | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -168,9 +187,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command, "max_bytes": args.max_bytes, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    meta = {**record, "max_bytes": args.max_bytes, "langs": args.langs, "ours": args.ours}
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(f"Command: `{command}`\n\n{table}\n")
+    (args.out / f"{args.name}.md").write_text(f"Command: `{command}` (commit {record['commit']})\n\n{table}\n")
 
 
 if __name__ == "__main__":
