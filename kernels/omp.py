@@ -23,9 +23,25 @@ coefficients of nearly collinear atoms); `normalize` selects by correlation / at
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Run the block's torch ops on `n` intra-op threads (None: leave as is). The OMP steps
+    are ~10 small tensor ops each; with several threads every op is a parallel region that
+    waits for its slowest thread, which on a busy machine is one that got descheduled."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @dataclass
@@ -46,7 +62,7 @@ class OMPResult:
 def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int = 1024,
         dtype: torch.dtype = torch.float32, progress: bool = False, candidates: int | None = None,
         ridge: float = 0.0, normalize: bool = False, max_block_bytes: int = 2**30,
-        exclude: torch.Tensor | None = None) -> OMPResult:
+        exclude: torch.Tensor | None = None, step_threads: int | None = 1) -> OMPResult:
     """Batched OMP of `targets` (B, d) over the rows of `dictionary` (n, d), k atoms each.
 
     Work is done in blocks of `block_size` targets (memory ~ block_size * n floats for the
@@ -54,7 +70,9 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
     bit-for-bit stable supports on hard cases. See the module docstring for `candidates`; with
     screening, blocks shrink so that one block's candidate atoms and Gram matrices stay under
     `max_block_bytes`. `exclude` (B,) names one atom per target that it may not use (-1:
-    none): leave-one-out fits of atoms against the rest of the dictionary."""
+    none): leave-one-out fits of atoms against the rest of the dictionary. `step_threads`:
+    intra-op threads for the screened path's greedy steps on CPU (the big products keep all
+    threads; None: all threads throughout)."""
     n, d = dictionary.shape
     if targets.ndim != 2 or targets.shape[1] != d:
         raise ValueError(f"targets must be (B, {d}), got {tuple(targets.shape)}")
@@ -85,9 +103,10 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
         X = targets[start : start + block_size].to(device=D.device, dtype=dtype)
         ex = None if exclude is None else exclude[start : start + block_size].to(D.device)
         if screened:
-            idx, coef, n_sel = _omp_screened_block(D, D_screen, norms2, X, k, candidates, ridge, normalize, ex)
+            idx, coef, n_sel = _omp_screened_block(D, D_screen, norms2, X, k, candidates, ridge, normalize, ex,
+                                                      step_threads)
         else:
-            idx, coef, n_sel = _omp_block(D, norms2, X, k, ridge, normalize, ex)
+            idx, coef, n_sel = _omp_block(D, norms2, X, k, ridge, normalize, ex)  # its steps are big products
         recon = torch.einsum("bk,bkd->bd", coef, D[idx])
         eps = torch.finfo(dtype).eps
         out_res.append((X - recon).norm(dim=1) / X.norm(dim=1).clamp(min=eps))
@@ -172,7 +191,8 @@ def _omp_block(D: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, r
 
 
 def _omp_screened_block(D: torch.Tensor, D_screen: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, M: int,
-                        ridge: float, normalize: bool, exclude: torch.Tensor | None = None):
+                        ridge: float, normalize: bool, exclude: torch.Tensor | None = None,
+                        step_threads: int | None = None):
     B = X.shape[0]
     corr0 = X.to(D_screen.dtype) @ D_screen.T  # (B, n), only used to rank atoms
     score = corr0.abs_()
@@ -194,20 +214,21 @@ def _omp_screened_block(D: torch.Tensor, D_screen: torch.Tensor, norms2: torch.T
     f = _Factor(B, k, D)
     corr = alpha.clone()  # = <candidate, residual>
     taken = torch.zeros(B, M, dtype=torch.bool, device=D.device)
-    for t in range(k):
-        s = corr.abs()
-        if scale is not None:
-            s *= scale
-        s.masked_fill_(taken, -1.0)
-        j = s.argmax(1)
-        g = Gsel[rows, :t, j] if t else alpha.new_zeros(B, 0)
-        took = f.extend(t, g, diagG[rows, j] + ridge, alpha[rows, j])
-        if took is None:
-            break
-        sel = slice(None) if len(took) == B else took
-        pos[sel, t] = j[sel]
-        taken[took, j[sel]] = True
-        Gsel[sel, t] = G[took, j[sel]]
-        corr[sel] = alpha[sel] - torch.bmm(f.gamma[sel, None, : t + 1], Gsel[sel, : t + 1]).squeeze(1)
+    with _threads(step_threads if D.device.type == "cpu" else None):
+        for t in range(k):
+            s = corr.abs()
+            if scale is not None:
+                s *= scale
+            s.masked_fill_(taken, -1.0)
+            j = s.argmax(1)
+            g = Gsel[rows, :t, j] if t else alpha.new_zeros(B, 0)
+            took = f.extend(t, g, diagG[rows, j] + ridge, alpha[rows, j])
+            if took is None:
+                break
+            sel = slice(None) if len(took) == B else took
+            pos[sel, t] = j[sel]
+            taken[took, j[sel]] = True
+            Gsel[sel, t] = G[took, j[sel]]
+            corr[sel] = alpha[sel] - torch.bmm(f.gamma[sel, None, : t + 1], Gsel[sel, : t + 1]).squeeze(1)
     return cand.gather(1, pos), f.gamma, f.n_sel
 
