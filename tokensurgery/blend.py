@@ -4,16 +4,21 @@ OMP and FVT fail on different tokens. OMP copies the donor's view of a token, wh
 for frequent words and poor where the donor's own embedding is poor (UTF-8 fragments and
 scripts the donor hardly saw: OMP rows for SmolLM2's `b'\\xe0\\xa4'` put Gemma-3 at 32 bits
 per byte on Hindi); FVT builds the row from BASE's own pieces. Every new token therefore
-gets `alpha * omp_row + (1 - alpha) * fvt_row`, one `alpha` per class of token (`CLASSES`),
+gets `alpha * omp_row + (1 - alpha) * fvt_row`, one `alpha` per class of token (a kind from
+`KINDS`, and for words and pieces their script: `word:latin`, `piece:cyrillic`, ...),
 chosen where the truth is known: on shared tokens of the class, each estimated without
 itself (OMP over the dictionary minus the token, through the kernel's `exclude`; FVT over
 the fewest pieces BASE splits its bytes into once the token itself is gone), `alpha` is the
 least-squares weight that brings the blend closest to BASE's real rows, clipped to [0, 1].
 A class with fewer than `MIN_SHARED` shared tokens to learn from gets `alpha = 0`: OMP
-has to earn its place. Not handled: classes are by surface form only (no frequency).
+has to earn its place (words of a script the two vocabularies hardly share are judged by
+that script's own shared tokens, never by Latin ones). Not handled: classes are by surface
+form only (no frequency).
 """
 
 from __future__ import annotations
+
+import unicodedata
 
 import regex
 import torch
@@ -21,16 +26,25 @@ import torch
 from .vocab_map import VocabMap
 from .vocabulary import Vocabulary
 
-CLASSES = ("fragment", "whitespace", "digits", "ascii-word", "ascii-piece", "word", "piece", "other")
-MIN_SHARED = 32  # shared tokens a class needs before its weight is fit
+KINDS = ("fragment", "whitespace", "digits", "word", "piece", "other")
+MIN_SHARED = 100  # shared tokens a class needs before its weight is fit
 SAMPLE = 256  # shared tokens per class used for the fit (spread evenly over the class)
 _LETTERS = regex.compile(r"^[\p{L}\p{M}]+$")
 
 
+def script(text: str) -> str:
+    """The script of a word: the first word of its first letter's Unicode name, lowercased
+    (`latin`, `cyrillic`, `greek`, `cjk`, `hiragana`, `hangul`, `thai`, ...)."""
+    first = next((c for c in text if c.isalpha()), "")
+    if first.isascii():
+        return "latin"
+    return unicodedata.name(first, "unknown").split()[0].lower()
+
+
 def token_class(surface: bytes) -> str:
     """The class of a token by its bytes: `fragment` (not whole UTF-8 characters),
-    `whitespace`, `digits` (has a digit), `ascii-word`/`word` (leading space, then letters
-    only; ASCII or not), `ascii-piece`/`piece` (letters only, no leading space), `other`."""
+    `whitespace`, `digits` (has a digit), `word:<script>` (leading space, then letters
+    only), `piece:<script>` (letters only, no leading space), `other`."""
     try:
         text = surface.decode("utf-8")
     except UnicodeDecodeError:
@@ -42,8 +56,7 @@ def token_class(surface: bytes) -> str:
     word = text[1:] if text.startswith(" ") else text
     if not _LETTERS.match(word):
         return "other"
-    kind = "word" if text.startswith(" ") else "piece"
-    return f"ascii-{kind}" if word.isascii() else kind
+    return f"{'word' if text.startswith(' ') else 'piece'}:{script(word)}"
 
 
 def split_pieces(vocab: Vocabulary, data: bytes) -> list[int] | None:
@@ -59,20 +72,22 @@ def split_pieces(vocab: Vocabulary, data: bytes) -> list[int] | None:
 
 def sample_shared(vm: VocabMap) -> dict[str, list[int]]:
     """Up to SAMPLE shared donor ids per class (evenly spread over the class, by id)."""
-    by_class: dict[str, list[int]] = {c: [] for c in CLASSES}
+    by_class: dict[str, list[int]] = {}
     for t in sorted(vm.shared):
         if len(vm.target.surface[t]) > 1:  # a single byte has no pieces to fall back to
-            by_class[token_class(vm.target.surface[t])].append(t)
+            by_class.setdefault(token_class(vm.target.surface[t]), []).append(t)
     return {c: ids[:: max(1, len(ids) // SAMPLE)][:SAMPLE] for c, ids in by_class.items()}
 
 
 def fit_weights(base: torch.Tensor, vm: VocabMap, loo_rows, sample: dict[str, list[int]]) -> dict[str, float]:
     """`alpha` per class: least-squares weight of the method's leave-one-out rows against
     FVT's (`loo_rows(ids)` gives the method's rows for shared donor ids, each fit without
-    itself) on the sampled shared tokens; 0 where a class has too few samples."""
+    itself) on the sampled shared tokens; 0 where a class has too few samples. Every class
+    of a new text token gets a weight."""
     base = base.float()
     weights = {}
-    for c in CLASSES:
+    classes = sorted(set(sample) | {token_class(vm.target.surface[t]) for t in vm.new_text})
+    for c in classes:
         pairs = [(t, p) for t in sample.get(c, []) if (p := split_pieces(vm.source, vm.target.surface[t]))]
         if len(pairs) < MIN_SHARED:
             weights[c] = 0.0
@@ -92,5 +107,5 @@ def blend(method_rows: torch.Tensor, fvt_rows: torch.Tensor, ids: list[int], vm:
     """`alpha * method + (1 - alpha) * fvt` per row, alpha by the class of donor id ids[r];
     rows that are not text tokens (specials, placeholders) keep the method's row."""
     text = set(vm.new_text)
-    alpha = torch.tensor([weights[token_class(vm.target.surface[t])] if t in text else 1.0 for t in ids])
+    alpha = torch.tensor([weights.get(token_class(vm.target.surface[t]), 0.0) if t in text else 1.0 for t in ids])
     return alpha[:, None] * method_rows + (1 - alpha[:, None]) * fvt_rows
