@@ -4,6 +4,7 @@ and the transplant's blended rows against separately computed OMP and FVT transp
 import pytest
 import torch
 
+from tokensurgery import blend as blend_module
 from tokensurgery.blend import KINDS, fit_weights, split_pieces, token_class
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.transplant import TransplantOptions, transplant
@@ -46,9 +47,10 @@ class _FakeMap:
         self.source, self.target, self.shared, self.new_text = source, target, shared, new_text
 
 
-def test_fit_weights_recovers_a_known_mixture():
+def test_fit_weights_recovers_a_known_mixture(monkeypatch):
     """BASE rows built as exactly 0.3 * method + 0.7 * FVT for ascii words: alpha = 0.3;
     a class with too few shared tokens gets 0; the weight is clipped to [0, 1]."""
+    monkeypatch.setattr(blend_module, "MIN_SHARED", 32)
     torch.manual_seed(0)
     d = 16
     base = torch.randn(400, d)  # ids 0..255: bytes; 256+: whole tokens
@@ -69,7 +71,8 @@ def test_fit_weights_recovers_a_known_mixture():
     assert weights["fragment"] == 0.0 and weights["word:greek"] == 0.0  # a new token's class with no samples / 5 < MIN_SHARED
 
 
-def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs, tmp_path):
+def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs, tmp_path, monkeypatch):
+    monkeypatch.setattr(blend_module, "MIN_SHARED", 16)  # the tiny vocabularies have few tokens per class
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     runs = {name: transplant(str(base), str(donor), tmp_path / name, TransplantOptions(k=4, **o), progress=False)
             for name, o in {"blend": {}, "omp": {"blend": False}, "fvt": {"method": "fvt"}}.items()}
