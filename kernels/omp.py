@@ -12,7 +12,7 @@ Two paths:
 - screened (`candidates=M`): each target first keeps its M atoms most correlated with it,
   then runs Gram-matrix Batch-OMP over those (one M x M Gram per target by batched matmul;
   each step costs M*t instead of n*d). Exact whenever every atom exact OMP would pick is
-  among the M (with a float32 solve the M are ranked in bfloat16); on real embeddings exact
+  among the M (with a float32 solve the M are ranked in bfloat16 where that is fast, see `fast_bfloat16`); on real embeddings exact
   OMP's later atoms are spread over the whole dictionary, so screening changes the supports:
   `benchmarks/omp_kernel.py` measures by how much, `benchmarks/transplant_quality.py` what
   that does to the transplanted model.
@@ -24,9 +24,25 @@ coefficients of nearly collinear atoms); `normalize` selects by correlation / at
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    try:  # Linux: the CPU's feature flags
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products are faster than float32 on `device`: CUDA GPUs and
+    CPUs with bf16 instructions (AVX512-BF16, AMX); not AVX2-only CPUs, where torch emulates them."""
+    return device.type == "cuda" or (device.type == "cpu" and _cpu_has_bf16())
 
 
 @contextlib.contextmanager
@@ -87,9 +103,10 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
     D = dictionary.to(dtype)
     norms2 = (D * D).sum(1)
     screened = candidates is not None and candidates < n
-    # screening only ranks atoms, so a float32 solve ranks them in bfloat16 (about 3x faster
-    # on CPUs with bf16 units); the solve itself uses exact correlations of the kept atoms
-    D_screen = D.to(torch.bfloat16) if screened and dtype == torch.float32 else D
+    # screening only ranks atoms, so a float32 solve ranks them in bfloat16 where that is fast
+    # (GPUs, CPUs with bf16 units: ~3x); on other CPUs (AVX2 only) bf16 matmuls are emulated
+    # and ~9x slower than float32. The solve itself uses exact correlations of the kept atoms.
+    D_screen = D.to(torch.bfloat16) if screened and dtype == torch.float32 and fast_bfloat16(D.device) else D
     if screened:
         per_target = D.element_size() * candidates * (candidates + d + k)
         block_size = max(1, min(block_size, max_block_bytes // per_target))
