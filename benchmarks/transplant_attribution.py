@@ -31,13 +31,10 @@ import torch
 
 from run_record import run_record  # this script's folder is on sys.path
 from tokensurgery.assets import text_paths
-from tokensurgery.checkpoint import check_embeddings_cover, load_embeddings
 from tokensurgery.evaluate import load_causal_lm, load_model, read_text_file, token_bits
-from tokensurgery.inputs import vocabulary_of_folder
-from tokensurgery.output_tokenizer import tokenizer_for_output
-from tokensurgery.transplant import load_donor_embeddings, new_embeddings, prepare
+from tokensurgery.transplant import new_embeddings
 from tokensurgery.vocabulary import Vocabulary
-from transplant_quality import PAIRS, parse_variant, swap_embeddings
+from transplant_quality import PAIRS, load_pair, parse_variant, swap_embeddings
 
 CLASSES = ["shared", "special", "utf8-fragment", "whitespace", "digits", "new-word", "new-word-piece", "new-other"]
 LETTERS = regex.compile(r"^ ?\p{L}[\p{L}\p{M}]*$")
@@ -100,15 +97,11 @@ def main() -> None:
     args = ap.parse_args()
     record = run_record()
     print(f"command: {record['command']}", flush=True)
-    base, donor = PAIRS[args.pair]
     files = [p for lang in args.langs.split(",") for p in text_paths(lang)]
     texts = {p.name: read_text_file(p, args.max_bytes) for p in files}
-    base_dir, donor_, vm = prepare(base, donor)
-    base_emb = load_embeddings(base_dir)
-    check_embeddings_cover(base_emb, len(vm.source), base)
-    donor_emb = load_donor_embeddings(donor_, donor, vm, "omp")
-    tok_dir, _ = tokenizer_for_output(vm, donor_.files)
-    donor_tok = vocabulary_of_folder(tok_dir)
+    pair = load_pair(args.pair)
+    base, donor, base_dir, vm = pair.base, pair.donor, pair.base_dir, pair.vm
+    base_emb, donor_emb, donor_tok = pair.base_emb, pair.donor_emb, pair.donor_tok
 
     model, base_tok = load_causal_lm(base_dir)
     base_bytes = {n: byte_bits(model, base_tok, t, n)[0] for n, t in texts.items()}

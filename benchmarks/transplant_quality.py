@@ -51,6 +51,32 @@ def parse_variant(spec: str) -> TransplantOptions:
     return opts
 
 
+@dataclasses.dataclass
+class Pair:
+    """A pair's inputs, opened once: BASE folder, the map, both embeddings, and the donor's
+    tokenizer as `transplant` writes it (BOS added where BASE needs one)."""
+
+    base: str
+    donor: str
+    base_dir: Path
+    vm: object
+    base_emb: object
+    donor_emb: object
+    donor_tok: object
+
+
+def load_pair(pair: str) -> Pair:
+    base, donor = PAIRS[pair]
+    base_dir, donor_, vm = prepare(base, donor)
+    base_emb = load_embeddings(base_dir)
+    check_embeddings_cover(base_emb, len(vm.source), base)
+    donor_emb = load_donor_embeddings(donor_, donor, vm, "omp")
+    tok_dir, note = tokenizer_for_output(vm, donor_.files)
+    if note:
+        print("note:", note)
+    return Pair(base, donor, base_dir, vm, base_emb, donor_emb, vocabulary_of_folder(tok_dir))
+
+
 def swap_embeddings(model, new) -> None:
     """Give a loaded model new embedding matrices (rows = new vocabulary)."""
     n = new.input.shape[0]
@@ -72,17 +98,11 @@ def main() -> None:
     record = run_record()
     command = record["command"]
     print(f"command: {command}", flush=True)
-    base, donor = PAIRS[args.pair]
     langs = args.langs.split(",")
     files = [p for lang in langs for p in text_paths(lang)]
-    base_dir, donor_, vm = prepare(base, donor)
-    base_emb = load_embeddings(base_dir)
-    check_embeddings_cover(base_emb, len(vm.source), base)
-    donor_emb = load_donor_embeddings(donor_, donor, vm, "omp")
-    tok_dir, note = tokenizer_for_output(vm, donor_.files)
-    donor_tok = vocabulary_of_folder(tok_dir)
-    if note:
-        print("note:", note)
+    p = load_pair(args.pair)
+    base, donor, base_dir, vm, base_emb, donor_emb, donor_tok = (p.base, p.donor, p.base_dir, p.vm, p.base_emb,
+                                                                 p.donor_emb, p.donor_tok)
     rows = []
     model, tok = load_causal_lm(base_dir)
     scores = score_files(model, tok, files, max_bytes=args.max_bytes)
