@@ -122,6 +122,8 @@ def main() -> None:
         if new.errors is not None:
             row["rel_error"] = new.errors.mean().item()
         row["fvt_fallbacks"], row["capped"] = new.fvt_fallbacks, new.capped
+        if new.blend_weights:
+            row["blend_weights"] = new.blend_weights
         rows.append(row)
         print(row, flush=True)
         del model
