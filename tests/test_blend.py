@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tokensurgery import blend as blend_module
-from tokensurgery.blend import KINDS, fit_weights, split_pieces, token_class
+from tokensurgery.blend import KINDS, describe, fit_weights, split_pieces, token_class
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.transplant import TransplantOptions, transplant
 from tokensurgery.vocabulary import Vocabulary
@@ -78,6 +78,8 @@ def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs,
             for name, o in {"blend": {}, "omp": {"blend": False}, "fvt": {"method": "fvt"}}.items()}
     weights = runs["blend"].blend_weights["input"]
     assert any(0 < a < 1 for a in weights.values())
+    card = (tmp_path / "blend" / "README.md").read_text()
+    assert describe(weights) in card and "OMP weight per token class" not in (tmp_path / "omp" / "README.md").read_text()
     rows = {n: load_embeddings(tmp_path / n).input.float() for n in runs}
     vm = runs["blend"].vocab_map
     checked = 0

@@ -109,3 +109,10 @@ def blend(method_rows: torch.Tensor, fvt_rows: torch.Tensor, ids: list[int], vm:
     text = set(vm.new_text)
     alpha = torch.tensor([weights.get(token_class(vm.target.surface[t]), 0.0) if t in text else 1.0 for t in ids])
     return alpha[:, None] * method_rows + (1 - alpha[:, None]) * fvt_rows
+
+
+def describe(weights: dict[str, float]) -> str:
+    """One line: the classes that got an OMP weight, then how many got FVT only."""
+    some = [f"{c} {a:.2f}" for c, a in sorted(weights.items()) if a > 0]
+    rest = len(weights) - len(some)
+    return ", ".join(some) + (f"; FVT only: {rest} other classes" if rest else "") if some else f"FVT only ({rest} classes)"

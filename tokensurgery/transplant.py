@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .blend import blend, fit_weights, sample_shared
+from .blend import blend, describe, fit_weights, sample_shared
 from .checkpoint import Embeddings, NewEmbeddings, check_embeddings_cover, load_embeddings, write_patched_checkpoint
 from .errors import TokenSurgeryError
 from .inputs import TokenizerInput, open_model, open_tokenizer, vocabulary_of_folder
@@ -368,7 +368,7 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
         params.update({"candidates (screening)": o.candidates or "all (exact)", "ridge": o.ridge, "normalize": o.normalize,
                        "solve dtype": o.dtype})
         for name, w in result.blend_weights.items():
-            params[f"OMP weight per token class, {name} (rest FVT)"] = ", ".join(f"{c} {a:.2f}" for c, a in w.items())
+            params[f"OMP weight per token class, {name} (rest FVT)"] = describe(w)
         if o.fvt_above is not None:
             params["FVT above rel. error"] = f"{o.fvt_above} ({result.fvt_fallbacks:,} tokens)"
     params["rows capped to BASE's largest norm"] = f"{result.capped:,}"

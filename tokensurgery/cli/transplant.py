@@ -79,7 +79,9 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
         click.echo(f"reconstruction error in the donor space: mean {s['rel_error_mean']}, "
                    f"p10/p50/p90 {s['rel_error_p10_p50_p90']}")
     for name, w in result.blend_weights.items():
-        click.echo(f"OMP weight per token class ({name}; the rest is FVT): " + ", ".join(f"{c} {a:.2f}" for c, a in w.items()))
+        from ..blend import describe
+
+        click.echo(f"OMP weight per token class ({name}; the rest is FVT): {describe(w)}")
     for note in result.notes:
         click.echo(f"note: {note}")
     scores = evaluate_transplant(result, files, max_bytes=max_bytes) if files else None
