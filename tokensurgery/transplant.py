@@ -7,7 +7,9 @@ Every donor id gets a row in the new embedding matrices:
   is *filled* by the chosen method:
   - `omp`: write the donor's embedding of the token as a sparse combination of the donor's
     embeddings of shared tokens (Orthogonal Matching Pursuit, k atoms), then apply the same
-    coefficients to BASE's rows of those shared tokens (Goddard & Fernandes Neto, 2025);
+    coefficients to BASE's rows of those shared tokens (Goddard & Fernandes Neto, 2025),
+    then, by default, blend each row with its `fvt` row, one weight per token class fit by
+    leave-one-out on shared tokens (`blend.py`; fragments and unshared scripts get FVT);
   - `knn`: the k shared tokens nearest in the donor space, weighted by inverse distance;
   - `fvt`: the mean of BASE's rows for the pieces BASE's tokenizer splits the token into;
   - `mean`: the mean BASE row; `zero`: zeros;
