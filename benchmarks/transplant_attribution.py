@@ -108,8 +108,9 @@ def main() -> None:
     del model
     shared = set(vm.shared)
     table = {}  # variant -> text -> class -> [bytes, base bits, transplant bits]
+    solutions = {}  # variants that differ only in how rows are filled share one solve
     for spec in args.variants.split(";"):
-        new = new_embeddings(base_emb, donor_emb, vm, parse_variant(spec))
+        new = new_embeddings(base_emb, donor_emb, vm, parse_variant(spec), solutions=solutions)
         model = load_model(base_dir)
         swap_embeddings(model, new.embeddings)
         table[spec] = {}

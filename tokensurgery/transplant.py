@@ -119,12 +119,13 @@ def resolve_candidates(candidates: int | str | None, k: int, n_tokens: int, n_at
     return None if candidates is None or candidates >= n_atoms else int(candidates)
 
 
-def _solve_omp(dictionary: torch.Tensor, targets: torch.Tensor, opts: TransplantOptions, progress: bool):
+def _solve_omp(dictionary: torch.Tensor, targets: torch.Tensor, opts: TransplantOptions, progress: bool,
+               exclude: torch.Tensor | None = None):
     dt = getattr(torch, opts.dtype)
     D = dictionary.to(opts.device, dt)
     ridge = opts.ridge * (D * D).sum(1).mean().item()
     return omp(D, targets.to(dt), opts.k, block_size=opts.block_size, dtype=dt, progress=progress,
-               candidates=opts.candidates, ridge=ridge, normalize=opts.normalize)
+               candidates=opts.candidates, ridge=ridge, normalize=opts.normalize, exclude=exclude)
 
 
 def _knn(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int, progress: bool):
@@ -177,11 +178,7 @@ def _loo_solver(donor: torch.Tensor, plan: dict, opts: TransplantOptions):
     D = donor[torch.tensor(plan["dict_donor"])].float()
 
     def solve(ids: list[int]) -> _Solution:
-        dt = getattr(torch, opts.dtype)
-        ridge = opts.ridge * (D * D).sum(1).mean().item()
-        res = omp(D.to(opts.device, dt), donor[torch.tensor(ids)].to(dt), opts.k, block_size=opts.block_size, dtype=dt,
-                  candidates=opts.candidates, ridge=ridge, normalize=opts.normalize,
-                  exclude=torch.tensor([position[t] for t in ids]))
+        res = _solve_omp(D, donor[torch.tensor(ids)].float(), opts, False, torch.tensor([position[t] for t in ids]))
         return _Solution(res.indices.cpu(), res.coefs.float().cpu(), None)
     return solve
 
