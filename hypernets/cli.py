@@ -30,7 +30,7 @@ def hypernet_group() -> None:
 @options.steps(1000)
 @click.option("--warmup-steps", default=100, show_default=True, help="Identity warm-up steps (reconstruct BASE's rows).")
 @options.batch_size(8)
-@click.option("--seq-len", default=128, show_default=True, help="Tokens (of the sampled tokenizer) per sequence.")
+@options.seq_len(128)
 @click.option("--grad-accum", default=1, show_default=True, help="Micro-batches per optimizer step.")
 @options.lr(3e-4)
 @options.max_minutes

@@ -407,3 +407,42 @@ def save_module(module: torch.nn.Module, path: str | Path, metadata: dict[str, s
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt", "library": "tokensurgery", **(metadata or {})})
+
+
+def write_updated_checkpoint(src: str | Path, out: str | Path, model: torch.nn.Module, card_section: str = "",
+                             force: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
+    """Write SRC's checkpoint with every tensor `model` changed (trained, merged adapters)
+    replaced by the model's value in SRC's dtype, atomically; SRC's other files (config,
+    tokenizer, generation config) are copied and `card_section` is appended to its model card.
+    A tensor counts as changed when it differs from SRC's after the cast; names are matched
+    like `embedding_names` (the model's parameter name, or the one checkpoint key ending with it).
+    Returns the names of the replaced tensors."""
+    src = Path(src)
+    state = {n: t for n, t in model.state_dict().items()}
+    keys = safetensors_files(src)
+    by_key = {}
+    for n in state:
+        k = _match_key(n, keys)
+        if k is not None:
+            by_key.setdefault(k, n)
+    changed: list[str] = []
+
+    def tensors():
+        for name, tensor in stream_tensors(src):
+            mine = state.get(by_key.get(name, ""))
+            if mine is not None and mine.shape == tensor.shape:
+                mine = mine.detach().to(device="cpu", dtype=tensor.dtype)
+                if not torch.equal(mine, tensor):
+                    changed.append(name)
+                    tensor = mine
+            yield name, tensor
+
+    skip = {"model.safetensors.index.json", "README.md", "training.json", "training_log.jsonl"}
+    with atomic_folder(out, force=force, inputs=[src]) as tmp:
+        write_safetensors(tmp, tensors(), max_shard_bytes)
+        for f in src.iterdir():
+            if f.is_file() and f.suffix != ".safetensors" and f.name not in skip:
+                shutil.copy2(f, tmp / f.name)
+        card = (src / "README.md").read_text() if (src / "README.md").exists() else "# Healed model\n"
+        (tmp / "README.md").write_text(card.rstrip() + "\n\n" + card_section.strip() + "\n")
+    return changed

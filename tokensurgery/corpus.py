@@ -48,11 +48,18 @@ class Corpus:
 
     @classmethod
     def from_paths(cls, paths: list[str | Path]) -> "Corpus":
-        """UTF-8 text files, or folders searched for text/code files; `bundled` for the bundled corpus."""
+        """UTF-8 text files, or folders searched for text/code files; `bundled` for the bundled
+        corpus, `multilingual-dev` for the tuning half of the multilingual evaluation set (13
+        script groups; its `test` half is what the benchmarks report and is never a corpus)."""
+        from .assets import text_paths
+
         texts = []
         for p in paths:
             if str(p) == "bundled":
                 texts += bundled_corpus().texts
+                continue
+            if str(p) == "multilingual-dev":
+                texts += [(f"multilingual-dev:{f.stem}", f.read_text(encoding="utf-8")) for f in text_paths(str(p))]
                 continue
             path = Path(p).expanduser()
             if not path.exists():

@@ -1,7 +1,7 @@
 """The `tokensurgery` command line: thin click wrappers over the library functions.
 
 One module per command group: `models.py` (models, import), `inspect_vocab.py` (inspect),
-`evaluate.py` (eval), `transplant.py` (transplant); plugins add theirs (`hypernet` from
+`evaluate.py` (eval), `transplant.py` (transplant), `heal.py` (heal); plugins add theirs (`hypernet` from
 `hypernets/cli.py`; `bytes` and `byte-model` from `byte_models/cli.py`) through
 `tokensurgery.plugins`. Options shared across commands come from `options.py`.
 """
@@ -66,11 +66,12 @@ def cli(debug: bool) -> None:
 
 def _add_commands() -> None:
     from .evaluate import eval_
+    from .heal import heal
     from .inspect_vocab import inspect
     from .models import import_, models
     from .transplant import transplant
 
-    for command in (models, import_, inspect, eval_, transplant):
+    for command in (models, import_, inspect, eval_, transplant, heal):
         cli.add_command(command)
 
 

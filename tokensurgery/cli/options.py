@@ -73,15 +73,23 @@ def max_minutes(f):
                    help="Stop after this much wall-clock time (checkpointed; --resume goes on).")(f)
 
 
-def corpus(f):
-    return _shared("--corpus", multiple=True, default=("bundled",), show_default=True,
+def corpus_option(default: tuple[str, ...] = ("bundled",)) -> Callable:
+    return _shared("--corpus", multiple=True, default=default, show_default=True,
                    help="Text file or folder to train on (repeatable); "
                         "'bundled' = music21's Gutenberg excerpts and Python stdlib modules, minus the held-out "
-                        "text the benchmarks score.")(f)
+                        "text the benchmarks score; 'multilingual-dev' = the tuning half of the multilingual set.")
+
+
+corpus = corpus_option()
 
 
 def batch_size(default: int) -> Callable:
     return _shared("--batch-size", default=default, show_default=True, help="Sequences per training micro-batch.")
+
+
+def seq_len(default: int) -> Callable:
+    return _shared("--seq-len", default=default, show_default=True,
+                   help="Tokens per training sequence (of the tokenizer being trained; heal: of each tokenizer).")
 
 
 def block_size(default: int) -> Callable:

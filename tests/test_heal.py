@@ -1,0 +1,254 @@
+"""Healing: chunk alignment against a brute-force walk, the ALM loss against its formula,
+training steps on tiny models (loss goes down, only the chosen rows move, resume is exact,
+LoRA merges, torchrun), the written checkpoint, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from helpers import corpus_lines
+from tokensurgery.alignment import align, cut_to_fit, token_ends
+from tokensurgery.cli import cli
+from tokensurgery.corpus import Corpus
+from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.heal import HealConfig, Healer, binary_kl, heal, new_rows
+from tokensurgery.inputs import vocabulary_of_folder
+
+
+# ---- alignment ------------------------------------------------------------------------------
+
+def _walk_chunks(lens_a: list[int], lens_b: list[int]) -> tuple[list[int], list[int]]:
+    """Reference: consume tokens from whichever side is behind; a chunk closes whenever both
+    sides have consumed the same number of bytes (token lengths are positive here)."""
+    ca, cb, i, j, pa, pb, chunk = [], [], 0, 0, 0, 0, 0
+    while i < len(lens_a) or j < len(lens_b):
+        if pa <= pb and i < len(lens_a):
+            pa += lens_a[i]
+            ca.append(chunk)
+            i += 1
+        else:
+            pb += lens_b[j]
+            cb.append(chunk)
+            j += 1
+        if pa == pb:
+            chunk += 1
+    return ca, cb
+
+
+def _cuts(draw_list: list[int], n: int) -> list[int]:
+    cuts = sorted(set(c for c in draw_list if 0 < c < n)) + [n]
+    return [b - a for a, b in zip([0] + cuts[:-1], cuts)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 60), st.lists(st.integers(0, 60), max_size=40), st.lists(st.integers(0, 60), max_size=40))
+def test_alignment_equals_a_brute_force_walk(n, cuts_a, cuts_b):
+    lens_a, lens_b = _cuts(cuts_a, n), _cuts(cuts_b, n)
+    ends_a = [sum(lens_a[: i + 1]) for i in range(len(lens_a))]
+    ends_b = [sum(lens_b[: i + 1]) for i in range(len(lens_b))]
+    a = align(ends_a, ends_b)
+    ref_a, ref_b = _walk_chunks(lens_a, lens_b)
+    assert a.chunk_a.tolist() == ref_a and a.chunk_b.tolist() == ref_b
+    assert a.n_chunks == max(ref_a) + 1
+    # the chunks' byte spans agree on both sides
+    for c in range(a.n_chunks):
+        assert sum(lens_a[i] for i in range(len(lens_a)) if ref_a[i] == c) == \
+               sum(lens_b[j] for j in range(len(lens_b)) if ref_b[j] == c)
+
+
+def test_cut_to_fit_and_real_tokenizers(smollm2_vocab, gemma_vocab):
+    text = "Die Hauptstadt von Deutschland ist Berlin. Привет, мир! 東京は日本の首都です。 x = f(y) + 1"
+    data = text.encode()
+    s, g = smollm2_vocab.encode(text), gemma_vocab.encode(text)
+    es, eg = token_ends(smollm2_vocab, s, data), token_ends(gemma_vocab, g, data)
+    a = align(es, eg)
+    for c in range(a.n_chunks):  # every chunk spells the same bytes in both tokenizations
+        assert smollm2_vocab.decode_bytes([t for t, k in zip(s, a.chunk_a.tolist()) if k == c]) == \
+               gemma_vocab.decode_bytes([t for t, k in zip(g, a.chunk_b.tolist()) if k == c])
+    cut = cut_to_fit(es, eg, 10, 10)
+    assert 0 < cut and cut in es and cut in eg
+    assert sum(e <= cut for e in es) <= 10 and sum(e <= cut for e in eg) <= 10
+    assert not any(cut < e <= es[9] and e in eg for e in es)  # the largest such boundary
+    with pytest.raises(TokenSurgeryError, match="does not spell"):
+        token_ends(smollm2_vocab, s[:-1], data)
+
+
+def test_binary_kl_matches_its_formula():
+    torch.manual_seed(0)
+    lp, lq = -torch.rand(200, dtype=torch.float64) * 12, -torch.rand(200, dtype=torch.float64) * 12
+    p, q = lp.exp(), lq.exp()
+    ref = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))
+    torch.testing.assert_close(binary_kl(lp, lq), ref, rtol=1e-9, atol=1e-12)
+    assert binary_kl(lp, lp).abs().max() < 1e-12
+
+
+# ---- training on tiny models ----------------------------------------------------------------
+
+def tiny_corpus() -> Corpus:
+    return Corpus([("en", "\n".join(corpus_lines(20_000, langs=("en",)))), ("fr", "\n".join(corpus_lines(20_000, langs=("fr",))))])
+
+
+def tiny_config(**kw) -> HealConfig:
+    base = dict(steps=3, batch_size=2, seq_len=24, lr=3e-3, lr_warmup=1, save_every=2)
+    return HealConfig(**{**base, **kw})
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_one_alm_step_lowers_the_loss(tiny_model_dirs, tmp_path):
+    h = Healer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "o", tiny_config(steps=1, lr=1e-2, lr_warmup=1),
+               teacher=tiny_model_dirs["bos"], progress=False)
+    before = float(h.loss(0, 0)["loss"].detach())
+    h.loop.run(h.loss)
+    after = float(h.loss(0, 0)["loss"].detach())  # the same batch (the data stream is seeded by step)
+    assert after < 0.98 * before, (before, after)
+
+
+def test_lm_step_lowers_the_loss_without_teacher(tiny_model_dirs, tmp_path):
+    h = Healer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "o", tiny_config(steps=1, loss="lm", lr=1e-2),
+               progress=False)
+    before = float(h.loss(0, 0)["loss"].detach())
+    h.loop.run(h.loss)
+    assert float(h.loss(0, 0)["loss"].detach()) < before - 0.02  # nats per token, same batch
+
+
+def test_train_new_moves_only_new_rows_and_writes_a_loadable_checkpoint(tiny_model_dirs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    student, teacher = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
+    res = heal(student, tmp_path / "o", tiny_corpus(), tiny_config(train="new"), teacher=teacher,
+               eval_files=[], progress=False)
+    new = new_rows(vocabulary_of_folder(student), vocabulary_of_folder(teacher))
+    old_w, new_w = _weights(student), _weights(tmp_path / "o")
+    emb = "model.embed_tokens.weight"
+    changed = (old_w[emb] != new_w[emb]).any(1).nonzero().squeeze(1).tolist()
+    assert changed and set(changed) <= set(new)  # only rows of tokens the teacher lacks moved
+    assert all(torch.equal(old_w[k], new_w[k]) for k in old_w if k != emb)
+    record = json.loads((tmp_path / "o" / "training.json").read_text())
+    assert record["tensors_written"] == [emb] and record["steps_done"] == 3 == res.steps_done
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "o")
+    torch.testing.assert_close(model.get_input_embeddings().weight.detach(), new_w[emb])
+    assert "## Healing" in (tmp_path / "o" / "README.md").read_text()
+    assert set(old_w) == set(new_w)
+
+
+def test_resume_gives_the_same_weights(tiny_model_dirs, tmp_path):
+    student, teacher = tiny_model_dirs["untied"], tiny_model_dirs["bos"]
+    heal(student, tmp_path / "a", tiny_corpus(), tiny_config(steps=4), teacher=teacher, progress=False)
+    cut = Healer(student, tiny_corpus(), tmp_path / "b", tiny_config(steps=4), teacher=teacher, progress=False)
+    assert cut.run(until=2).steps_done == 2
+    resumed = heal(student, tmp_path / "b", tiny_corpus(), tiny_config(steps=4), teacher=teacher, resume=True,
+                   progress=False)
+    assert resumed.steps_done == 4
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert not torch.equal(a["lm_head.weight"], _weights(student)["lm_head.weight"])  # untied: both sides trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_lora_is_merged_into_the_projections(tiny_model_dirs, tmp_path):
+    student = tiny_model_dirs["tied"]
+    heal(student, tmp_path / "o", tiny_corpus(), tiny_config(train="lora", loss="lm", lora_rank=2, lr=1e-2),
+         progress=False)
+    old_w, new_w = _weights(student), _weights(tmp_path / "o")
+    assert set(old_w) == set(new_w)  # no adapter tensors: merged
+    moved = {k for k in old_w if not torch.equal(old_w[k], new_w[k])}
+    assert "model.embed_tokens.weight" in moved and any("q_proj" in k for k in moved) and any("down_proj" in k for k in moved)
+    assert not any("norm" in k for k in moved)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes(tiny_model_dirs, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(corpus_lines(30_000, langs=("en", "fr"))))
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "tokensurgery.cli", "heal", str(tiny_model_dirs["tied"]), str(out), "--teacher",
+           str(tiny_model_dirs["bos"]), "--corpus", str(corpus), "--steps", "3", "--batch-size", "2", "--seq-len", "24"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((out / "training.json").read_text())
+    assert record["world_size"] == 2 and record["steps_done"] == 3  # the loop checks the ranks stayed in sync
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in log] == [1, 2, 3] and all(math.isfinite(h["alm"]) for h in log)
+
+
+# ---- CLI and bad input ----------------------------------------------------------------------
+
+def test_cli_heal_reports_before_and_after(tiny_model_dirs, tmp_path):
+    text = tmp_path / "held.txt"
+    text.write_text("It was the best of times, it was the worst of times.\n" * 4)
+    r = CliRunner().invoke(cli, ["heal", str(tiny_model_dirs["tied"]), str(tmp_path / "o"), "--teacher",
+                                 str(tiny_model_dirs["bos"]), "--steps", "2", "--batch-size", "2", "--seq-len", "24",
+                                 "--text", str(text), "--json", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert set(payload["before"]) == {"held.txt", "overall"} and payload["steps_done"] == 2
+    assert payload["after"]["overall"] != payload["before"]["overall"]
+    assert "held.txt" in (tmp_path / "o" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--corpus", "{tmp}/missing.txt"], "corpus path not found"),
+    (["--corpus", "{tmp}/empty.txt"], "training corpus is empty"),
+    (["--max-minutes", "0"], "max_minutes must be positive"),
+    (["--loss", "alm", "--no-teacher"], "needs a teacher"),
+    (["--out-inside"], "inside"),
+    (["--out-exists"], "already exists"),
+    (["--student-not-lm"], "cannot load the model"),
+])
+def test_cli_bad_input_one_line_and_nothing_written(tiny_model_dirs, tmp_path, args, message):
+    (tmp_path / "empty.txt").write_text("")
+    student, out = tiny_model_dirs["tied"], tmp_path / "o"
+    teacher = ["--teacher", str(tiny_model_dirs["bos"])]
+    extra = [a.format(tmp=tmp_path) for a in args]
+    if "--no-teacher" in extra:
+        extra.remove("--no-teacher")
+        teacher = []
+    if "--out-inside" in extra:
+        extra.remove("--out-inside")
+        out = student / "healed"
+    if "--out-exists" in extra:
+        extra.remove("--out-exists")
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    if "--student-not-lm" in extra:
+        extra.remove("--student-not-lm")
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        student = tmp_path / "t5"  # an encoder-decoder: no causal LM class takes it
+        T5ForConditionalGeneration(T5Config(vocab_size=800, d_model=16, d_ff=32, num_layers=1, num_heads=2,
+                                            d_kv=8)).save_pretrained(student)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            (student / f).write_bytes((tiny_model_dirs["tied"] / f).read_bytes())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = CliRunner().invoke(cli, ["heal", str(student), str(out), *teacher, "--steps", "1", "--batch-size", "2",
+                                 "--seq-len", "24", *extra])
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], r.output
+    assert not (student / "healed").exists()
+    if "--out-exists" in args:
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    else:
+        assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -1,0 +1,74 @@
+"""`tokensurgery heal`: train a transplanted model back towards its base's quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import options
+
+
+@click.command("heal", cls=options.grouped(
+    Teacher_and_loss=["teacher", "loss", "alm_temperature"],
+    What_trains=["train", "lora_rank"],
+    Data=["corpus"],
+    Schedule=["steps", "max_minutes", "batch_size", "seq_len", "grad_accum", "lr"],
+    Evaluation=["texts", "langs", "max_bytes"],
+    Run=["resume", "force", "save_every", "seed", "device", "json_out"]))
+@click.argument("model")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--teacher", help="The model to distill (normally the transplant's BASE); needed by the alm losses.")
+@click.option("--loss", type=click.Choice(["alm", "lm", "alm+lm"]), default="alm", show_default=True,
+              help="alm: match the teacher's likelihood of every chunk both tokenizations share; lm: plain "
+                   "next-token loss on the corpus (no teacher); alm+lm: both.")
+@click.option("--alm-temperature", default=1.0, show_default=True,
+              help="ALM: chunk probabilities are compared as p^(1/T) (higher T weighs unlikely chunks more).")
+@click.option("--train", type=click.Choice(["new", "embeddings", "lora"]), default="embeddings", show_default=True,
+              help="new: only the rows of tokens the teacher lacks; embeddings: every embedding row; lora: every "
+                   "embedding row plus LoRA adapters on attention/MLP, merged into the weights on save.")
+@click.option("--lora-rank", default=8, show_default=True, help="Rank of the LoRA adapters (--train lora).")
+@options.corpus_option(("bundled", "multilingual-dev"))
+@options.steps(200)
+@options.max_minutes
+@options.batch_size(4)
+@options.seq_len(256)
+@click.option("--grad-accum", default=1, show_default=True, help="Micro-batches per optimizer step.")
+@options.lr(1e-4)
+@options.texts(default_max_bytes=2000)
+@options.resume
+@options.force
+@click.option("--save-every", default=50, show_default=True, help="Checkpoint every N steps.")
+@options.seed
+@options.device
+@options.json_out
+def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature: float, train: str, lora_rank: int,
+         corpus: tuple[str, ...], steps: int, max_minutes: float | None, batch_size: int, seq_len: int,
+         grad_accum: int, lr: float, texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int | None,
+         resume: bool, force: bool, save_every: int, seed: int, device: str, json_out: Path | None) -> None:
+    """Train MODEL (e.g. a `transplant` output) so it recovers its base's quality; write it to OUT.
+
+    With --teacher BASE the default loss distills BASE through its own tokenizer (ALM). The
+    --text/--lang texts (default: none) are scored before and after, and with the teacher;
+    the figures go into OUT's model card and training.json. Runs under torchrun (DDP).
+    """
+    from ..corpus import Corpus
+    from ..heal import HealConfig
+    from ..heal import heal as heal_fn
+
+    files = options.text_files(texts, langs)
+    config = HealConfig(steps=steps, max_minutes=max_minutes, batch_size=batch_size, seq_len=seq_len,
+                        grad_accum=grad_accum, lr=lr, loss=loss, train=train, alm_temperature=alm_temperature,
+                        lora_rank=lora_rank, save_every=save_every, seed=seed, device=device)
+    config.check()
+    res = heal_fn(model, out, Corpus.from_paths(list(corpus)), config, teacher=teacher, eval_files=files,
+                  max_bytes=max_bytes, resume=resume, force=force)
+    options.write_json(json_out, {"steps_done": res.steps_done, "seconds": res.seconds, "before": res.before,
+                                  "after": res.after, "teacher": res.teacher})
+    how = "stopped at the time limit" if res.stopped_early else "done"
+    click.echo(f"{how}: {res.steps_done} steps in {res.seconds / 60:.1f} min; wrote {out}")
+    if res.before:
+        click.echo(f"{'text':<24} {'before':>8} {'after':>8} {'teacher':>8}")
+        for name, b in res.before.items():
+            t = res.teacher.get(name)
+            click.echo(f"{name:<24} {b:8.4f} {res.after[name]:8.4f} {t if t is None else format(t, '8.4f')}")

@@ -1,0 +1,375 @@
+"""Heal a transplanted model: train it briefly so it gets back its base's quality.
+
+A transplant (or `hypernet apply`) gives BASE a new tokenizer without training, and the
+model ends up well behind BASE. Healing trains the patched model (the *student*) on text for
+a few CPU-minutes, with one of two losses:
+
+- `lm`: plain next-token loss on the student's own tokenization (no teacher needed);
+- `alm`: Approximate Likelihood Matching (Minixhofer et al. 2025) against the *teacher*, a
+  model with another tokenizer (normally BASE itself): on chunks whose boundaries both
+  tokenizations share (`alignment.py`), the student's chunk probability q is pulled towards
+  the teacher's p by the binary KL divergence KL(Bern(p^(1/T)) || Bern(q^(1/T))) per chunk.
+  Both models score the same bytes after the same preceding bytes, so the teacher's
+  knowledge (not only the corpus) guides the student;
+- `alm+lm`: their sum.
+
+What trains (`train`): `new` = only the embedding rows of tokens the teacher lacks (input
+and output), `embeddings` = every embedding row, `lora` = every embedding row plus LoRA
+adapters (peft) on the attention and MLP projections, merged into the weights on save.
+
+Runs on the shared loop (`training.py`: schedule, checkpoints, exact `--resume`, time limit,
+DDP under torchrun). OUT receives a plain Hugging Face checkpoint (the student's files with
+the trained tensors replaced), its model card extended by the healing record, plus the run's
+`checkpoint/`, `training_log.jsonl` and `training.json`.
+Not handled: students whose tokenizer does not spell text exactly (e.g. an added prefix
+space) with the `alm` losses; encoder or encoder-decoder models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .alignment import align, cut_to_fit, token_ends
+from .corpus import Corpus
+from .errors import TokenSurgeryError
+from .training import LoopConfig, TrainLoop
+from .vocabulary import Vocabulary
+
+LOSSES = ("alm", "lm", "alm+lm")
+TRAINABLE = ("new", "embeddings", "lora")
+TRAINED_FILE = "trained.safetensors"  # the trained tensors, in a checkpoint folder
+
+
+@dataclass
+class HealConfig(LoopConfig):
+    """A healing run's settings (saved with its checkpoints)."""
+
+    steps: int = 200
+    lr: float = 1e-4
+    lr_warmup: int = 10
+    weight_decay: float = 0.0  # AdamW's decay would shrink rows that get no gradient (train=new)
+    save_every: int = 50
+    loss: str = "alm"
+    train: str = "embeddings"
+    batch_size: int = 4  # sequences per micro-batch
+    seq_len: int = 256  # tokens per sequence (each tokenization)
+    alm_temperature: float = 1.0
+    lora_rank: int = 8
+
+    def check(self) -> None:
+        if self.loss not in LOSSES:
+            raise TokenSurgeryError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.train not in TRAINABLE:
+            raise TokenSurgeryError(f"train must be one of {', '.join(TRAINABLE)}, got {self.train!r}")
+        for name in ("batch_size", "seq_len", "grad_accum", "save_every", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise TokenSurgeryError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.seq_len < 8:
+            raise TokenSurgeryError(f"seq_len must be at least 8 tokens, got {self.seq_len}")
+        if self.steps < 0:
+            raise TokenSurgeryError(f"steps must not be negative, got {self.steps}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise TokenSurgeryError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.alm_temperature <= 0:
+            raise TokenSurgeryError(f"alm_temperature must be positive, got {self.alm_temperature}")
+        if self.weight_decay and self.train == "new":
+            raise TokenSurgeryError("weight decay with train=new would also shrink the rows that do not train; use 0")
+
+
+@dataclass
+class HealResult:
+    out: Path
+    steps_done: int
+    seconds: float
+    stopped_early: bool
+    before: dict[str, float] = field(default_factory=dict)  # text name -> bits per byte
+    after: dict[str, float] = field(default_factory=dict)
+    teacher: dict[str, float] = field(default_factory=dict)
+    trained_tensors: int = 0
+    trained_rows: int = 0
+
+
+# ---- losses ----------------------------------------------------------------------------------
+
+def token_logprobs(model, vocab: Vocabulary, rows: list[list[int]]) -> list[torch.Tensor]:
+    """Natural-log probability of each id of each row under `model`, after `vocab`'s BOS when it
+    adds one (without one, the first id has no context: NaN). One padded forward pass."""
+    bos = vocab.bos_added
+    prefix = [bos] if bos is not None else []
+    seqs = [prefix + r for r in rows]
+    width = max(map(len, seqs))
+    device = next(model.parameters()).device
+    x = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):  # right padding: positions are 0.. for every row
+        x[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    x, mask = x.to(device), mask.to(device)
+    logits = model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
+    nll = nll.view(len(seqs), width - 1)
+    out = []
+    for i, r in enumerate(rows):
+        lp = -nll[i, : len(seqs[i]) - 1]
+        if bos is None:
+            lp = torch.cat([lp.new_full((1,), float("nan")), lp])
+        out.append(lp)
+    return out
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, accurate at both ends."""
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def binary_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(Bern(p) || Bern(q)) from log p and log q (both < 0), elementwise."""
+    eps = 1e-6  # keeps log(1 - q) finite when a chunk is nearly certain
+    log_p, log_q = log_p.clamp(max=-eps), log_q.clamp(max=-eps)
+    p = log_p.exp()
+    return p * (log_p - log_q) + (1 - p) * (_log1mexp(log_p) - _log1mexp(log_q))
+
+
+def chunk_logprobs(lp: torch.Tensor, chunks: torch.Tensor, n_chunks: int) -> torch.Tensor:
+    """Sum of token log-probabilities per chunk (NaN where a token was not scored)."""
+    return torch.zeros(n_chunks, dtype=lp.dtype, device=lp.device).index_add(0, chunks.to(lp.device), lp)
+
+
+# ---- the trainer -----------------------------------------------------------------------------
+
+def _rng(config: HealConfig, step: int, rank: int, micro: int) -> random.Random:
+    return random.Random(f"heal:{config.seed}:{step}:{rank}:{micro}")
+
+
+def new_rows(student_vocab: Vocabulary, teacher_vocab: Vocabulary) -> list[int]:
+    """Student ids whose rows no teacher token could have given: the tokens a transplant computed."""
+    from .vocab_map import VocabMap
+
+    return VocabMap.build(teacher_vocab, student_vocab).new
+
+
+class Healer:
+    """Student, teacher, corpus and loop of one healing run."""
+
+    def __init__(self, student: str | Path, corpus: Corpus, out: str | Path, config: HealConfig,
+                 teacher: str | Path | None = None, resume: bool = False, force: bool = False, progress: bool = True):
+        from .checkpoint import check_output
+        from .evaluate import load_model
+        from .inputs import open_model, vocabulary_of_folder
+
+        config.check()
+        if config.loss != "lm" and teacher is None:
+            raise TokenSurgeryError(f"loss {config.loss!r} needs a teacher (--teacher BASE); loss 'lm' needs none")
+        self.student_dir = open_model(student, progress=progress)
+        self.teacher_dir = open_model(teacher, progress=progress) if teacher is not None else None
+        inputs = [self.student_dir] + ([self.teacher_dir] if self.teacher_dir else [])
+        check_output(out, inputs, force=True)  # only the "not inside an input" rule; the loop does the rest
+        self.loop = TrainLoop(out, config, resume, force, progress, desc="healing",
+                              shown=("step", "loss", "alm", "lm", "bpb"))
+        self.config, self.corpus, self.out, self.progress = self.loop.config, corpus, Path(out), progress
+        self.config.check()
+        self.rank = self.loop.rank
+        self.svocab = vocabulary_of_folder(self.student_dir, name=str(student))
+        self.model = load_model(self.student_dir, device=self.config.device)
+        if not hasattr(self.model, "get_output_embeddings") or self.model.get_output_embeddings() is None:
+            raise TokenSurgeryError(f"{student} is not a causal language model with an output layer")
+        self.tvocab = self.teacher = None
+        if self.teacher_dir is not None:
+            self.tvocab = vocabulary_of_folder(self.teacher_dir, name=str(teacher))
+            # float32 on CPU: most CPUs emulate bfloat16 products (see kernels/omp.fast_bfloat16)
+            dtype = "bfloat16" if self.config.device.startswith("cuda") else "float32"
+            self.teacher = load_model(self.teacher_dir, dtype=dtype, device=self.config.device)
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        self.rows = new_rows(self.svocab, self.tvocab) if self.tvocab is not None else []
+        if self.config.train == "new" and not self.rows:
+            raise TokenSurgeryError("train=new needs a teacher whose vocabulary lacks some student tokens; "
+                                    "the student has no new tokens" if self.tvocab else "train=new needs --teacher")
+        self.trainable = self._make_trainable()
+        if resume:
+            self._load_trained(self.loop.resume_folder())
+        self.loop.attach(self.model, self._save_trained)
+
+    # ---- what trains ----
+
+    def _make_trainable(self) -> dict[str, torch.nn.Parameter]:
+        c = self.config
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if c.train == "lora":
+            self._add_lora()
+        emb = [self.model.get_input_embeddings().weight, self.model.get_output_embeddings().weight]
+        if c.train == "new":
+            mask = torch.zeros(emb[0].shape[0], 1, dtype=emb[0].dtype, device=emb[0].device)
+            mask[torch.tensor(self.rows)] = 1.0
+        for w in {id(w): w for w in emb}.values():
+            w.requires_grad_(True)
+            if c.train == "new":
+                w.register_hook(lambda g, m=mask: g * m)  # rows of shared tokens get no gradient
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _add_lora(self) -> None:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise TokenSurgeryError("train=lora needs peft: pip install 'tokensurgery[heal]'") from None
+        names = {n.rsplit(".", 1)[-1] for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)}
+        targets = sorted(names & {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                  "c_attn", "c_proj", "c_fc", "query_key_value", "dense"})
+        if not targets:
+            raise TokenSurgeryError(f"no attention/MLP projections found for LoRA among {sorted(names)[:8]}")
+        torch.manual_seed(self.config.seed)
+        cfg = LoraConfig(r=self.config.lora_rank, lora_alpha=2 * self.config.lora_rank, target_modules=targets,
+                         lora_dropout=0.0, bias="none")
+        self.model = get_peft_model(self.model, cfg)
+
+    def _save_trained(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().cpu().contiguous() for n, p in self.trainable.items()}, str(folder / TRAINED_FILE))
+
+    def _load_trained(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        saved = load_file(str(folder / TRAINED_FILE))
+        if set(saved) != set(self.trainable):
+            raise TokenSurgeryError(f"{folder} holds other tensors than this run trains; resume with the same settings")
+        with torch.no_grad():
+            for n, p in self.trainable.items():
+                p.copy_(saved[n])
+
+    # ---- data and loss ----
+
+    def batch(self, step: int, micro: int) -> list[tuple[list[int], list[int] | None, int]]:
+        """Per sequence: student ids, teacher ids (None for loss lm) and the bytes they cover."""
+        c = self.config
+        rng = _rng(c, step, self.rank, micro)
+        out = []
+        while len(out) < c.batch_size:
+            text = self.corpus.window(rng, c.seq_len * 4)
+            data = text.encode()
+            s_ids = self.svocab.encode(text)
+            if self.config.loss == "lm":
+                s_ids = s_ids[: c.seq_len]
+                out.append((s_ids, None, len(self.svocab.decode_bytes(s_ids))))
+                continue
+            t_ids = self.tvocab.encode(text)
+            s_ends, t_ends = token_ends(self.svocab, s_ids, data), token_ends(self.tvocab, t_ids, data)
+            cut = cut_to_fit(s_ends, t_ends, c.seq_len, c.seq_len)
+            if cut == 0:
+                continue  # no shared boundary within seq_len tokens (e.g. a long run of one script)
+            s_ids = s_ids[: sum(1 for e in s_ends if e <= cut)]
+            t_ids = t_ids[: sum(1 for e in t_ends if e <= cut)]
+            out.append((s_ids, t_ids, cut))
+        return out
+
+    def loss(self, step: int, micro: int) -> dict:
+        c = self.config
+        batch = self.batch(step, micro)
+        s_lp = token_logprobs(self.loop.ddp, self.svocab, [s for s, _, _ in batch])
+        n_bytes = sum(n for _, _, n in batch)
+        scored = torch.cat([lp[~lp.isnan()] for lp in s_lp])
+        lm = -scored.mean()
+        logs = {"lm": lm.detach(), "bpb": -scored.detach().sum() / math.log(2) / n_bytes}
+        if c.loss == "lm":
+            return {"loss": lm, **logs}
+        with torch.no_grad():
+            t_lp = token_logprobs(self.teacher, self.tvocab, [t for _, t, _ in batch])
+        kls = []
+        for (s_ids, t_ids, _), sl, tl in zip(batch, s_lp, t_lp):
+            a = align(token_ends(self.svocab, s_ids), token_ends(self.tvocab, t_ids))
+            sc = chunk_logprobs(sl, a.chunk_a, a.n_chunks)
+            tc = chunk_logprobs(tl.to(sl.dtype), a.chunk_b, a.n_chunks)
+            ok = ~(sc.isnan() | tc.isnan())
+            T = c.alm_temperature
+            kls.append(binary_kl(tc[ok] / T, sc[ok] / T))
+        alm = torch.cat(kls).mean()
+        logs["alm"] = alm.detach()
+        return {"loss": alm + lm if c.loss == "alm+lm" else alm, **logs}
+
+    # ---- run ----
+
+    def run(self, eval_files: list[Path] = (), max_bytes: int | None = None, until: int | None = None) -> HealResult:
+        from .evaluate import score_files
+
+        def scores(model, vocab) -> dict[str, float]:
+            model.eval()
+            return {s.name: s.bits_per_byte for s in score_files(model, vocab, list(eval_files), max_bytes=max_bytes,
+                                                                  progress=False)} if eval_files else {}
+
+        before = scores(self.model, self.svocab) if self.rank == 0 else {}
+        teacher = scores(self.teacher, self.tvocab) if self.rank == 0 and self.teacher is not None else {}
+        start = time.perf_counter()
+        result = self.loop.run(self.loss, until=until)
+        seconds = time.perf_counter() - start
+        after = scores(self.model, self.svocab) if self.rank == 0 else {}
+        res = HealResult(self.out, result.steps_done, seconds, result.stopped_early, before, after, teacher,
+                         len(self.trainable), len(self.rows) if self.config.train == "new" else 0)
+        if self.rank == 0:
+            self._write(res)
+        return res
+
+    def _write(self, res: HealResult) -> None:
+        """The healed model as a plain checkpoint in OUT (staged, then moved in), and the record."""
+        from .checkpoint import write_updated_checkpoint
+
+        model = self.model.merge_and_unload() if self.config.train == "lora" else self.model
+        record = self.record(res)
+        staging = Path(tempfile.mkdtemp(prefix=".healed-", dir=self.out))
+        try:
+            changed = write_updated_checkpoint(self.student_dir, staging / "model", model,
+                                               card_section=healing_card(record))
+            for f in (staging / "model").iterdir():
+                if (self.out / f.name).exists() and (self.out / f.name).is_file():
+                    (self.out / f.name).unlink()
+                f.rename(self.out / f.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        record["tensors_written"] = changed
+        (self.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    def record(self, res: HealResult) -> dict:
+        c = self.config
+        return {"student": str(self.student_dir), "teacher": str(self.teacher_dir) if self.teacher_dir else None,
+                "loss": c.loss, "train": c.train, "steps_done": res.steps_done, "minutes": round(res.seconds / 60, 2),
+                "stopped_at_time_limit": res.stopped_early, "corpus_chars": self.corpus.n_chars,
+                "corpus": sorted({n.split(":")[0] for n, _ in self.corpus.texts})[:20],
+                "trained_tensors": res.trained_tensors, "trained_rows": res.trained_rows,
+                "bits_per_byte_before": res.before, "bits_per_byte_after": res.after,
+                "bits_per_byte_teacher": res.teacher, "world_size": self.loop.world, "config": asdict(c)}
+
+
+def healing_card(record: dict) -> str:
+    """The model card section a healing run adds."""
+    lines = ["## Healing", "", f"`tokensurgery heal` with loss `{record['loss']}`, trained `{record['train']}`, "
+             f"{record['steps_done']} steps in {record['minutes']} min on {record['corpus_chars']:,} characters "
+             f"of text ({', '.join(record['corpus'])}); teacher `{record['teacher']}`.", ""]
+    before, after, teacher = record["bits_per_byte_before"], record["bits_per_byte_after"], record["bits_per_byte_teacher"]
+    if before:
+        lines += ["| text | bits/byte before | after | teacher |", "|---|---|---|---|"]
+        for name in before:
+            t = f"{teacher[name]:.4f}" if name in teacher else ""
+            lines.append(f"| {name} | {before[name]:.4f} | {after.get(name, float('nan')):.4f} | {t} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def heal(student: str | Path, out: str | Path, corpus: Corpus, config: HealConfig | None = None,
+         teacher: str | Path | None = None, eval_files: list[Path] = (), max_bytes: int | None = None,
+         resume: bool = False, force: bool = False, progress: bool = True) -> HealResult:
+    """Heal STUDENT (any causal LM, normally a `transplant` output) on `corpus`, distilling
+    `teacher` (normally the transplant's BASE) with the ALM losses; write the result to OUT.
+    `eval_files` are scored before and after (bits per byte, in the result and the card)."""
+    healer = Healer(student, corpus, out, config or HealConfig(), teacher, resume, force, progress)
+    return healer.run(eval_files, max_bytes)
