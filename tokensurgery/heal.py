@@ -193,8 +193,8 @@ class Healer:
                 p.requires_grad_(False)
         self.rows = new_rows(self.svocab, self.tvocab) if self.tvocab is not None else []
         if self.config.train == "new" and not self.rows:
-            raise TokenSurgeryError("train=new needs a teacher whose vocabulary lacks some student tokens; "
-                                    "the student has no new tokens" if self.tvocab else "train=new needs --teacher")
+            why = "the teacher's vocabulary has every student token" if self.tvocab else "no --teacher was given"
+            raise TokenSurgeryError(f"train=new trains the rows of tokens the teacher lacks, but {why}")
         self.trainable = self._make_trainable()
         if resume:
             self._load_trained(self.loop.resume_folder())
