@@ -248,6 +248,61 @@ print(out.rows, "rows;", tok.decode(model.generate(ids, max_new_tokens=8, do_sam
 ]
 
 
+HEAL = [
+    new_markdown_cell("""# Heal a transplanted model (cross-tokenizer distillation)
+
+A transplant gives a model a new tokenizer without training, and it ends up behind its base.
+`heal` trains it briefly on text. The default loss, ALM (Approximate Likelihood Matching), uses
+the base as a *teacher* through its own tokenizer: on every text chunk whose boundaries both
+tokenizations share, the student's probability of the chunk is pulled towards the teacher's.
+From the shell: `tokensurgery heal OUT_OF_TRANSPLANT HEALED --teacher gemma3-270m --max-minutes 10`.
+Settings here are tiny (a few steps) so the recipe runs in a few minutes on a CPU; see
+`results/heal_light.md` for what longer runs do."""),
+    new_code_cell("""STEPS, MAX_BYTES = 3, 800  # raise both for a real run
+import tempfile
+from pathlib import Path
+from tokensurgery.transplant import TransplantOptions, transplant
+
+work = Path(tempfile.mkdtemp())
+moved = transplant("gemma3-270m", "smollm2-135m", work / "gemma-smoltok", TransplantOptions(method="fvt"),
+                   progress=False)
+moved.out"""),
+    new_markdown_cell("""## Chunks both tokenizations share
+
+ALM compares the two models only where both tokenizers end a token at the same byte."""),
+    new_code_cell("""from tokensurgery import open_vocabulary
+from tokensurgery.alignment import align, token_ends
+from tokensurgery.inputs import open_model
+
+student_vocab, teacher_vocab = open_vocabulary(moved.out), open_vocabulary(open_model("gemma3-270m"))
+text = "Die Hauptstadt von Deutschland ist Berlin."
+s, t = student_vocab.encode(text), teacher_vocab.encode(text)
+a = align(token_ends(student_vocab, s, text.encode()), token_ends(teacher_vocab, t, text.encode()))
+for c in range(a.n_chunks):
+    print(c, [student_vocab.tokens[i] for i, k in zip(s, a.chunk_a.tolist()) if k == c],
+          [teacher_vocab.tokens[i] for i, k in zip(t, a.chunk_b.tolist()) if k == c])"""),
+    new_markdown_cell("""## Heal, scoring held-out text before and after
+
+`heal` writes a plain checkpoint (the trained tensors replaced), its model card extended by the
+healing record, and the run's checkpoint for `resume=True`."""),
+    new_code_cell("""from tokensurgery.assets import corpus_path
+from tokensurgery.corpus import Corpus
+from tokensurgery.heal import HealConfig, heal
+
+config = HealConfig(steps=STEPS, batch_size=1, seq_len=64, lr=3e-4, lr_warmup=1, loss="alm", train="embeddings")
+res = heal(moved.out, work / "healed", Corpus.from_paths(["bundled"]), config, teacher="gemma3-270m",
+           eval_files=[corpus_path("en")], max_bytes=MAX_BYTES, progress=False)
+print(res.steps_done, "steps;", "before", res.before, "after", res.after, "teacher", res.teacher)
+print((work / "healed" / "README.md").read_text().split("## Healing")[1][:800])"""),
+    new_markdown_cell("""## Plain transformers loads the healed model"""),
+    new_code_cell("""from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained(work / "healed")
+tok = AutoTokenizer.from_pretrained(work / "healed")
+out = model.generate(**tok("Die Hauptstadt von Deutschland ist", return_tensors="pt"), max_new_tokens=8, do_sample=False)
+tok.decode(out[0], skip_special_tokens=True)"""),
+]
+
+
 BYTE_MODELS = [
     new_markdown_cell("""# Byte-level models: word splitter, Byte2Word, hierarchical and flat byte LMs, retrofits
 
@@ -349,6 +404,7 @@ def main():
     nbformat.write(new_notebook(cells=BYTES, metadata=meta), HERE / "03_byte_level_probabilities.ipynb")
     nbformat.write(new_notebook(cells=HYPERNET, metadata=meta), HERE / "04_hypernetwork.ipynb")
     nbformat.write(new_notebook(cells=BYTE_MODELS, metadata=meta), HERE / "05_byte_models.ipynb")
+    nbformat.write(new_notebook(cells=HEAL, metadata=meta), HERE / "06_heal.ipynb")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""Healing curves: bits per byte of a transplanted model against CPU-minutes of `heal`, per
+loss x what-trains, on held-out text, with BASE (the teacher) and the unhealed transplant on
+the same bytes.
+
+The transplant is made once with `transplant`'s defaults (kept in .bench/ between runs). Each
+variant then heals it in stages (`--minutes 5,10` = heal to 5 minutes, score, resume to 10,
+score); each stage's checkpoint is scored as a user would load it (OUT folder,
+`load_causal_lm`). "Gap closed" = (transplant - healed) / (transplant - base), overall.
+The learning-rate schedule is held at its peak after warm-up (`steps` is set far beyond what
+the minutes allow), so a stage's model is what a longer run would have passed through.
+
+Run: .venv/bin/python benchmarks/heal.py --pair light --variants "alm:embeddings;lm:embeddings" --minutes 5,10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from run_record import ROOT, run_record  # this script's folder is on sys.path
+from tokensurgery.assets import text_paths
+from tokensurgery.corpus import Corpus
+from tokensurgery.evaluate import load_causal_lm, score_files
+from tokensurgery.heal import HealConfig, Healer
+from tokensurgery.inputs import open_model
+from tokensurgery.transplant import transplant
+
+PAIRS = {"light": ("gemma3-270m", "smollm2-135m"), "heavy": ("smollm2-135m", "gemma3-270m")}
+
+
+def scores(folder: Path, files: list[Path], max_bytes: int) -> dict[str, float]:
+    model, vocab = load_causal_lm(folder)
+    return {s.name: round(s.bits_per_byte, 4) for s in score_files(model, vocab, files, max_bytes=max_bytes,
+                                                                    progress=False)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pair", choices=list(PAIRS), default="light")
+    ap.add_argument("--variants", default="alm:embeddings;lm:embeddings;alm:new",
+                    help="`;`-separated loss:train[:lr] (loss alm|lm|alm+lm, train new|embeddings|lora)")
+    ap.add_argument("--minutes", default="5,10", help="cumulative healing minutes at which to score")
+    ap.add_argument("--langs", default="en,de,py,multilingual")
+    ap.add_argument("--max-bytes", type=int, default=2000)
+    ap.add_argument("--lr", type=float, default=HealConfig.lr)
+    ap.add_argument("--batch-size", type=int, default=HealConfig.batch_size)
+    ap.add_argument("--seq-len", type=int, default=HealConfig.seq_len)
+    ap.add_argument("--corpus", default="bundled,multilingual-dev")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "heal")
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    args = ap.parse_args()
+    record = run_record()
+    print("command:", record["command"], flush=True)
+    base, donor = PAIRS[args.pair]
+    files = [p for lang in args.langs.split(",") for p in text_paths(lang)]
+    names = [p.name for p in files] + ["overall"]
+    minutes = [float(m) for m in args.minutes.split(",")]
+    corpus = Corpus.from_paths(args.corpus.split(","))
+    args.work.mkdir(parents=True, exist_ok=True)
+    student = args.work / f"transplant_{args.pair}"
+    if not (student / "config.json").exists():
+        start = time.perf_counter()
+        transplant(base, donor, student, force=True, progress=False)
+        print(f"transplant: {time.perf_counter() - start:.0f}s", flush=True)
+    rows = [{"variant": f"base ({base}, own tokenizer)", "minutes": 0, **scores(open_model(base), files, args.max_bytes)},
+            {"variant": "transplant (defaults), not healed", "minutes": 0, **scores(student, files, args.max_bytes)}]
+    for r in rows:
+        print(r, flush=True)
+    base_bpb, start_bpb = rows[0]["overall"], rows[1]["overall"]
+    for spec in args.variants.split(";"):
+        loss, train, *rest = spec.split(":")
+        lr = float(rest[0]) if rest else args.lr
+        out = args.work / f"heal_{args.pair}_{loss}_{train}"
+        shutil.rmtree(out, ignore_errors=True)
+        done = 0.0
+        for i, m in enumerate(minutes):
+            config = HealConfig(steps=10**6, max_minutes=m - done, lr=lr, loss=loss, train=train,
+                                batch_size=args.batch_size, seq_len=args.seq_len, save_every=10**6,
+                                device=args.device)
+            healer = Healer(student, corpus, out, config, teacher=base if loss != "lm" else None, resume=i > 0,
+                            progress=False)
+            res = healer.run()
+            done = m
+            row = {"variant": f"{loss} / {train} / lr {lr:g}", "minutes": m, "steps": res.steps_done,
+                   "tokens_per_step": args.batch_size * args.seq_len, **scores(out, files, args.max_bytes),
+                   "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+            row["gap_closed"] = round((start_bpb - row["overall"]) / (start_bpb - base_bpb), 4)
+            rows.append(row)
+            print(row, flush=True)
+            del healer
+        shutil.rmtree(out, ignore_errors=True)  # ~0.5-1 GB per healed model
+    lines = [f"Pair `{args.pair}`: {donor}'s tokenizer on {base} (transplant defaults), healed on "
+             f"{args.corpus} ({corpus.n_chars:,} characters); batch {args.batch_size} x {args.seq_len} tokens; "
+             f"first {args.max_bytes} bytes of each held-out text; bits per byte.", "",
+             "| variant | minutes | steps | " + " | ".join(n.removesuffix(".txt") for n in names) + " | gap closed |",
+             "|---" * (len(names) + 4) + "|"]
+    for r in rows:
+        gap = f"{r['gap_closed']:.1%}" if "gap_closed" in r else ""
+        lines.append(f"| {r['variant']} | {r['minutes']:g} | {r.get('steps', '')} | "
+                     + " | ".join(f"{r[n]:.3f}" for n in names) + f" | {gap} |")
+    table = "\n".join(lines)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {**record, "pair": args.pair, "base": base, "donor": donor, "langs": args.langs, "max_bytes": args.max_bytes,
+            "minutes": minutes, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
+            "corpus": args.corpus}
+    (args.out / f"heal_{args.pair}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
+                                                                ensure_ascii=False) + "\n")
+    (args.out / f"heal_{args.pair}.md").write_text(f"Command: `{record['command']}` (commit {record['commit']}, "
+                                                  f"{record['date']}, load at start {record['load_average_at_start']})"
+                                                  f"\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
