@@ -118,6 +118,31 @@ def test_one_alm_step_lowers_the_loss(tiny_model_dirs, tmp_path):
     assert after < 0.98 * before, (before, after)
 
 
+def test_teacher_identical_to_student_gives_zero_alm_and_kd(tiny_model_dirs, tmp_path):
+    same = tiny_model_dirs["tied"]
+    h = Healer(same, tiny_corpus(), tmp_path / "o", tiny_config(loss="alm+kd"), teacher=same, progress=False)
+    parts = h.loss(0, 0)
+    assert float(parts["alm"]) < 1e-7 and float(parts["kd"]) < 1e-6 and float(parts["lm"]) > 1.0
+    other = Healer(same, tiny_corpus(), tmp_path / "p", tiny_config(loss="alm+kd"), teacher=tiny_model_dirs["bos"],
+                   progress=False).loss(0, 0)
+    assert float(other["alm"]) > 1e-5 and float(other["kd"]) > 1e-3
+
+
+def test_kd_step_lowers_the_loss(tiny_model_dirs, tmp_path):
+    h = Healer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "o", tiny_config(steps=1, loss="kd", lr=1e-2),
+               teacher=tiny_model_dirs["bos"], progress=False)
+    before = float(h.loss(0, 0)["loss"].detach())
+    h.loop.run(h.loss)
+    assert float(h.loss(0, 0)["loss"].detach()) < 0.98 * before
+
+
+def test_cli_offers_every_loss():
+    from tokensurgery.cli import heal as heal_cli
+    from tokensurgery.heal import LOSSES
+
+    assert heal_cli.LOSSES == LOSSES
+
+
 def test_lm_step_lowers_the_loss_without_teacher(tiny_model_dirs, tmp_path):
     h = Healer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "o", tiny_config(steps=1, loss="lm", lr=1e-2),
                progress=False)

@@ -11,7 +11,12 @@ a few CPU-minutes, with one of two losses:
   the teacher's p by the binary KL divergence KL(Bern(p^(1/T)) || Bern(q^(1/T))) per chunk.
   Both models score the same bytes after the same preceding bytes, so the teacher's
   knowledge (not only the corpus) guides the student;
-- `alm+lm`: their sum.
+- `kd`: token-level distillation where it is well defined without a shared vocabulary: at
+  every position whose context ends at the same byte in both tokenizations, KL(teacher ||
+  student) over the tokens both vocabularies have (same surface bytes), each distribution
+  renormalised over that set. A whole distribution per position instead of one number per
+  chunk; approximate where the two tokenizers would spell the next bytes differently;
+- sums such as `alm+lm`, `kd+lm`, `alm+kd`.
 
 What trains (`train`): `new` = only the embedding rows of tokens the teacher lacks (input
 and output), `embeddings` = every embedding row, `lora` = every embedding row plus LoRA
@@ -43,9 +48,10 @@ from .alignment import align, cut_to_fit, token_ends
 from .corpus import Corpus
 from .errors import TokenSurgeryError
 from .training import LoopConfig, TrainLoop
+from .vocab_map import VocabMap
 from .vocabulary import Vocabulary
 
-LOSSES = ("alm", "lm", "alm+lm")
+LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")
 TRAINABLE = ("new", "embeddings", "lora")
 TRAINED_FILE = "trained.safetensors"  # the trained tensors, in a checkpoint folder
 
@@ -101,12 +107,12 @@ class HealResult:
 
 # ---- losses ----------------------------------------------------------------------------------
 
-def token_logprobs(model, vocab: Vocabulary, rows: list[list[int]]) -> list[torch.Tensor]:
-    """Natural-log probability of each id of each row under `model`, after `vocab`'s BOS when it
-    adds one (without one, the first id has no context: NaN). One padded forward pass."""
+def next_token_logits(model, vocab: Vocabulary, rows: list[list[int]]) -> tuple[torch.Tensor, int]:
+    """One padded forward pass over `rows` (after `vocab`'s BOS when it adds one). Returns
+    (logits, shift): `logits[r, j - shift]` predicts `rows[r][j]`; shift is 0 with a BOS and 1
+    without (the first id then has no context)."""
     bos = vocab.bos_added
-    prefix = [bos] if bos is not None else []
-    seqs = [prefix + r for r in rows]
+    seqs = [([bos] if bos is not None else []) + r for r in rows]
     width = max(map(len, seqs))
     device = next(model.parameters()).device
     x = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -114,17 +120,30 @@ def token_logprobs(model, vocab: Vocabulary, rows: list[list[int]]) -> list[torc
     for i, s in enumerate(seqs):  # right padding: positions are 0.. for every row
         x[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    x, mask = x.to(device), mask.to(device)
-    logits = model(input_ids=x, attention_mask=mask).logits[:, :-1].float()
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
-    nll = nll.view(len(seqs), width - 1)
+    logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+    return logits, 0 if bos is not None else 1
+
+
+def token_logprobs(logits: torch.Tensor, shift: int, rows: list[list[int]]) -> list[torch.Tensor]:
+    """Natural-log probability of each id of each row (NaN for an id without context), from
+    `next_token_logits`."""
     out = []
-    for i, r in enumerate(rows):
-        lp = -nll[i, : len(seqs[i]) - 1]
-        if bos is None:
-            lp = torch.cat([lp.new_full((1,), float("nan")), lp])
-        out.append(lp)
+    for r, row in enumerate(rows):
+        target = torch.tensor(row[shift:], dtype=torch.long, device=logits.device)
+        lp = -F.cross_entropy(logits[r, : len(target)], target, reduction="none")
+        out.append(torch.cat([lp.new_full((shift,), float("nan")), lp]))
     return out
+
+
+def shared_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_cols: torch.Tensor,
+              teacher_cols: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per position over the tokens both vocabularies have (columns
+    `teacher_cols` / `student_cols` name the same surface bytes), each distribution renormalised
+    over that shared set."""
+    ls = student_logits.log_softmax(-1)[:, student_cols]
+    lt = teacher_logits.log_softmax(-1)[:, teacher_cols]
+    ls, lt = ls - ls.logsumexp(-1, keepdim=True), lt - lt.logsumexp(-1, keepdim=True)
+    return (lt.exp() * (lt - ls)).sum(-1)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -153,8 +172,6 @@ def _rng(config: HealConfig, step: int, rank: int, micro: int) -> random.Random:
 
 def new_rows(student_vocab: Vocabulary, teacher_vocab: Vocabulary) -> list[int]:
     """Student ids whose rows no teacher token could have given: the tokens a transplant computed."""
-    from .vocab_map import VocabMap
-
     return VocabMap.build(teacher_vocab, student_vocab).new
 
 
@@ -191,7 +208,13 @@ class Healer:
             self.teacher = load_model(self.teacher_dir, dtype=dtype, device=self.config.device)
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-        self.rows = new_rows(self.svocab, self.tvocab) if self.tvocab is not None else []
+        vm = VocabMap.build(self.tvocab, self.svocab) if self.tvocab is not None else None
+        self.rows = vm.new if vm is not None else []  # student tokens the teacher lacks
+        if vm is not None and not vm.shared and "kd" in self.config.loss:
+            raise TokenSurgeryError("loss kd compares the tokens both vocabularies share, and they share none")
+        device = self.config.device
+        self.shared_cols = None if vm is None else (torch.tensor(list(vm.shared), device=device),
+                                                    torch.tensor(list(vm.shared.values()), device=device))
         if self.config.train == "new" and not self.rows:
             why = "the teacher's vocabulary has every student token" if self.tvocab else "no --teacher was given"
             raise TokenSurgeryError(f"train=new trains the rows of tokens the teacher lacks, but {why}")
@@ -277,26 +300,42 @@ class Healer:
     def loss(self, step: int, micro: int) -> dict:
         c = self.config
         batch = self.batch(step, micro)
-        s_lp = token_logprobs(self.loop.ddp, self.svocab, [s for s, _, _ in batch])
+        s_rows = [s for s, _, _ in batch]
+        s_logits, s_shift = next_token_logits(self.loop.ddp, self.svocab, s_rows)
+        s_lp = token_logprobs(s_logits, s_shift, s_rows)
         n_bytes = sum(n for _, _, n in batch)
         scored = torch.cat([lp[~lp.isnan()] for lp in s_lp])
         lm = -scored.mean()
         logs = {"lm": lm.detach(), "bpb": -scored.detach().sum() / math.log(2) / n_bytes}
         if c.loss == "lm":
             return {"loss": lm, **logs}
+        t_rows = [t for _, t, _ in batch]
         with torch.no_grad():
-            t_lp = token_logprobs(self.teacher, self.tvocab, [t for _, t, _ in batch])
-        kls = []
-        for (s_ids, t_ids, _), sl, tl in zip(batch, s_lp, t_lp):
-            a = align(token_ends(self.svocab, s_ids), token_ends(self.tvocab, t_ids))
-            sc = chunk_logprobs(sl, a.chunk_a, a.n_chunks)
-            tc = chunk_logprobs(tl.to(sl.dtype), a.chunk_b, a.n_chunks)
-            ok = ~(sc.isnan() | tc.isnan())
-            T = c.alm_temperature
-            kls.append(binary_kl(tc[ok] / T, sc[ok] / T))
-        alm = torch.cat(kls).mean()
-        logs["alm"] = alm.detach()
-        return {"loss": alm + lm if c.loss == "alm+lm" else alm, **logs}
+            t_logits, t_shift = next_token_logits(self.teacher, self.tvocab, t_rows)
+            t_lp = token_logprobs(t_logits, t_shift, t_rows)
+        kls, kds = [], []
+        for r, (s_ids, t_ids, _) in enumerate(batch):
+            s_ends, t_ends = token_ends(self.svocab, s_ids), token_ends(self.tvocab, t_ids)
+            if "alm" in c.loss:
+                a = align(s_ends, t_ends)
+                sc = chunk_logprobs(s_lp[r], a.chunk_a, a.n_chunks)
+                tc = chunk_logprobs(t_lp[r].to(sc.dtype), a.chunk_b, a.n_chunks)
+                ok = ~(sc.isnan() | tc.isnan())
+                kls.append(binary_kl(tc[ok] / c.alm_temperature, sc[ok] / c.alm_temperature))
+            if "kd" in c.loss:  # positions whose context ends at the same byte in both tokenizations
+                t_pos = {([0] + t_ends)[j]: j - t_shift for j in range(t_shift, len(t_ids))}
+                pairs = [(j - s_shift, t_pos[o]) for j, o in enumerate([0] + s_ends[:-1]) if j >= s_shift and o in t_pos]
+                if pairs:
+                    ps, pt = torch.tensor(pairs).T
+                    kds.append(shared_kl(s_logits[r, ps], t_logits[r, pt].to(s_logits.dtype), *self.shared_cols))
+        parts = {"lm": lm}
+        if kls:
+            parts["alm"] = logs["alm"] = torch.cat(kls).mean()
+        if kds:
+            parts["kd"] = torch.cat(kds).mean()
+        logs["kd"] = parts.get("kd", torch.zeros(())).detach()
+        total = sum(parts[name] for name in c.loss.split("+") if name in parts)
+        return {"loss": total, **{k: v.detach() if torch.is_tensor(v) else v for k, v in logs.items()}}
 
     # ---- run ----
 

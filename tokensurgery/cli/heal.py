@@ -8,6 +8,8 @@ import click
 
 from . import options
 
+LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a test checks); no torch import here
+
 
 @click.command("heal", cls=options.grouped(
     Teacher_and_loss=["teacher", "loss", "alm_temperature"],
@@ -19,9 +21,10 @@ from . import options
 @click.argument("model")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--teacher", help="The model to distill (normally the transplant's BASE); needed by the alm losses.")
-@click.option("--loss", type=click.Choice(["alm", "lm", "alm+lm"]), default="alm", show_default=True,
-              help="alm: match the teacher's likelihood of every chunk both tokenizations share; lm: plain "
-                   "next-token loss on the corpus (no teacher); alm+lm: both.")
+@click.option("--loss", type=click.Choice(list(LOSSES)), default="alm", show_default=True,
+              help="alm: match the teacher's likelihood of every chunk both tokenizations share; kd: match its "
+                   "next-token distribution over the shared tokens where both contexts end at the same byte; lm: "
+                   "plain next-token loss (no teacher); a+b: their sum.")
 @click.option("--alm-temperature", default=1.0, show_default=True,
               help="ALM: chunk probabilities are compared as p^(1/T) (higher T weighs unlikely chunks more).")
 @click.option("--train", type=click.Choice(["new", "embeddings", "lora"]), default="embeddings", show_default=True,
