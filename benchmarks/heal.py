@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=HealConfig.batch_size)
     ap.add_argument("--seq-len", type=int, default=HealConfig.seq_len)
     ap.add_argument("--corpus", default="bundled,multilingual-dev")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cuda on a GPU machine: the same run, one flag")
+    ap.add_argument("--suffix", default="", help="added to the result files' stem, e.g. _trains")
     ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "heal")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     args = ap.parse_args()
@@ -109,9 +110,9 @@ def main() -> None:
     meta = {**record, "pair": args.pair, "base": base, "donor": donor, "langs": args.langs, "max_bytes": args.max_bytes,
             "minutes": minutes, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
             "corpus": args.corpus}
-    (args.out / f"heal_{args.pair}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
+    (args.out / f"heal_{args.pair}{args.suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
                                                                 ensure_ascii=False) + "\n")
-    (args.out / f"heal_{args.pair}.md").write_text(f"Command: `{record['command']}` (commit {record['commit']}, "
+    (args.out / f"heal_{args.pair}{args.suffix}.md").write_text(f"Command: `{record['command']}` (commit {record['commit']}, "
                                                   f"{record['date']}, load at start {record['load_average_at_start']})"
                                                   f"\n\n{table}\n")
 
