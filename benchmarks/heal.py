@@ -83,7 +83,7 @@ def main() -> None:
             config = HealConfig(steps=10**6, max_minutes=m - done, lr=lr, loss=loss, train=train,
                                 batch_size=args.batch_size, seq_len=args.seq_len, save_every=10**6,
                                 device=args.device)
-            healer = Healer(student, corpus, out, config, teacher=base if loss != "lm" else None, resume=i > 0,
+            healer = Healer(student, corpus, out, config, teacher=base, resume=i > 0,  # lm: only its vocabulary
                             progress=False)
             res = healer.run()
             done = m

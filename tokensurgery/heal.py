@@ -201,8 +201,9 @@ class Healer:
         if not hasattr(self.model, "get_output_embeddings") or self.model.get_output_embeddings() is None:
             raise TokenSurgeryError(f"{student} is not a causal language model with an output layer")
         self.tvocab = self.teacher = None
-        if self.teacher_dir is not None:
+        if self.teacher_dir is not None:  # loss lm uses only its vocabulary (which rows are new)
             self.tvocab = vocabulary_of_folder(self.teacher_dir, name=str(teacher))
+        if self.teacher_dir is not None and self.config.loss != "lm":
             # float32 on CPU: most CPUs emulate bfloat16 products (see kernels/omp.fast_bfloat16)
             dtype = "bfloat16" if self.config.device.startswith("cuda") else "float32"
             self.teacher = load_model(self.teacher_dir, dtype=dtype, device=self.config.device)
