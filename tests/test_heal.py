@@ -101,7 +101,7 @@ def tiny_corpus() -> Corpus:
 
 
 def tiny_config(**kw) -> HealConfig:
-    base = dict(steps=3, batch_size=2, seq_len=24, lr=3e-3, lr_warmup=1, save_every=2)
+    base = dict(steps=3, batch_size=2, seq_len=24, lr=3e-3, lr_warmup=1, save_every=2, loss="alm", train="embeddings")
     return HealConfig(**{**base, **kw})
 
 
@@ -215,7 +215,7 @@ def test_torchrun_two_cpu_processes(tiny_model_dirs, tmp_path):
     record = json.loads((out / "training.json").read_text())
     assert record["world_size"] == 2 and record["steps_done"] == 3  # the loop checks the ranks stayed in sync
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in log] == [1, 2, 3] and all(math.isfinite(h["alm"]) for h in log)
+    assert [h["step"] for h in log] == [1, 2, 3] and all(math.isfinite(h["kd"]) and h["kd"] > 0 for h in log)  # the default loss
 
 
 # ---- CLI and bad input ----------------------------------------------------------------------

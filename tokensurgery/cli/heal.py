@@ -21,13 +21,13 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
 @click.argument("model")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--teacher", help="The model to distill (normally the transplant's BASE); needed by the alm losses.")
-@click.option("--loss", type=click.Choice(list(LOSSES)), default="alm", show_default=True,
+@click.option("--loss", type=click.Choice(list(LOSSES)), default="kd", show_default=True,
               help="alm: match the teacher's likelihood of every chunk both tokenizations share; kd: match its "
                    "next-token distribution over the shared tokens where both contexts end at the same byte; lm: "
                    "plain next-token loss (no teacher); a+b: their sum.")
 @click.option("--alm-temperature", default=1.0, show_default=True,
               help="ALM: chunk probabilities are compared as p^(1/T) (higher T weighs unlikely chunks more).")
-@click.option("--train", type=click.Choice(["new", "embeddings", "lora"]), default="embeddings", show_default=True,
+@click.option("--train", type=click.Choice(["new", "embeddings", "lora"]), default="new", show_default=True,
               help="new: only the rows of tokens the teacher lacks; embeddings: every embedding row; lora: every "
                    "embedding row plus LoRA adapters on attention/MLP, merged into the weights on save.")
 @click.option("--lora-rank", default=8, show_default=True, help="Rank of the LoRA adapters (--train lora).")
@@ -37,7 +37,7 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
 @options.batch_size(4)
 @options.seq_len(256)
 @click.option("--grad-accum", default=1, show_default=True, help="Micro-batches per optimizer step.")
-@options.lr(1e-4)
+@options.lr(1e-3)
 @options.texts(default_max_bytes=2000)
 @options.resume
 @options.force
@@ -51,7 +51,7 @@ def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature:
          resume: bool, force: bool, save_every: int, seed: int, device: str, json_out: Path | None) -> None:
     """Train MODEL (e.g. a `transplant` output) so it recovers its base's quality; write it to OUT.
 
-    With --teacher BASE the default loss distills BASE through its own tokenizer (ALM). The
+    With --teacher BASE the default loss distills BASE through its own tokenizer (kd). The
     --text/--lang texts (default: none) are scored before and after, and with the teacher;
     the figures go into OUT's model card and training.json. Runs under torchrun (DDP).
     """
