@@ -90,3 +90,19 @@ def site_file(*parts: str) -> Path:
     if not path.exists():  # the assets extra is part of the test set-up: a missing file is a failure, not a skip
         pytest.fail(f"{path} not installed (bash scripts/setup.sh installs the assets extra)")
     return path
+
+
+def torchrun_cli(args: list[str], timeout: int = 600):
+    """Run `tokensurgery ARGS` under torchrun with 2 CPU processes (one thread each) on a free port."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "tokensurgery.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)

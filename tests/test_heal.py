@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from helpers import corpus_lines
+from helpers import corpus_lines, torchrun_cli
 from tokensurgery.alignment import align, cut_to_fit, token_ends
 from tokensurgery.cli import cli
 from tokensurgery.corpus import Corpus
@@ -196,21 +192,13 @@ def test_lora_is_merged_into_the_projections(tiny_model_dirs, tmp_path):
     assert not any("norm" in k for k in moved)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_torchrun_two_cpu_processes(tiny_model_dirs, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(corpus_lines(30_000, langs=("en", "fr"))))
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "tokensurgery.cli", "heal", str(tiny_model_dirs["tied"]), str(out), "--teacher",
-           str(tiny_model_dirs["bos"]), "--corpus", str(corpus), "--steps", "3", "--batch-size", "2", "--seq-len", "24"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = torchrun_cli(["heal", str(tiny_model_dirs["tied"]), str(out), "--teacher", str(tiny_model_dirs["bos"]),
+                      "--corpus", str(corpus), "--steps", "3", "--batch-size", "2", "--seq-len", "24"])
     assert r.returncode == 0, r.stderr[-3000:]
     record = json.loads((out / "training.json").read_text())
     assert record["world_size"] == 2 and record["steps_done"] == 3  # the loop checks the ranks stayed in sync

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from helpers import corpus_lines, save_hf_tokenizer
+from helpers import corpus_lines, save_hf_tokenizer, torchrun_cli
 from tokensurgery import VocabMap, open_vocabulary
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.errors import TokenSurgeryError
@@ -180,22 +176,14 @@ def test_resume_continues_exactly(tiny_model_dirs, tmp_path):
         train(base_dir, tiny_corpus(), tmp_path / "a", tiny_config(), TINY_NET, progress=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_torchrun_two_cpu_processes(tiny_model_dirs, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(corpus_lines(30_000, langs=("en", "fr"))))
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "tokensurgery.cli", "hypernet", "train", str(tiny_model_dirs["tied"]), str(out), "--corpus", str(corpus),
-           "--steps", "3", "--warmup-steps", "1", "--batch-size", "2", "--seq-len", "24", "--vocab-size", "1200",
-           "--negatives", "64", "--hypernet-layers", "1", "--max-pieces", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = torchrun_cli(["hypernet", "train", str(tiny_model_dirs["tied"]), str(out), "--corpus", str(corpus),
+                      "--steps", "3", "--warmup-steps", "1", "--batch-size", "2", "--seq-len", "24", "--vocab-size",
+                      "1200", "--negatives", "64", "--hypernet-layers", "1", "--max-pieces", "4"])
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "training.json").read_text())
     assert summary["world_size"] == 2 and summary["steps_done"] == 4  # the trainer checks the ranks stayed in sync
