@@ -192,7 +192,7 @@ class Healer:
         inputs = [self.student_dir] + ([self.teacher_dir] if self.teacher_dir else [])
         check_output(out, inputs, force=True)  # only the "not inside an input" rule; the loop does the rest
         self.loop = TrainLoop(out, config, resume, force, progress, desc="healing",
-                              shown=("step", "loss", "alm", "lm", "bpb"))
+                              shown=("step", "loss", "kd", "alm", "lm", "bpb"))
         self.config, self.corpus, self.out, self.progress = self.loop.config, corpus, Path(out), progress
         self.config.check()
         self.rank = self.loop.rank
@@ -330,11 +330,13 @@ class Healer:
                     ps, pt = torch.tensor(pairs).T
                     kds.append(shared_kl(s_logits[r, ps], t_logits[r, pt].to(s_logits.dtype), *self.shared_cols))
         parts = {"lm": lm}
-        if kls:
-            parts["alm"] = logs["alm"] = torch.cat(kls).mean()
-        if kds:
-            parts["kd"] = torch.cat(kds).mean()
-        logs["kd"] = parts.get("kd", torch.zeros(())).detach()
+        if kls:  # (every chunk of the batch may be unscored: short rows without BOS)
+            chunk_kl = torch.cat(kls)
+            parts["alm"] = chunk_kl.mean() if chunk_kl.numel() else s_logits.sum() * 0.0
+            logs["alm"] = parts["alm"].detach()
+        if "kd" in c.loss:  # no aligned position in the whole batch: nothing to distill this step
+            parts["kd"] = torch.cat(kds).mean() if kds else s_logits.sum() * 0.0
+            logs["kd"] = parts["kd"].detach()
         total = sum(parts[name] for name in c.loss.split("+") if name in parts)
         return {"loss": total, **{k: v.detach() if torch.is_tensor(v) else v for k, v in logs.items()}}
 
