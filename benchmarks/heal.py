@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=HealConfig.batch_size)
     ap.add_argument("--seq-len", type=int, default=HealConfig.seq_len)
     ap.add_argument("--corpus", default="bundled,multilingual-dev")
+    ap.add_argument("--mix", default="chars", choices=["chars", "source"], help="see Corpus.window")
     ap.add_argument("--device", default="cpu", help="cuda on a GPU machine: the same run, one flag")
     ap.add_argument("--suffix", default="", help="added to the result files' stem, e.g. _trains")
     ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "heal")
@@ -81,7 +82,7 @@ def main() -> None:
         done = 0.0
         for i, m in enumerate(minutes):
             config = HealConfig(steps=10**6, max_minutes=m - done, lr=lr, loss=loss, train=train,
-                                batch_size=args.batch_size, seq_len=args.seq_len, save_every=10**6,
+                                batch_size=args.batch_size, seq_len=args.seq_len, save_every=10**6, mix=args.mix,
                                 device=args.device)
             healer = Healer(student, corpus, out, config, teacher=base, resume=i > 0,  # lm: only its vocabulary
                             progress=False)
@@ -96,7 +97,7 @@ def main() -> None:
             del healer
         shutil.rmtree(out, ignore_errors=True)  # ~0.5-1 GB per healed model
     lines = [f"Pair `{args.pair}`: {donor}'s tokenizer on {base} (transplant defaults), healed on "
-             f"{args.corpus} ({corpus.n_chars:,} characters); batch {args.batch_size} x {args.seq_len} tokens; "
+             f"{args.corpus} ({corpus.n_chars:,} characters, windows drawn by {args.mix}); batch {args.batch_size} x {args.seq_len} tokens; "
              f"first {args.max_bytes} bytes of each held-out text; bits per byte.", "",
              "| variant | minutes | steps | " + " | ".join(n.removesuffix(".txt") for n in names) + " | gap closed |",
              "|---" * (len(names) + 4) + "|"]
@@ -109,7 +110,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {**record, "pair": args.pair, "base": base, "donor": donor, "langs": args.langs, "max_bytes": args.max_bytes,
             "minutes": minutes, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "corpus": args.corpus}
+            "corpus": args.corpus, "mix": args.mix}
     (args.out / f"heal_{args.pair}{args.suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
                                                                 ensure_ascii=False) + "\n")
     (args.out / f"heal_{args.pair}{args.suffix}.md").write_text(f"Command: `{record['command']}` (commit {record['commit']}, "

@@ -265,3 +265,16 @@ def test_cli_bad_input_one_line_and_nothing_written(tiny_model_dirs, tmp_path, a
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     else:
         assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_corpus_mix_by_source_draws_each_source_equally():
+    import random
+
+    corpus = Corpus([("big:a", "a " * 5000), ("big:b", "b " * 5000), ("small:c", "c " * 500)])
+    assert corpus.sources() == {"big": [0, 1], "small": [2]}
+    for mix, expected in (("chars", 500 / 10500), ("source", 0.5)):
+        rng = random.Random(0)
+        share = sum(corpus.window(rng, 20, mix).strip().startswith("c") for _ in range(4000)) / 4000
+        assert abs(share - expected) < 0.03, (mix, share)
+    with pytest.raises(TokenSurgeryError, match="mix must be"):
+        corpus.window(random.Random(0), 20, "words")

@@ -37,9 +37,27 @@ class Corpus:
     def n_chars(self) -> int:
         return sum(self._weights)
 
-    def window(self, rng: random.Random, n_chars: int) -> str:
-        """A random window of about `n_chars` characters starting after whitespace."""
-        _, text = rng.choices(self.texts, weights=self._weights)[0]
+    def sources(self) -> dict[str, list[int]]:
+        """Texts by source: the part of the name before ':' (`music21`, `stdlib`,
+        `multilingual-dev`), or the whole name for a user's file."""
+        groups: dict[str, list[int]] = {}
+        for i, (name, _) in enumerate(self.texts):
+            groups.setdefault(name.split(":", 1)[0], []).append(i)
+        return groups
+
+    def window(self, rng: random.Random, n_chars: int, mix: str = "chars") -> str:
+        """A random window of about `n_chars` characters starting after whitespace, from a text
+        drawn in proportion to its length (`mix="chars"`), or from a source drawn uniformly,
+        then a text of it by length (`mix="source"`: a small source such as the multilingual
+        tuning half is not drowned by a large one)."""
+        if mix == "source":
+            groups = list(self.sources().values())
+            members = groups[rng.randrange(len(groups))]
+            _, text = self.texts[rng.choices(members, weights=[self._weights[i] for i in members])[0]]
+        elif mix == "chars":
+            _, text = rng.choices(self.texts, weights=self._weights)[0]
+        else:
+            raise TokenSurgeryError(f"mix must be 'chars' or 'source', got {mix!r}")
         start = rng.randrange(max(1, len(text) - n_chars))
         if start:
             space = text.find(" ", start, start + 64)

@@ -71,6 +71,7 @@ class HealConfig(LoopConfig):
     seq_len: int = 256  # tokens per sequence (each tokenization)
     alm_temperature: float = 1.0
     lora_rank: int = 8
+    mix: str = "chars"  # how training windows are drawn from the corpus (Corpus.window)
 
     def check(self) -> None:
         if self.loss not in LOSSES:
@@ -86,6 +87,8 @@ class HealConfig(LoopConfig):
             raise TokenSurgeryError(f"steps must not be negative, got {self.steps}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise TokenSurgeryError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.mix not in ("chars", "source"):
+            raise TokenSurgeryError(f"mix must be 'chars' or 'source', got {self.mix!r}")
         if self.alm_temperature <= 0:
             raise TokenSurgeryError(f"alm_temperature must be positive, got {self.alm_temperature}")
         if self.weight_decay and self.train == "new":
@@ -281,7 +284,7 @@ class Healer:
         rng = _rng(c, step, self.rank, micro)
         out = []
         while len(out) < c.batch_size:
-            text = self.corpus.window(rng, c.seq_len * 4)
+            text = self.corpus.window(rng, c.seq_len * 4, c.mix)
             data = text.encode()
             s_ids = self.svocab.encode(text)
             if self.config.loss == "lm":

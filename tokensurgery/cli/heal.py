@@ -14,7 +14,7 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
 @click.command("heal", cls=options.grouped(
     Teacher_and_loss=["teacher", "loss", "alm_temperature"],
     What_trains=["train", "lora_rank"],
-    Data=["corpus"],
+    Data=["corpus", "mix"],
     Schedule=["steps", "max_minutes", "batch_size", "seq_len", "grad_accum", "lr"],
     Evaluation=["texts", "langs", "max_bytes"],
     Run=["resume", "force", "save_every", "seed", "device", "json_out"]))
@@ -32,6 +32,9 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
                    "embedding row plus LoRA adapters on attention/MLP, merged into the weights on save.")
 @click.option("--lora-rank", default=8, show_default=True, help="Rank of the LoRA adapters (--train lora).")
 @options.corpus_option(("bundled", "multilingual-dev"))
+@click.option("--mix", type=click.Choice(["chars", "source"]), default="chars", show_default=True,
+              help="How training windows are drawn: texts in proportion to their length, or each corpus source "
+                   "(music21, stdlib, multilingual-dev, each file given) equally often.")
 @options.steps(200)
 @options.max_minutes
 @options.batch_size(4)
@@ -46,7 +49,7 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
 @options.device
 @options.json_out
 def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature: float, train: str, lora_rank: int,
-         corpus: tuple[str, ...], steps: int, max_minutes: float | None, batch_size: int, seq_len: int,
+         corpus: tuple[str, ...], mix: str, steps: int, max_minutes: float | None, batch_size: int, seq_len: int,
          grad_accum: int, lr: float, texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int | None,
          resume: bool, force: bool, save_every: int, seed: int, device: str, json_out: Path | None) -> None:
     """Train MODEL (e.g. a `transplant` output) so it recovers its base's quality; write it to OUT.
@@ -62,7 +65,7 @@ def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature:
     files = options.text_files(texts, langs)
     config = HealConfig(steps=steps, max_minutes=max_minutes, batch_size=batch_size, seq_len=seq_len,
                         grad_accum=grad_accum, lr=lr, loss=loss, train=train, alm_temperature=alm_temperature,
-                        lora_rank=lora_rank, save_every=save_every, seed=seed, device=device)
+                        lora_rank=lora_rank, mix=mix, save_every=save_every, seed=seed, device=device)
     config.check()
     res = heal_fn(model, out, Corpus.from_paths(list(corpus)), config, teacher=teacher, eval_files=files,
                   max_bytes=max_bytes, resume=resume, force=force)
