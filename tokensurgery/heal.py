@@ -71,7 +71,7 @@ class HealConfig(LoopConfig):
     seq_len: int = 256  # tokens per sequence (each tokenization)
     alm_temperature: float = 1.0
     lora_rank: int = 8
-    mix: str = "chars"  # how training windows are drawn from the corpus (Corpus.window)
+    mix: str = "source"  # how training windows are drawn (Corpus.window); source beat chars in results/heal_light_mix.md
 
     def check(self) -> None:
         if self.loss not in LOSSES:

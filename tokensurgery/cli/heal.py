@@ -32,7 +32,7 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
                    "embedding row plus LoRA adapters on attention/MLP, merged into the weights on save.")
 @click.option("--lora-rank", default=8, show_default=True, help="Rank of the LoRA adapters (--train lora).")
 @options.corpus_option(("bundled", "multilingual-dev"))
-@click.option("--mix", type=click.Choice(["chars", "source"]), default="chars", show_default=True,
+@click.option("--mix", type=click.Choice(["chars", "source"]), default="source", show_default=True,
               help="How training windows are drawn: texts in proportion to their length, or each corpus source "
                    "(music21, stdlib, multilingual-dev, each file given) equally often.")
 @options.steps(200)
