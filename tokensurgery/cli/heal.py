@@ -71,6 +71,8 @@ def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature:
                   max_bytes=max_bytes, resume=resume, force=force)
     options.write_json(json_out, {"steps_done": res.steps_done, "seconds": res.seconds, "before": res.before,
                                   "after": res.after, "teacher": res.teacher})
+    if str(json_out) == "-":
+        return
     how = "stopped at the time limit" if res.stopped_early else "done"
     click.echo(f"{how}: {res.steps_done} steps in {res.seconds / 60:.1f} min; wrote {out}")
     if res.before:
