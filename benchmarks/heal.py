@@ -28,8 +28,7 @@ from tokensurgery.evaluate import load_causal_lm, score_files
 from tokensurgery.heal import HealConfig, Healer
 from tokensurgery.inputs import open_model
 from tokensurgery.transplant import transplant
-
-PAIRS = {"light": ("gemma3-270m", "smollm2-135m"), "heavy": ("smollm2-135m", "gemma3-270m")}
+from transplant_quality import PAIRS
 
 
 def scores(folder: Path, files: list[Path], max_bytes: int) -> dict[str, float]:

@@ -19,8 +19,9 @@ from tokensurgery.alignment import align, cut_to_fit, token_ends
 from tokensurgery.cli import cli
 from tokensurgery.corpus import Corpus
 from tokensurgery.errors import TokenSurgeryError
-from tokensurgery.heal import HealConfig, Healer, binary_kl, heal, new_rows
+from tokensurgery.heal import HealConfig, Healer, binary_kl, heal
 from tokensurgery.inputs import vocabulary_of_folder
+from tokensurgery.vocab_map import VocabMap
 
 
 # ---- alignment ------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def test_train_new_moves_only_new_rows_and_writes_a_loadable_checkpoint(tiny_mod
     student, teacher = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     res = heal(student, tmp_path / "o", tiny_corpus(), tiny_config(train="new"), teacher=teacher,
                eval_files=[], progress=False)
-    new = new_rows(vocabulary_of_folder(student), vocabulary_of_folder(teacher))
+    new = VocabMap.build(vocabulary_of_folder(teacher), vocabulary_of_folder(student)).new  # tokens the teacher lacks
     old_w, new_w = _weights(student), _weights(tmp_path / "o")
     emb = "model.embed_tokens.weight"
     changed = (old_w[emb] != new_w[emb]).any(1).nonzero().squeeze(1).tolist()

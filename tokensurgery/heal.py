@@ -173,11 +173,6 @@ def _rng(config: HealConfig, step: int, rank: int, micro: int) -> random.Random:
     return random.Random(f"heal:{config.seed}:{step}:{rank}:{micro}")
 
 
-def new_rows(student_vocab: Vocabulary, teacher_vocab: Vocabulary) -> list[int]:
-    """Student ids whose rows no teacher token could have given: the tokens a transplant computed."""
-    return VocabMap.build(teacher_vocab, student_vocab).new
-
-
 class Healer:
     """Student, teacher, corpus and loop of one healing run."""
 
@@ -278,48 +273,46 @@ class Healer:
 
     # ---- data and loss ----
 
-    def batch(self, step: int, micro: int) -> list[tuple[list[int], list[int] | None, int]]:
-        """Per sequence: student ids, teacher ids (None for loss lm) and the bytes they cover."""
+    def batch(self, step: int, micro: int) -> list[tuple[list[int], list[int], list[int], list[int]]]:
+        """Per sequence: student ids, teacher ids and each one's token end offsets (`token_ends`),
+        both covering the same bytes (teacher lists empty for loss lm)."""
         c = self.config
         rng = _rng(c, step, self.rank, micro)
         out = []
         while len(out) < c.batch_size:
             text = self.corpus.window(rng, c.seq_len * 4, c.mix)
-            data = text.encode()
             s_ids = self.svocab.encode(text)
             if self.config.loss == "lm":
                 s_ids = s_ids[: c.seq_len]
-                out.append((s_ids, None, len(self.svocab.decode_bytes(s_ids))))
+                out.append((s_ids, [], token_ends(self.svocab, s_ids), []))
                 continue
-            t_ids = self.tvocab.encode(text)
+            data, t_ids = text.encode(), self.tvocab.encode(text)
             s_ends, t_ends = token_ends(self.svocab, s_ids, data), token_ends(self.tvocab, t_ids, data)
             cut = cut_to_fit(s_ends, t_ends, c.seq_len, c.seq_len)
             if cut == 0:
                 continue  # no shared boundary within seq_len tokens (e.g. a long run of one script)
-            s_ids = s_ids[: sum(1 for e in s_ends if e <= cut)]
-            t_ids = t_ids[: sum(1 for e in t_ends if e <= cut)]
-            out.append((s_ids, t_ids, cut))
+            n_s, n_t = sum(e <= cut for e in s_ends), sum(e <= cut for e in t_ends)
+            out.append((s_ids[:n_s], t_ids[:n_t], s_ends[:n_s], t_ends[:n_t]))
         return out
 
     def loss(self, step: int, micro: int) -> dict:
         c = self.config
         batch = self.batch(step, micro)
-        s_rows = [s for s, _, _ in batch]
+        s_rows = [s for s, _, _, _ in batch]
         s_logits, s_shift = next_token_logits(self.loop.ddp, self.svocab, s_rows)
         s_lp = token_logprobs(s_logits, s_shift, s_rows)
-        n_bytes = sum(n for _, _, n in batch)
+        n_bytes = sum(ends[-1] for _, _, ends, _ in batch if ends)
         scored = torch.cat([lp[~lp.isnan()] for lp in s_lp])
         lm = -scored.mean()
         logs = {"lm": lm.detach(), "bpb": -scored.detach().sum() / math.log(2) / n_bytes}
         if c.loss == "lm":
             return {"loss": lm, **logs}
-        t_rows = [t for _, t, _ in batch]
+        t_rows = [t for _, t, _, _ in batch]
         with torch.no_grad():
             t_logits, t_shift = next_token_logits(self.teacher, self.tvocab, t_rows)
             t_lp = token_logprobs(t_logits, t_shift, t_rows)
         kls, kds = [], []
-        for r, (s_ids, t_ids, _) in enumerate(batch):
-            s_ends, t_ends = token_ends(self.svocab, s_ids), token_ends(self.tvocab, t_ids)
+        for r, (s_ids, t_ids, s_ends, t_ends) in enumerate(batch):
             if "alm" in c.loss:
                 a = align(s_ends, t_ends)
                 sc = chunk_logprobs(s_lp[r], a.chunk_a, a.n_chunks)
