@@ -68,13 +68,16 @@ class Pair:
 def load_pair(pair: str) -> Pair:
     base, donor = PAIRS[pair]
     base_dir, donor_, vm = prepare(base, donor)
-    base_emb = load_embeddings(base_dir)
-    check_embeddings_cover(base_emb, len(vm.source), base)
-    donor_emb = load_donor_embeddings(donor_, donor, vm, "omp")
-    tok_dir, note = tokenizer_for_output(vm, donor_.files)
-    if note:
-        print("note:", note)
-    return Pair(base, donor, base_dir, vm, base_emb, donor_emb, vocabulary_of_folder(tok_dir))
+    with donor_:  # removes a converted tokenizer's temporary folder (and the BOS-adding copy below)
+        base_emb = load_embeddings(base_dir)
+        check_embeddings_cover(base_emb, len(vm.source), base)
+        donor_emb = load_donor_embeddings(donor_, donor, vm, "omp")
+        tok_dir, note = tokenizer_for_output(vm, donor_.files)
+        if tok_dir != donor_.files:
+            donor_.temporary.append(tok_dir)
+        if note:
+            print("note:", note)
+        return Pair(base, donor, base_dir, vm, base_emb, donor_emb, vocabulary_of_folder(tok_dir))
 
 
 def swap_embeddings(model, new) -> None:

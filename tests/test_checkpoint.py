@@ -106,6 +106,19 @@ def test_embeddings_only_path_for_unknown_architecture(tiny_model_dirs, tmp_path
     assert embedding_names(folder) == ("model.embed_tokens.weight", "lm_head.weight")
 
 
+@pytest.mark.parametrize("which", ["tied", "untied"])
+def test_standard_layout_names_agree_with_transformers(tiny_model_dirs, which):
+    """The key-name fast path gives what transformers' own model says (tied: no output key)."""
+    from tokensurgery.checkpoint import _names_of_standard_layout, _names_via_transformers, read_config, safetensors_files
+
+    folder = tiny_model_dirs[which]
+    keys = safetensors_files(folder)
+    want = ("model.embed_tokens.weight", None if which == "tied" else "lm_head.weight")
+    assert _names_via_transformers(folder, keys) == want
+    assert _names_of_standard_layout(keys, read_config(folder)) == want == embedding_names(folder)
+    assert _names_of_standard_layout(keys, {"architectures": ["LlavaForConditionalGeneration"]}) is None
+
+
 def test_truncated_safetensors(tiny_model_dirs, tmp_path):
     folder = tmp_path / "trunc"
     shutil.copytree(tiny_model_dirs["tied"], folder)

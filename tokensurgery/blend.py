@@ -34,11 +34,15 @@ _LETTERS = regex.compile(r"^[\p{L}\p{M}]+$")
 
 def script(text: str) -> str:
     """The script of a word: the first word of its first letter's Unicode name, lowercased
-    (`latin`, `cyrillic`, `greek`, `cjk`, `hiragana`, `hangul`, `thai`, ...)."""
+    (`latin`, `cyrillic`, `greek`, `cjk`, `hiragana`, `hangul`, `thai`, ...); Latin words with
+    a letter outside ASCII are `latin-accented` (Czech, Polish, Vietnamese words are not
+    judged by the mostly English ASCII ones)."""
     first = next((c for c in text if c.isalpha()), "")
-    if first.isascii():
-        return "latin"
-    return unicodedata.name(first, "unknown").split()[0].lower()
+    name = "latin" if first.isascii() else unicodedata.name(first, "unknown").split()[0].lower()
+    if name == "latin" and not text.isascii():
+        return "latin-accented" if all(c.isascii() or unicodedata.name(c, "").startswith("LATIN")
+                                       or unicodedata.category(c).startswith("M") for c in text) else "mixed"
+    return name
 
 
 def token_class(surface: bytes) -> str:
@@ -102,12 +106,15 @@ def fit_weights(base: torch.Tensor, vm: VocabMap, loo_rows, sample: dict[str, li
     return weights
 
 
-def blend(method_rows: torch.Tensor, fvt_rows: torch.Tensor, ids: list[int], vm: VocabMap,
-          weights: dict[str, float]) -> torch.Tensor:
-    """`alpha * method + (1 - alpha) * fvt` per row, alpha by the class of donor id ids[r];
-    rows that are not text tokens (specials, placeholders) keep the method's row."""
+def class_weights(ids: list[int], vm: VocabMap, weights: dict[str, float]) -> torch.Tensor:
+    """The OMP weight `alpha` of each donor id: its class's weight for new text tokens, 1 for
+    rows that are not text tokens (specials, placeholders keep the method's row)."""
     text = set(vm.new_text)
-    alpha = torch.tensor([weights.get(token_class(vm.target.surface[t]), 0.0) if t in text else 1.0 for t in ids])
+    return torch.tensor([weights.get(token_class(vm.target.surface[t]), 0.0) if t in text else 1.0 for t in ids])
+
+
+def blend(method_rows: torch.Tensor, fvt_rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """`alpha * method + (1 - alpha) * fvt`, row by row."""
     return alpha[:, None] * method_rows + (1 - alpha[:, None]) * fvt_rows
 
 

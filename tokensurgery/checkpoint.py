@@ -218,12 +218,16 @@ class Embeddings:
 def embedding_names(folder: Path) -> tuple[str, str | None]:
     """Names of the input and output embedding tensors in the checkpoint's files.
 
-    First through transformers (the model is built on the meta device, so nothing is
-    allocated), then, for architectures transformers cannot instantiate, by name and shape."""
+    A causal LM with the standard layout (`model.embed_tokens.weight`, `lm_head.weight` or
+    none) is read off its keys; anything else goes through transformers (the model is built
+    on the meta device, so nothing is allocated; importing its modeling code takes seconds,
+    hence the fast path), then, for architectures transformers cannot instantiate, by name."""
     folder = Path(folder)
     config = read_config(folder)
     keys = safetensors_files(folder)
-    names = _names_via_transformers(folder, keys)
+    names = _names_of_standard_layout(keys, config)
+    if names is None:
+        names = _names_via_transformers(folder, keys)
     if names is None:
         names = _names_by_pattern(keys, config)
     inp, out = names
@@ -246,6 +250,24 @@ def _match_key(param: str, keys) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+_STANDARD_INPUTS = ("model.embed_tokens.weight", "transformer.wte.weight", "gpt_neox.embed_in.weight")
+_STANDARD_OUTPUTS = ("lm_head.weight", "embed_out.weight")
+
+
+def _names_of_standard_layout(keys, config: dict) -> tuple[str, str | None] | None:
+    """The names when the checkpoint is a `...ForCausalLM` whose only embedding-like keys
+    are one standard input name and at most one standard output name (None otherwise)."""
+    archs = config.get("architectures") or []
+    if not archs or not all(a.endswith("ForCausalLM") for a in archs):
+        return None
+    inputs = [k for k in keys if _INPUT_NAMES.search(k)]
+    outputs = [k for k in keys if _OUTPUT_NAMES.search(k) and k not in inputs]
+    if len(inputs) != 1 or inputs[0] not in _STANDARD_INPUTS or len(outputs) > 1 or \
+            (outputs and outputs[0] not in _STANDARD_OUTPUTS):
+        return None
+    return inputs[0], outputs[0] if outputs else None
+
+
 def _names_via_transformers(folder: Path, keys) -> tuple[str, str | None] | None:
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -255,7 +277,9 @@ def _names_via_transformers(folder: Path, keys) -> tuple[str, str | None] | None
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except Exception:
         return None
-    ids = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    ids: dict[int, str] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        ids.setdefault(id(p), n)  # a tied matrix keeps its first (input) name
     inp = ids.get(id(model.get_input_embeddings().weight))
     out_mod = model.get_output_embeddings()
     out = ids.get(id(out_mod.weight)) if out_mod is not None else None
@@ -291,12 +315,19 @@ def load_embeddings(folder: str | Path) -> Embeddings:
     return Embeddings(E, O, inp, out, vocab_size)
 
 
+def _all_finite(m: torch.Tensor) -> bool:
+    """Whether every entry is finite. A NaN or infinite entry makes the sum non-finite, so the
+    cheap sum decides unless it overflowed; only then is every entry checked (elementwise
+    `isfinite` over a 262k-row matrix takes seconds, the sum milliseconds)."""
+    return bool(torch.isfinite(m.sum(dtype=torch.float32))) or bool(torch.isfinite(m).all())
+
+
 def check_embeddings_cover(emb: Embeddings, vocab_len: int, where: str) -> None:
     """The embedding matrix must have a row for every token id of the tokenizer."""
     if emb.input.shape[0] < vocab_len:
         raise TokenSurgeryError(f"{where}: the embedding matrix has {emb.input.shape[0]} rows but the tokenizer has "
                                 f"{vocab_len} tokens")
-    if not torch.isfinite(emb.input).all() or (emb.output is not None and not torch.isfinite(emb.output).all()):
+    if any(m is not None and not _all_finite(m) for m in (emb.input, emb.output)):
         raise TokenSurgeryError(f"{where}: the embeddings contain NaN or infinite values")
 
 

@@ -9,7 +9,8 @@ Every donor id gets a row in the new embedding matrices:
     embeddings of shared tokens (Orthogonal Matching Pursuit, k atoms), then apply the same
     coefficients to BASE's rows of those shared tokens (Goddard & Fernandes Neto, 2025),
     then, by default, blend each row with its `fvt` row, one weight per token class fit by
-    leave-one-out on shared tokens (`blend.py`; fragments and unshared scripts get FVT);
+    leave-one-out on shared tokens (`blend.py`; fragments and unshared scripts get FVT, and
+    classes whose weight is 0 are not solved at all);
   - `knn`: the k shared tokens nearest in the donor space, weighted by inverse distance;
   - `fvt`: the mean of BASE's rows for the pieces BASE's tokenizer splits the token into;
   - `mean`: the mean BASE row; `zero`: zeros;
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .blend import blend, describe, fit_weights, sample_shared
+from .blend import blend, class_weights, describe, fit_weights, sample_shared
 from .checkpoint import Embeddings, NewEmbeddings, check_embeddings_cover, load_embeddings, write_patched_checkpoint
 from .errors import TokenSurgeryError
 from .inputs import TokenizerInput, open_model, open_tokenizer, vocabulary_of_folder
@@ -84,7 +85,7 @@ class TransplantResult:
     options: TransplantOptions
     n_rows: int
     filled: list[int]  # donor ids whose rows the method computed
-    errors: torch.Tensor | None  # relative donor-space reconstruction error per filled row (omp)
+    errors: torch.Tensor | None  # relative donor-space reconstruction error per solved row (omp)
     fvt_fallbacks: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -172,15 +173,17 @@ def _solve(donor: torch.Tensor, filled: list[int], plan: dict, opts: TransplantO
     return _Solution(res.indices.cpu(), res.coefs.float().cpu(), res.residual_norm.float().cpu())
 
 
-def _loo_solver(donor: torch.Tensor, plan: dict, opts: TransplantOptions):
-    """rows(ids) -> OMP weights for shared donor ids, each solved without its own atom."""
+def _fit_blend(base: torch.Tensor, donor: torch.Tensor, plan: dict, vm: VocabMap, opts: TransplantOptions) -> dict:
+    """OMP weight per token class (blend.py): OMP rows of sampled shared tokens, each solved
+    without its own atom, against their FVT rows and BASE's true rows."""
     position = {t: i for i, t in enumerate(plan["dict_donor"])}
     D = donor[torch.tensor(plan["dict_donor"])].float()
+    atoms = base.float()[torch.tensor(plan["dict_base"])]
 
-    def solve(ids: list[int]) -> _Solution:
+    def loo_rows(ids: list[int]) -> torch.Tensor:
         res = _solve_omp(D, donor[torch.tensor(ids)].float(), opts, False, torch.tensor([position[t] for t in ids]))
-        return _Solution(res.indices.cpu(), res.coefs.float().cpu(), None)
-    return solve
+        return torch.einsum("bk,bkd->bd", res.coefs.float().cpu(), atoms[res.indices.cpu()])
+    return fit_weights(base, vm, loo_rows, sample_shared(vm))
 
 
 def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: list[int], opts: TransplantOptions,
@@ -276,27 +279,33 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
         if copied:
             M[torch.tensor(list(copied))] = base_matrix[torch.tensor(list(copied.values()))].float()
         if filled:
-            solution = None
-            if donor_matrix is not None and opts.method in NEEDS_DONOR_EMBEDDINGS:
-                # a tied donor is solved once for both BASE matrices
-                key = (id(donor_matrix), opts.method, opts.k, opts.candidates, opts.ridge, opts.normalize, opts.dtype)
-                if key not in solutions:
-                    with status(f"{opts.method}: solving {len(filled):,} rows in the donor's {name} space", progress):
-                        solutions[key] = _solve(donor_matrix, filled, plan, opts, progress)
-                solution = solutions[key]
-            rows, nf = (predicted[name], 0) if predicted else _fill(base_matrix, solution, vm, filled, opts, plan, progress)
+            alpha, solve_ids = None, filled
             if opts.method == "omp" and opts.blend and vm.new_text:
-                atoms = base_matrix.float()[torch.tensor(plan["dict_base"])]
-                solve = _loo_solver(donor_matrix, plan, opts)
-
-                def loo_rows(ids, solve=solve, atoms=atoms):
-                    sol = solve(ids)
-                    return torch.einsum("bk,bkd->bd", sol.weights, atoms[sol.indices])
                 with status(f"blend: fitting OMP/FVT weights per token class ({name})", progress):
-                    weights[name] = fit_weights(base_matrix, vm, loo_rows, sample_shared(vm))
+                    weights[name] = _fit_blend(base_matrix, donor_matrix, plan, vm, opts)
+                alpha = class_weights(filled, vm, weights[name])
+                solve_ids = [t for t, a in zip(filled, alpha.tolist()) if a > 0]  # the rest is pure FVT: no solve
+            solution = None
+            if donor_matrix is not None and opts.method in NEEDS_DONOR_EMBEDDINGS and solve_ids:
+                # a tied donor is solved once for both BASE matrices (when both solve the same tokens)
+                key = (id(donor_matrix), opts.method, opts.k, opts.candidates, opts.ridge, opts.normalize, opts.dtype,
+                       hash(tuple(solve_ids)))
+                if key not in solutions:
+                    with status(f"{opts.method}: solving {len(solve_ids):,} rows in the donor's {name} space", progress):
+                        solutions[key] = _solve(donor_matrix, solve_ids, plan, opts, progress)
+                solution = solutions[key]
+            if predicted:
+                rows, nf = predicted[name], 0
+            elif alpha is None:
+                rows, nf = _fill(base_matrix, solution, vm, filled, opts, plan, progress)
+            else:
                 base_f = base_matrix.float()
                 mean = base_f[sorted(set(vm.shared.values()))].mean(0)
-                rows = blend(rows, _fvt_rows(vm, filled, base_f, mean, False), filled, vm, weights[name])
+                rows, nf = _fvt_rows(vm, filled, base_f, mean, False), 0
+                if solve_ids:
+                    at = torch.tensor([r for r, a in enumerate(alpha.tolist()) if a > 0])
+                    solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress)
+                    rows[at] = blend(solved, rows[at], alpha[at])
             # guard: no computed row may be longer than the longest row BASE itself has
             limit = base_matrix.float().norm(dim=1).max()
             norms = rows.norm(dim=1)
