@@ -160,13 +160,29 @@ def test_transplant_help_groups_options():
 
 def test_transplant_tiny_with_eval_and_report(tiny_model_dirs, tmp_path):
     out, png = tmp_path / "out", tmp_path / "report.png"
+    # --no-blend: the tiny vocabularies have too few shared tokens per class for any OMP weight,
+    # so the default would give every row by FVT and solve nothing
     result = run("transplant", tiny_model_dirs["tied"], tiny_model_dirs["bos"], out, "-k", "8", "--eval-lang", "en",
-                 "--max-bytes", "400", "--report", png)
+                 "--max-bytes", "400", "--report", png, "--no-blend")
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and "reconstruction error" in result.output and "bits/byte base" in result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (out / "README.md").read_text()
     assert "Measured quality" in card and "| en.txt |" in card and str(tiny_model_dirs["bos"]) in card
+
+
+def test_transplant_json_has_the_summary_phases_and_scores(tiny_model_dirs, tmp_path):
+    out = tmp_path / "out"
+    result = run("transplant", tiny_model_dirs["tied"], tiny_model_dirs["bos"], out, "-k", "8", "--lang", "en",
+                 "--max-bytes", "300", "--json", "-")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # nothing but the JSON on stdout
+    assert data["filled"] > 0 and data["method"] == "omp"
+    assert {"open inputs", "map vocabularies", "load embeddings", "blend fit", "fill rows", "write"} <= set(data["phases"])
+    assert sum(data["phases"].values()) <= data["seconds"] + 0.5  # the phases do not overlap
+    card = (out / "README.md").read_text()
+    before, after = data["bits_per_byte"]["en.txt"]["base"], data["bits_per_byte"]["en.txt"]["transplanted"]
+    assert f"| en.txt | {before:.4f} | {after:.4f} |" in card
 
 
 def test_transplant_bad_input_one_line(tiny_model_dirs, tmp_path):

@@ -38,3 +38,26 @@ def status(message: str, enabled: bool = True):
     yield
     if enabled:
         log(f"{message}: done in {time.perf_counter() - start:.1f}s")
+
+
+class Phases:
+    """Wall-clock seconds per named phase of a job, for its record and the benchmarks:
+    `with phases("solve", "omp: solving ...", progress): ...` times the block (and prints its
+    status line when a message is given); a phase entered twice adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, message: str | None = None, enabled: bool = True):
+        start = time.perf_counter()
+        if message:
+            with status(message, enabled):
+                yield
+        else:
+            yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+
+    def line(self) -> str:
+        """`load 4.1s, map 3.0s, ...` in the order the phases first ran."""
+        return ", ".join(f"{name} {s:.1f}s" for name, s in self.seconds.items())

@@ -36,7 +36,7 @@ from .kernels.omp import omp
 from .model_card import model_card
 from .output_tokenizer import tokenizer_for_output
 from .plugins import BUILTIN_METHODS, FILL_METHODS, transplant_methods
-from .progress import bar, status
+from .progress import Phases, bar
 from .vocab_map import VocabMap
 
 NEEDS_DONOR_EMBEDDINGS = ("omp", "knn")
@@ -91,11 +91,13 @@ class TransplantResult:
     notes: list[str] = field(default_factory=list)
     capped: int = 0  # computed rows scaled down to BASE's largest row norm
     blend_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # matrix -> class -> OMP weight
+    phases: Phases = field(default_factory=Phases)  # wall-clock seconds per step of the job
 
     def summary(self) -> dict:
         vm = self.vocab_map
         out = {"rows": self.n_rows, "shared": len(vm.shared), "specials": len(vm.specials), "filled": len(self.filled),
-               "new_text": len(vm.new_text), "method": self.options.method, "seconds": round(self.seconds, 1)}
+               "new_text": len(vm.new_text), "method": self.options.method, "seconds": round(self.seconds, 1),
+               "phases": dict(self.phases.seconds)}
         if self.errors is not None and len(self.errors):
             q = torch.tensor([0.1, 0.5, 0.9]).to(self.errors.dtype)
             out["rel_error_p10_p50_p90"] = [round(v, 4) for v in self.errors.quantile(q).tolist()]
@@ -214,12 +216,15 @@ def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: 
 
 # ---- the transplant -----------------------------------------------------------------------
 
-def prepare(base: str, donor: str, progress: bool = True) -> tuple[Path, TokenizerInput, VocabMap]:
+def prepare(base: str, donor: str, progress: bool = True, phases: Phases | None = None
+            ) -> tuple[Path, TokenizerInput, VocabMap]:
     """Open both inputs and map the donor's vocabulary onto BASE's: (base folder, donor, map).
     The caller closes the donor (`TokenizerInput.close`) when done with its files."""
-    base_dir = open_model(base, progress=progress)
-    donor_ = open_tokenizer(donor, progress=progress)
-    with status("mapping vocabularies", progress):
+    phases = phases or Phases()
+    with phases("open inputs"):
+        base_dir = open_model(base, progress=progress)
+        donor_ = open_tokenizer(donor, progress=progress)
+    with phases("map vocabularies", "mapping vocabularies", progress):
         base_vocab = vocabulary_of_folder(base_dir, name=str(base))
         vm = VocabMap.build(base_vocab, donor_.vocab)
     if not vm.shared:
@@ -240,15 +245,17 @@ class Transplanted:
     capped: int = 0  # input rows scaled down to BASE's largest row norm
     options: TransplantOptions | None = None  # as used ("auto" candidates resolved)
     blend_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # matrix -> class -> OMP weight
+    phases: Phases = field(default_factory=Phases)  # seconds per step: blend fit, solve, fill
 
 
 def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: VocabMap, opts: TransplantOptions,
-                   progress: bool = True, solutions: dict | None = None) -> Transplanted:
+                   progress: bool = True, solutions: dict | None = None, phases: Phases | None = None) -> Transplanted:
     """Embedding rows for every donor id: copies for shared/special tokens, `opts.method` for
     the rest. `donor_emb` may be None for methods that need only the donor's tokenizer.
     `solutions` (a dict the caller keeps) reuses solves across calls that differ only in
-    how rows are filled (e.g. `fvt_above`)."""
+    how rows are filled (e.g. `fvt_above`); `phases` collects seconds per step."""
     opts.check()
+    phases = phases or Phases()
     if opts.method in NEEDS_DONOR_EMBEDDINGS:
         if donor_emb is None:
             raise TokenSurgeryError(f"--method {opts.method} needs the donor's embeddings")
@@ -281,7 +288,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
         if filled:
             alpha, solve_ids = None, filled
             if opts.method == "omp" and opts.blend and vm.new_text:
-                with status(f"blend: fitting OMP/FVT weights per token class ({name})", progress):
+                with phases("blend fit", f"blend: fitting OMP/FVT weights per token class ({name})", progress):
                     weights[name] = _fit_blend(base_matrix, donor_matrix, plan, vm, opts)
                 alpha = class_weights(filled, vm, weights[name])
                 solve_ids = [t for t, a in zip(filled, alpha.tolist()) if a > 0]  # the rest is pure FVT: no solve
@@ -291,21 +298,23 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
                 key = (id(donor_matrix), opts.method, opts.k, opts.candidates, opts.ridge, opts.normalize, opts.dtype,
                        hash(tuple(solve_ids)))
                 if key not in solutions:
-                    with status(f"{opts.method}: solving {len(solve_ids):,} rows in the donor's {name} space", progress):
+                    with phases("solve", f"{opts.method}: solving {len(solve_ids):,} rows in the donor's {name} space",
+                                progress):
                         solutions[key] = _solve(donor_matrix, solve_ids, plan, opts, progress)
                 solution = solutions[key]
-            if predicted:
-                rows, nf = predicted[name], 0
-            elif alpha is None:
-                rows, nf = _fill(base_matrix, solution, vm, filled, opts, plan, progress)
-            else:
-                base_f = base_matrix.float()
-                mean = base_f[sorted(set(vm.shared.values()))].mean(0)
-                rows, nf = _fvt_rows(vm, filled, base_f, mean, False), 0
-                if solve_ids:
-                    at = torch.tensor([r for r, a in enumerate(alpha.tolist()) if a > 0])
-                    solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress)
-                    rows[at] = blend(solved, rows[at], alpha[at])
+            with phases("fill rows"):
+                if predicted:
+                    rows, nf = predicted[name], 0
+                elif alpha is None:
+                    rows, nf = _fill(base_matrix, solution, vm, filled, opts, plan, progress)
+                else:
+                    base_f = base_matrix.float()
+                    mean = base_f[sorted(set(vm.shared.values()))].mean(0)
+                    rows, nf = _fvt_rows(vm, filled, base_f, mean, False), 0
+                    if solve_ids:
+                        at = torch.tensor([r for r, a in enumerate(alpha.tolist()) if a > 0])
+                        solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress)
+                        rows[at] = blend(solved, rows[at], alpha[at])
             # guard: no computed row may be longer than the longest row BASE itself has
             limit = base_matrix.float().norm(dim=1).max()
             norms = rows.norm(dim=1)
@@ -318,7 +327,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
             raise TokenSurgeryError(f"the {opts.method} {name} rows are not finite; try --dtype float64 or a larger --ridge")
         matrices[name] = M
     return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt, n_capped, opts,
-                        weights)
+                        weights, phases)
 
 
 def load_donor_embeddings(donor_: TokenizerInput, spec: str, vm: VocabMap, method: str) -> Embeddings | None:
@@ -342,20 +351,24 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
     from .checkpoint import check_output
 
     check_output(out, force=force)  # fail before the long work
-    base_dir, donor_, vm = prepare(base, donor, progress)
+    phases = Phases()
+    base_dir, donor_, vm = prepare(base, donor, progress, phases)
     with donor_:
-        emb = load_embeddings(base_dir)
-        check_embeddings_cover(emb, len(vm.source), f"base {base}")
-        donor_emb = load_donor_embeddings(donor_, donor, vm, opts.method)
-        new = new_embeddings(emb, donor_emb, vm, opts, progress)
+        with phases("load embeddings"):
+            emb = load_embeddings(base_dir)
+            check_embeddings_cover(emb, len(vm.source), f"base {base}")
+            donor_emb = load_donor_embeddings(donor_, donor, vm, opts.method)
+        new = new_embeddings(emb, donor_emb, vm, opts, progress, phases=phases)
         special_ids = {role: vm.target.roles.get(role) for role in ("bos", "eos", "pad")}
-        tokenizer_src, bos_note = tokenizer_for_output(vm, donor_.files)
+        with phases("output tokenizer"):
+            tokenizer_src, bos_note = tokenizer_for_output(vm, donor_.files)
         if tokenizer_src != donor_.files:
             donor_.temporary.append(tokenizer_src)
         result = TransplantResult(str(base), str(donor), Path(out), vm, new.options, new.embeddings.input.shape[0],
                                   new.filled, new.errors, new.fvt_fallbacks, time.perf_counter() - start,
-                                  [bos_note] if bos_note else [], capped=new.capped, blend_weights=new.blend_weights)
-        with status(f"writing {out}", progress):
+                                  [bos_note] if bos_note else [], capped=new.capped, blend_weights=new.blend_weights,
+                                  phases=phases)
+        with phases("write", f"writing {out}", progress):
             write_patched_checkpoint(base_dir, out, new.embeddings, tokenizer_src, special_ids,
                                      transplant_card(result), force=force,
                                      extra_inputs=[p for p in (donor_.model, donor_.files) if p is not None])
@@ -377,13 +390,15 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
                        "solve dtype": o.dtype})
         for name, w in result.blend_weights.items():
             params[f"OMP weight per token class, {name} (rest FVT)"] = describe(w)
+        if result.blend_weights and result.errors is not None:
+            params["rows solved by OMP (the rest: FVT only)"] = f"{len(result.errors):,}"
         if o.fvt_above is not None:
             params["FVT above rel. error"] = f"{o.fvt_above} ({result.fvt_fallbacks:,} tokens)"
     params["rows capped to BASE's largest norm"] = f"{result.capped:,}"
     if "rel_error_mean" in s:
         p10, p50, p90 = s["rel_error_p10_p50_p90"]
         params["donor-space reconstruction error (rel.)"] = f"mean {s['rel_error_mean']}, p10 {p10}, median {p50}, p90 {p90}"
-    params["seconds"] = s["seconds"]
+    params["seconds"] = f"{s['seconds']} ({result.phases.line()})" if result.phases.seconds else s["seconds"]
     specials = ", ".join(f"{result.vocab_map.target.tokens[t]}<-{result.vocab_map.source.tokens[b]} ({how})"
                          for t, b in result.vocab_map.specials.items()
                          for how in [result.vocab_map.special_how[t]])

@@ -14,7 +14,7 @@ from . import options
 @click.command(cls=options.grouped(
     Method=["method", "k", "candidates", "ridge", "normalize", "fvt_above", "blend", "hypernet"],
     Compute=["solve_dtype", "device", "block_size"],
-    Output_and_evaluation=["force", "texts", "langs", "max_bytes", "report"]))
+    Output_and_evaluation=["force", "texts", "langs", "max_bytes", "report", "json_out"]))
 @click.argument("base")
 @click.argument("donor")
 @click.argument("out", type=click.Path(path_type=Path))
@@ -45,9 +45,11 @@ from . import options
 @options.force
 @options.texts(default_max_bytes=8000)
 @click.option("--report", type=click.Path(path_type=Path), help="Write a PNG: reconstruction errors and bits per byte.")
+@options.json_out
 def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates: str, ridge: float, normalize: bool,
                fvt_above: str, blend: bool, hypernet: Path | None, solve_dtype: str, device: str, block_size: int, force: bool,
-               texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int, report: Path | None) -> None:
+               texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int, report: Path | None,
+               json_out: Path | None) -> None:
     """Give BASE the tokenizer of DONOR, without training; write the result to OUT.
 
     Tokens both tokenizers share keep BASE's embeddings; the others are computed by
@@ -73,23 +75,30 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
     files = options.text_files(texts, langs)
     result = run(base, donor, out, opts, force=force)
     s = result.summary()
-    click.echo(f"wrote {out}: {s['rows']:,} rows = {s['shared']:,} shared + {s['specials']} specials copied, "
-               f"{s['filled']:,} by {method} ({s['seconds']:.0f}s)")
-    if "rel_error_mean" in s:
-        click.echo(f"reconstruction error in the donor space: mean {s['rel_error_mean']}, "
-                   f"p10/p50/p90 {s['rel_error_p10_p50_p90']}")
-    for name, w in result.blend_weights.items():
-        from ..blend import describe
+    quiet = str(json_out) == "-"  # stdout holds only the JSON
+    if not quiet:
+        click.echo(f"wrote {out}: {s['rows']:,} rows = {s['shared']:,} shared + {s['specials']} specials copied, "
+                   f"{s['filled']:,} by {method} ({s['seconds']:.0f}s)")
+        if "rel_error_mean" in s:
+            click.echo(f"reconstruction error in the donor space: mean {s['rel_error_mean']}, "
+                       f"p10/p50/p90 {s['rel_error_p10_p50_p90']}")
+        for name, w in result.blend_weights.items():
+            from ..blend import describe
 
-        click.echo(f"OMP weight per token class ({name}; the rest is FVT): {describe(w)}")
-    for note in result.notes:
-        click.echo(f"note: {note}")
-    scores = evaluate_transplant(result, files, max_bytes=max_bytes) if files else None
-    if scores:
-        for name, (before, after) in scores.items():
-            click.echo(f"{name:14s} bits/byte base {before:.4f} -> transplanted {after:.4f}")
+            click.echo(f"OMP weight per token class ({name}; the rest is FVT): {describe(w)}")
+        click.echo(f"time: {result.phases.line()}")
+        for note in result.notes:
+            click.echo(f"note: {note}")
+    scores = evaluate_transplant(result, files, max_bytes=max_bytes, progress=not quiet) if files else None
+    options.write_json(json_out, {**s, "blend_weights": result.blend_weights, "notes": result.notes,
+                                  "bits_per_byte": {n: {"base": b, "transplanted": a} for n, (b, a) in (scores or {}).items()}})
     if report:
         from ..report import transplant_report
 
         transplant_report(result, scores, report)
+    if quiet:
+        return
+    for name, (before, after) in (scores or {}).items():
+        click.echo(f"{name:14s} bits/byte base {before:.4f} -> transplanted {after:.4f}")
+    if report:
         click.echo(f"report: {report}")
