@@ -12,8 +12,12 @@ the fewest pieces BASE splits its bytes into once the token itself is gone), `al
 least-squares weight that brings the blend closest to BASE's real rows, clipped to [0, 1].
 A class with fewer than `MIN_SHARED` shared tokens to learn from gets `alpha = 0`: OMP
 has to earn its place (words of a script the two vocabularies hardly share are judged by
-that script's own shared tokens, never by Latin ones). Not handled: classes are by surface
-form only (no frequency).
+that script's own shared tokens, never by Latin ones); `transplant` does not solve OMP for
+tokens whose class weight is 0. Not handled: classes are by surface form only (no
+frequency), and the fit compares rows, not the logits they give: an OMP row that is close to
+its target can still take probability in another script's contexts through a tied output
+matrix (measured: one new Latin piece at 256 screening candidates costs Hindi 0.3 bits per
+byte).
 """
 
 from __future__ import annotations
