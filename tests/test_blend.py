@@ -14,7 +14,8 @@ from tokensurgery.vocabulary import Vocabulary
 @pytest.mark.parametrize("surface,cls", [(b" hello", "word:latin"), (b"ing", "piece:latin"), (" für".encode(), "word:latin-accented"), ("ção".encode(), "piece:latin-accented"), (" aλ".encode(), "word:mixed"),
                                          (" мир".encode(), "word:cyrillic"), ("के".encode(), "piece:devanagari"),
                                          ("中文".encode(), "piece:cjk"), (b"\xe0\xa4", "fragment"), (b" \xd0", "fragment"),
-                                         (b"\n\n  ", "whitespace"), (b" 2024", "digits"), (b"()", "other"), (b" don't", "other")])
+                                         (b"\n\n  ", "whitespace"), (b" 2024", "digits"), (b"()", "other"), (b" don't", "other"),
+                                         ("😀".encode(), "symbol"), (" →".encode(), "symbol"), (" –".encode(), "other")])
 def test_token_class(surface, cls):
     assert token_class(surface) == cls and cls.split(":")[0] in KINDS
 

@@ -30,7 +30,7 @@ import torch
 from .vocab_map import VocabMap
 from .vocabulary import Vocabulary
 
-KINDS = ("fragment", "whitespace", "digits", "word", "piece", "other")
+KINDS = ("fragment", "whitespace", "digits", "word", "piece", "symbol", "other")
 MIN_SHARED = 100  # shared tokens a class needs before its weight is fit
 SAMPLE = 256  # shared tokens per class used for the fit (spread evenly over the class)
 _LETTERS = regex.compile(r"^[\p{L}\p{M}]+$")
@@ -52,7 +52,8 @@ def script(text: str) -> str:
 def token_class(surface: bytes) -> str:
     """The class of a token by its bytes: `fragment` (not whole UTF-8 characters),
     `whitespace`, `digits` (has a digit), `word:<script>` (leading space, then letters
-    only), `piece:<script>` (letters only, no leading space), `other`."""
+    only), `piece:<script>` (letters only, no leading space), `symbol` (has a non-ASCII
+    symbol: emoji, arrows, box drawing, currency), `other` (punctuation, code, mixtures)."""
     try:
         text = surface.decode("utf-8")
     except UnicodeDecodeError:
@@ -63,7 +64,7 @@ def token_class(surface: bytes) -> str:
         return "digits"
     word = text[1:] if text.startswith(" ") else text
     if not _LETTERS.match(word):
-        return "other"
+        return "symbol" if any(not c.isascii() and unicodedata.category(c)[0] == "S" for c in text) else "other"
     return f"{'word' if text.startswith(' ') else 'piece'}:{script(word)}"
 
 
