@@ -24,8 +24,7 @@ from . import options
 @click.option("-k", "k", default=64, show_default=True, help="Shared tokens per new token (omp, knn).")
 @click.option("--candidates", default="auto", show_default=True,
               help="OMP screening: atoms kept per token before the solve (auto: 128 to 1024, the more the fewer tokens "
-                   "there are to solve, at least 2k; above 128 in two passes: a quarter of them for every token, then "
-                   "all of them for the 15% reconstructed worst); 'all' runs exact OMP (slow on big vocabularies).")
+                   "there are to solve; at least 2k); 'all' runs exact OMP (slow on big vocabularies).")
 @click.option("--ridge", default=0.1, show_default=True,
               help="OMP: ridge on the refit, relative to the mean squared atom norm (0: plain OMP, whose coefficients "
                    "of nearly collinear atoms can explode).")
