@@ -42,7 +42,7 @@ def parse_variant(spec: str) -> TransplantOptions:
             setattr(opts, key, None)
         elif key in ("normalize", "blend"):
             setattr(opts, key, value not in ("0", "false"))
-        elif key in ("k", "candidates", "block_size", "first_pass"):
+        elif key in ("k", "candidates", "block_size"):
             setattr(opts, key, int(value))
         elif key in ("ridge", "fvt_above"):
             setattr(opts, key, float(value))

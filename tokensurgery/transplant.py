@@ -22,7 +22,6 @@ output matrix when it has one); a tied BASE is solved once.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,7 +50,6 @@ class TransplantOptions:
     method: str = "omp"
     k: int = 64
     candidates: int | str | None = "auto"  # OMP screening: atoms kept per token ("auto", a number, None: exact)
-    first_pass: int | None = None  # set by "auto": solve with this many candidates first, re-solve the worst (WIDEN)
     ridge: float = 0.1  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
     fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
@@ -74,8 +72,6 @@ class TransplantOptions:
             raise TokenSurgeryError(f"candidates must be a number, 'auto' or None (exact), got {self.candidates!r}")
         if isinstance(self.candidates, int) and self.candidates < self.k:
             raise TokenSurgeryError(f"--candidates ({self.candidates}) must be at least k ({self.k})")
-        if self.first_pass is not None and self.first_pass < self.k:
-            raise TokenSurgeryError(f"first_pass ({self.first_pass}) must be at least k ({self.k})")
 
 
 @dataclass
@@ -112,12 +108,7 @@ class TransplantResult:
 # ---- the fill methods ---------------------------------------------------------------------
 
 # screening cost grows with tokens x candidates^2; "auto" keeps it near the heavy pair's
-# (216k tokens x 128^2), so a few thousand new tokens get 1024 candidates, in two passes:
-# every token with a quarter of them first, then the WIDEN fraction of tokens reconstructed
-# worst again with all of them (the worse-screened tokens are the ones whose supports the
-# narrow screen cut off; on the light pair 256 candidates alone cost Hindi 0.3 bits per byte
-# through one such token, results in README)
-WIDEN = 0.15
+# (216k tokens x 128^2), so a few thousand new tokens get 1024 candidates
 AUTO_BUDGET = 216_000 * 128**2
 
 
@@ -131,37 +122,13 @@ def resolve_candidates(candidates: int | str | None, k: int, n_tokens: int, n_at
     return None if candidates is None or candidates >= n_atoms else int(candidates)
 
 
-def first_pass_candidates(candidates: int | None, k: int) -> int | None:
-    """For "auto": the narrower screen of the first pass (None: one pass suffices)."""
-    if candidates is None:
-        return None
-    m = max(candidates // 4, 128, 2 * k)
-    return m if m < candidates else None
-
-
 def _solve_omp(dictionary: torch.Tensor, targets: torch.Tensor, opts: TransplantOptions, progress: bool,
                exclude: torch.Tensor | None = None):
-    """OMP of every target; with `opts.first_pass`, screened with that many candidates first,
-    then the WIDEN fraction reconstructed worst re-solved with `opts.candidates` (each keeps
-    whichever of its two solutions reconstructs it better)."""
     dt = getattr(torch, opts.dtype)
     D = dictionary.to(opts.device, dt)
     ridge = opts.ridge * (D * D).sum(1).mean().item()
-
-    def run(X, m, ex):
-        return omp(D, X.to(dt), opts.k, block_size=opts.block_size, dtype=dt, progress=progress,
-                   candidates=m, ridge=ridge, normalize=opts.normalize, exclude=ex)
-    if opts.first_pass is None:
-        return run(targets, opts.candidates, exclude)
-    res = run(targets, opts.first_pass, exclude)
-    n = math.ceil(WIDEN * len(targets))
-    worst = res.residual_norm.topk(n).indices.cpu()
-    wide = run(targets[worst], opts.candidates, None if exclude is None else exclude[worst])
-    better = (wide.residual_norm.cpu() < res.residual_norm[worst].cpu()).nonzero().squeeze(1)
-    rows = worst[better]
-    for name in ("indices", "coefs", "n_selected", "residual_norm"):
-        getattr(res, name)[rows.to(getattr(res, name).device)] = getattr(wide, name)[better.to(getattr(wide, name).device)]
-    return res
+    return omp(D, targets.to(dt), opts.k, block_size=opts.block_size, dtype=dt, progress=progress,
+               candidates=opts.candidates, ridge=ridge, normalize=opts.normalize, exclude=exclude)
 
 
 def _knn(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int, progress: bool):
@@ -300,10 +267,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
     copied = {**vm.shared, **vm.specials}
     filled = [t for t in range(n_rows) if t not in copied]
     if opts.method == "omp":  # a copy: the caller's options keep "auto"
-        auto = opts.candidates == "auto"
         opts = replace(opts, candidates=resolve_candidates(opts.candidates, opts.k, len(filled), len(vm.shared)))
-        if auto:
-            opts = replace(opts, first_pass=first_pass_candidates(opts.candidates, opts.k))
     shared_pairs = sorted(vm.shared.items())
     plan = {"dict_donor": [t for t, _ in shared_pairs], "dict_base": [s for _, s in shared_pairs]}
     # (BASE matrix, donor matrix it is solved in): the donor's output matrix when it has one
@@ -331,8 +295,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
             solution = None
             if donor_matrix is not None and opts.method in NEEDS_DONOR_EMBEDDINGS and solve_ids:
                 # a tied donor is solved once for both BASE matrices (when both solve the same tokens)
-                key = (id(donor_matrix), opts.method, opts.k, opts.candidates, opts.first_pass, opts.ridge, opts.normalize,
-                       opts.dtype,
+                key = (id(donor_matrix), opts.method, opts.k, opts.candidates, opts.ridge, opts.normalize, opts.dtype,
                        hash(tuple(solve_ids)))
                 if key not in solutions:
                     with phases("solve", f"{opts.method}: solving {len(solve_ids):,} rows in the donor's {name} space",
@@ -423,10 +386,7 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
     if o.method in NEEDS_DONOR_EMBEDDINGS:
         params["k"] = o.k
     if o.method == "omp":
-        screen = o.candidates or "all (exact)"
-        if o.first_pass:
-            screen = f"{o.first_pass}, then {o.candidates} for the {WIDEN:.0%} reconstructed worst"
-        params.update({"candidates (screening)": screen, "ridge": o.ridge, "normalize": o.normalize,
+        params.update({"candidates (screening)": o.candidates or "all (exact)", "ridge": o.ridge, "normalize": o.normalize,
                        "solve dtype": o.dtype})
         for name, w in result.blend_weights.items():
             params[f"OMP weight per token class, {name} (rest FVT)"] = describe(w)
