@@ -85,12 +85,12 @@ def mergekit_progress(log: Path) -> tuple[int, int, float] | None:
 
 def score(folder: Path, files: list[Path], max_bytes: int, tokenizer_from: Path | None = None) -> dict:
     """Bits per byte of the model in `folder` (with the tokenizer of `tokenizer_from` if given)."""
-    from tokensurgery.inputs import hf_tokenizer
+    from tokensurgery.inputs import vocabulary_of_folder
 
-    model, tok = load_causal_lm(folder)
+    model, vocab = load_causal_lm(folder)
     if tokenizer_from is not None:
-        tok = hf_tokenizer(tokenizer_from)
-    scores = score_files(model, tok, files, max_bytes=max_bytes)
+        vocab = vocabulary_of_folder(Path(tokenizer_from))
+    scores = score_files(model, vocab, files, max_bytes=max_bytes)
     return {s.name: s.bits_per_byte for s in scores}
 
 
@@ -108,6 +108,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / ".bench")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--name", default="vs_mergekit", help="stem of the result files")
+    ap.add_argument("--no-as-written", action="store_true",
+                    help="score mergekit's outputs only with tokensurgery's tokenizer (BOS added where BASE needs it: "
+                         "the equal-footing comparison), not also with the tokenizer mergekit wrote")
     args = ap.parse_args()
     record = run_record()
     command = record["command"]
@@ -148,7 +151,8 @@ def main() -> None:
         r["bpb"] = {"base (own tokenizer)": score(base, files, args.max_bytes),
                     "tokensurgery omp": score(ours_out, files, args.max_bytes)}
         if not mk["cut_short"]:
-            r["bpb"]["mergekit omp"] = score(mk_out, files, args.max_bytes)
+            if not args.no_as_written:
+                r["bpb"]["mergekit omp"] = score(mk_out, files, args.max_bytes)
             # mergekit's rows with tokensurgery's tokenizer (BOS configured where BASE needs it):
             # separates the embedding method from the tokenizer set-up
             r["bpb"]["mergekit omp, tokensurgery's tokenizer"] = score(mk_out, files, args.max_bytes, tokenizer_from=ours_out)
@@ -162,7 +166,8 @@ def main() -> None:
             shutil.rmtree(sub_out, ignore_errors=True)
             r["mergekit subword"] = timed([str(exe), str(base), str(donor), str(sub_out), "-a", "subword"],
                                           args.work / f"{pair}-mergekit-subword.log", env=env)
-            r["bpb"]["mergekit subword (FVT)"] = score(sub_out, files, args.max_bytes)
+            if not args.no_as_written:
+                r["bpb"]["mergekit subword (FVT)"] = score(sub_out, files, args.max_bytes)
             r["bpb"]["mergekit subword, tokensurgery's tokenizer"] = score(sub_out, files, args.max_bytes,
                                                                            tokenizer_from=ours_out)
         results[pair] = r
@@ -187,7 +192,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {**record, "max_bytes": args.max_bytes, "langs": args.langs, "ours": args.ours}
+    meta = {**record, "max_bytes": args.max_bytes, "langs": args.langs, "ours": args.ours,
+            "as_written_scored": not args.no_as_written}
     (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     (args.out / f"{args.name}.md").write_text(f"Command: `{command}` (commit {record['commit']})\n\n{table}\n")
 
