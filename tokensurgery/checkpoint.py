@@ -260,8 +260,7 @@ def _names_of_standard_layout(keys, config: dict) -> tuple[str, str | None] | No
     archs = config.get("architectures") or []
     if not archs or not all(a.endswith("ForCausalLM") for a in archs):
         return None
-    inputs = [k for k in keys if _INPUT_NAMES.search(k)]
-    outputs = [k for k in keys if _OUTPUT_NAMES.search(k) and k not in inputs]
+    inputs, outputs = _embedding_like(keys)
     if len(inputs) != 1 or inputs[0] not in _STANDARD_INPUTS or len(outputs) > 1 or \
             (outputs and outputs[0] not in _STANDARD_OUTPUTS):
         return None
@@ -292,9 +291,14 @@ def _names_via_transformers(folder: Path, keys) -> tuple[str, str | None] | None
     return inp_key, out_key
 
 
-def _names_by_pattern(keys, config: dict) -> tuple[str, str | None]:
+def _embedding_like(keys) -> tuple[list[str], list[str]]:
+    """Keys named like input embeddings, and (other) keys named like output embeddings."""
     inputs = [k for k in keys if _INPUT_NAMES.search(k)]
-    outputs = [k for k in keys if _OUTPUT_NAMES.search(k) and k not in inputs]
+    return inputs, [k for k in keys if _OUTPUT_NAMES.search(k) and k not in inputs]
+
+
+def _names_by_pattern(keys, config: dict) -> tuple[str, str | None]:
+    inputs, outputs = _embedding_like(keys)
     if len(inputs) != 1:
         raise TokenSurgeryError(f"cannot find the input embedding tensor (candidates: {inputs or 'none'}); "
                                 "unsupported architecture")
