@@ -1,5 +1,5 @@
 """What the hypernetwork package adds to the core: the `hypernet` transplant method and the
-`tokensurgery hypernet` commands (found through the `tokensurgery.plugins` entry point)."""
+`tokensurgery hypernet` and `tokensurgery dynamic` commands (found through the `tokensurgery.plugins` entry point)."""
 
 from __future__ import annotations
 
@@ -39,5 +39,7 @@ HYPERNET = FillMethod("hypernet", _rows, "rows predicted by a hypernetwork train
 def register() -> None:
     register_fill_method(HYPERNET)  # first: importing the CLI below builds `transplant --method` choices
     from .cli import hypernet_group
+    from .dynamic.cli import dynamic_group
 
     register_command(hypernet_group)
+    register_command(dynamic_group)

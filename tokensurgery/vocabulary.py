@@ -332,6 +332,27 @@ class Vocabulary:
             [i + self._tiktoken_offset for i in self._tiktoken.encode_ordinary(text)]
         return ids
 
+    def encode_pretokens(self, text: str) -> list[list[int]]:
+        """`encode(text)` grouped by the pre-tokens the tokenizer's pre-tokenizer cut the text
+        into before its model ran (concatenated, the groups are `encode(text)`). Special
+        tokens in the text are groups of their own. Tokenizers without a word-splitting
+        pre-tokenizer (SentencePiece conversions split on nothing or on lines) give few,
+        long groups; tiktoken files are split with their own regex."""
+        if self._hf is not None:
+            enc = self._hf.encode(text, add_special_tokens=False)
+            groups: list[list[int]] = []
+            last = object()
+            for i, w in zip(enc.ids, enc.word_ids):
+                if w is None or w != last:
+                    groups.append([])
+                groups[-1].append(i)
+                last = w
+            return groups
+        import regex  # tiktoken's own dependency; stdlib re has no \p{L}
+
+        return [[self._tiktoken_offset + i for i in self._tiktoken.encode_ordinary(piece)]
+                for piece in regex.findall(self._pattern, text)]
+
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Concatenated surface bytes of `ids` (exact, also for partial UTF-8 tokens)."""
         return b"".join(self.surface[i] for i in ids)

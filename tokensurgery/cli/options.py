@@ -84,7 +84,14 @@ corpus = corpus_option()
 
 
 def batch_size(default: int) -> Callable:
-    return _shared("--batch-size", default=default, show_default=True, help="Sequences per training micro-batch.")
+    return _shared("--batch-size", default=default, show_default=True,
+                   help="Sequences per batch (training: per micro-batch; dynamic: texts merged together).")
+
+
+def hypernet(f):
+    return _shared("--hypernet", type=click.Path(path_type=Path),
+                   help="A hypernetwork trained for BASE (`tokensurgery hypernet train`): rows for transplant "
+                        "--method hypernet and for dynamic merging's new tokens (dynamic without one: FVT rows).")(f)
 
 
 def seq_len(default: int) -> Callable:

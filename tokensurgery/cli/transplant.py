@@ -36,8 +36,7 @@ from . import options
 @click.option("--blend/--no-blend", default=True, show_default=True,
               help="OMP: mix each new token's row with its FVT row, one weight per token class (fragments, words, "
                    "pieces, digits, ...) fit by leave-one-out on shared tokens; fragments get FVT.")
-@click.option("--hypernet", type=click.Path(path_type=Path),
-              help="A hypernetwork trained for BASE (`tokensurgery hypernet train`); used by --method hypernet.")
+@options.hypernet
 @click.option("--solve-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
               help="Precision of the solve (the output keeps BASE's dtype).")
 @options.device

@@ -1,0 +1,95 @@
+"""`tokensurgery dynamic score`: dynamic batch-level merging on a model (registered by plugin.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tokensurgery.cli import options
+
+BOUNDARIES = ("pretokens", "word", "sentence")  # = merger.BOUNDARIES; literal so --help does not import torch
+
+
+@click.group("dynamic")
+def dynamic_group() -> None:
+    """Dynamic tokenization: merge each batch's most frequent token pairs into new tokens
+    (embedded by a hypernetwork, or FVT) so the model reads shorter sequences."""
+
+
+@dynamic_group.command("score", cls=options.grouped(
+    Texts=["texts", "langs", "max_bytes", "chunk_bytes"],
+    Merging=["merges", "reduction", "boundary", "batch_size"],
+    New_tokens=["hypernet", "cache_size"],
+    Run=["dtype", "device", "json_out"]))
+@click.argument("model")
+@options.texts(default_max_bytes=None)
+@click.option("--chunk-bytes", default=512, show_default=True,
+              help="Each text is cut into pieces of at most this many bytes (at whitespace); a batch holds "
+                   "--batch-size pieces.")
+@click.option("--merges", type=int, help="Merges per batch (default: none, unless --reduction is given).")
+@click.option("--reduction", type=float,
+              help="Merge until each batch has this fraction fewer tokens, e.g. 0.15 (with --merges: whichever "
+                   "comes first).")
+@click.option("--boundary", default="pretokens", show_default=True, type=click.Choice(BOUNDARIES),
+              help="What merges never cross: BASE's pre-tokens (SentencePiece tokenizers: words), words, sentences.")
+@options.batch_size(32)
+@options.hypernet
+@click.option("--cache-size", default=8192, show_default=True, help="New-token rows kept between batches (LRU).")
+@options.dtype()
+@options.device
+@options.json_out
+def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int | None, chunk_bytes: int,
+                  merges: int | None, reduction: float | None, boundary: str, batch_size: int, hypernet: Path | None,
+                  cache_size: int, dtype: str, device: str, json_out: Path | None) -> None:
+    """Tokens per byte and bits per byte of MODEL with and without dynamic merging.
+
+    Bits per byte in two modes: A (prefill) merges the first half of each text and scores the
+    second half in MODEL's own tokens, exactly comparable with MODEL; B scores the whole text
+    in the merged tokens over MODEL's vocabulary plus the batch's new tokens (an upper bound).
+    Prefill speed: bytes per second of the merged batches (merging and new-token rows
+    included) against MODEL on the same texts.
+    """
+    from tokensurgery.evaluate import load_causal_lm, read_text_file
+    from tokensurgery.inputs import open_model
+    from tokensurgery.progress import status
+
+    from .embed import DynamicModel
+    from .merger import BatchMerger, check_budget
+    from .score import DynamicScore, chunk_text, score_texts
+
+    check_budget(merges, reduction)
+    files = options.text_files(texts, langs, required=True)
+    folder = open_model(model)
+    with status(f"loading {model}"):
+        lm, vocab = load_causal_lm(folder, dtype=dtype, device=device)
+    dm = DynamicModel(lm, hypernet=str(hypernet) if hypernet else None, cache_size=cache_size, device=device)
+    merger = BatchMerger(vocab, boundary=boundary, n_base=dm.n_base)
+    results = {}
+    for f in files:
+        pieces = chunk_text(read_text_file(f, max_bytes), chunk_bytes)
+        results[Path(f).name] = score_texts(dm, merger, pieces, batch_size, merges, reduction, name=Path(f).name)
+    overall = sum(results.values(), DynamicScore())
+    rows = {**results, "overall": overall} if len(results) > 1 else results
+    cache = dm.cache
+    payload = {"model": model, "hypernet": str(hypernet) if hypernet else None, "merges": merges, "reduction": reduction,
+               "boundary": merger.boundary, "batch_size": batch_size, "chunk_bytes": chunk_bytes, "max_bytes": max_bytes,
+               "cache": {"size": cache.size, "capacity": cache.capacity, "hits": cache.hits, "misses": cache.misses,
+                         "hit_rate": cache.hit_rate},
+               "results": {name: s.summary() for name, s in rows.items()}}
+    options.write_json(json_out, payload)
+    if str(json_out) == "-":
+        return
+    click.echo(f"boundary {merger.boundary}; new-token rows: {'hypernetwork ' + str(hypernet) if hypernet else 'FVT'}; "
+               f"cache {cache.size:,} rows, hit rate {cache.hit_rate:.0%}")
+    header = (f"{'text':16s} {'tok/B':>6s} {'->':>6s} {'fewer':>6s} {'of max':>6s} | {'bpb A':>6s} {'base':>6s} "
+              f"{'rise':>6s} | {'bpb B':>6s} {'base':>6s} {'rise':>6s} | {'B/s':>6s} {'base':>6s} {'merge':>6s}")
+    click.echo(header)
+    click.echo("-" * len(header))
+    for name, s in rows.items():
+        d = s.summary()
+        click.echo(f"{name[:16]:16s} {d['tokens_per_byte_before']:6.3f} {d['tokens_per_byte_after']:6.3f} "
+                   f"{d['reduction']:6.1%} {d['reduction_to_limit']:6.1%} | {d['bpb_a']:6.3f} {d['base_bpb_a']:6.3f} "
+                   f"{d['rel_a']:+6.1%} | {d['bpb_b']:6.3f} {d['base_bpb_b']:6.3f} {d['rel_b']:+6.1%} | "
+                   f"{d['prefill_bytes_per_s']:6.0f} {d['base_prefill_bytes_per_s']:6.0f} "
+                   f"{d['merge_seconds']:5.2f}s")

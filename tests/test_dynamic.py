@@ -1,0 +1,262 @@
+"""Dynamic batch-level merging: the incremental merger against a recount-every-step
+reference, segments and merged batches against the tokenizer's own encoding, the model over
+BASE + new tokens against the plain model (bit-identical with no merges) and against the
+same model with its embedding matrix grown by the new rows, the scorer, the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokensurgery import open_vocabulary
+from tokensurgery.cli import cli
+from tokensurgery.errors import TokenSurgeryError
+from tokensurgery.evaluate import load_causal_lm
+from tokensurgery.hypernets.dynamic import BatchMerger, DynamicModel, chunk_text, score_batch, start_token
+from tokensurgery.hypernets.dynamic import merger as merger_module
+from tokensurgery.kernels.merges import merge_words, merge_words_naive
+
+from helpers import corpus_lines, save_hf_tokenizer
+
+TEXTS = ["The cat sat on the mat. The cat ate the rat.", "  indented   = 12345 ;\n\nthe mat, the mat!",
+         "Über den Wolken muss die Freiheit wohl grenzenlos sein.", "漢字 and emoji 👋👋 the cat"]
+
+
+# ---- the merge kernel -------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(seqs=st.lists(st.lists(st.integers(0, 4), max_size=9), min_size=1, max_size=14),
+       ws=st.sets(st.integers(0, 4), max_size=2), max_merges=st.one_of(st.none(), st.integers(0, 12)),
+       min_tokens=st.integers(0, 20))
+def test_incremental_merger_equals_recounting_every_step(seqs, ws, max_merges, min_tokens):
+    group = {s: int(s in ws) for s in range(5)}
+    ref = merge_words_naive(seqs, 100, group, max_merges, min_tokens)
+    uniq = Counter(map(tuple, seqs))
+    words = list(uniq)
+    fast = merge_words(words, [uniq[w] for w in words], 100, group, max_merges, min_tokens)
+    merged = dict(zip(words, fast.words))
+    assert [merged[tuple(s)] for s in seqs] == ref.words
+    assert fast.merges == ref.merges and fast.tokens == ref.tokens == sum(map(len, ref.words))
+
+
+def test_merges_count_every_occurrence_and_respect_groups():
+    # (1, 1) occurs twice inside "1 1 1" (overlapping) and twice elsewhere: 4 > 3 for (2, 3)
+    result = merge_words([(1, 1, 1), (1, 1), (2, 3), (0, 9)], [1, 1, 3, 5], 10, {0: 0, 1: 0, 2: 0, 3: 0, 9: 1},
+                         max_merges=2)
+    assert result.merges == [(1, 1, 10), (2, 3, 11)]
+    assert result.words == [[10, 1], [10], [11], [0, 9]]  # 0 and 9 are in different groups: never merged
+
+
+# ---- segments and batches ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def byte_vocab(tiny_model_dirs):
+    return open_vocabulary(tiny_model_dirs["tied"])
+
+
+def _check_batch(merger: BatchMerger, texts: list[str], batch) -> None:
+    vocab = merger.vocab
+    surface = lambda i: batch.new_tokens[i - batch.n_base].surface if i >= batch.n_base else vocab.surface[i]
+    for text, base, ids, segs in zip(texts, batch.base_ids, batch.ids, batch.segments):
+        assert base == vocab.encode(text)  # the tokenizer's own encoding, cut into segments
+        assert b"".join(surface(i) for i in ids) == vocab.decode_bytes(base)  # same bytes after merging
+        ends, pos = set(), 0
+        for s in segs:
+            pos += len(vocab.decode_bytes(s))
+            ends.add(pos)
+        pos = 0
+        for i in ids:  # no token crosses a segment end
+            inside = [e for e in ends if pos < e < pos + len(surface(i))]
+            assert not inside, (text, surface(i))
+            pos += len(surface(i))
+    for t in batch.new_tokens:
+        assert vocab.decode_bytes(t.parts) == t.surface and t.surface not in vocab.by_bytes
+        assert len({merger_module._is_whitespace(vocab.surface[p]) for p in t.parts}) == 1
+
+
+def test_segments_are_pretokens_and_merging_keeps_the_bytes(byte_vocab):
+    merger = BatchMerger(byte_vocab)
+    assert merger.boundary == "pretokens"
+    assert [byte_vocab.decode_bytes(s) for s in merger.segments("The cat, 12")] == [b"The", b" cat", b",", b" 12"]
+    for merges in (0, 3, 30, None):
+        batch = merger(TEXTS, merges=merges, reduction=None if merges is not None else 0.99)
+        _check_batch(merger, TEXTS, batch)
+        assert batch.merges <= (merges if merges is not None else 10**9)
+    assert merger(TEXTS, merges=0).ids == merger(TEXTS, merges=0).base_ids
+    full = merger(TEXTS, merges=10_000)
+    assert full.tokens_after == full.limit and full.reduction_to_limit == 1.0  # every same-kind run is one token
+    assert any(t.surface == b" cat" for t in full.new_tokens) or b" cat" in byte_vocab.by_bytes
+
+
+def test_reduction_target_and_known_tokens(byte_vocab):
+    merger = BatchMerger(byte_vocab)
+    batch = merger(TEXTS * 4, reduction=0.1)
+    assert batch.reduction >= 0.1 and merger(TEXTS * 4, reduction=0.1, merges=1).merges == 1
+    fewer = merger(TEXTS * 4, merges=batch.merges - 1)
+    assert fewer.reduction < 0.1  # it stopped at the first merge that reached the target
+    # a merge whose bytes BASE has as one token becomes that token, not a new one
+    word = next(s for s in byte_vocab.by_bytes if len(byte_vocab.decompose(s)) == 1 and s.startswith(b" ") and len(s) > 4)
+    ids = [byte_vocab.by_bytes[word[:2]], *byte_vocab.decompose(word[2:])]
+    assert byte_vocab.decode_bytes(ids) == word and len(ids) > 1
+    merged = merger.merge_segments([[ids]] * 3, merges=len(ids) - 1)
+    assert merged.ids[0] == [byte_vocab.by_bytes[word]] and merged.known >= 1 and not merged.new_tokens
+
+
+@pytest.mark.parametrize("boundary", ["word", "sentence"])
+def test_word_and_sentence_boundaries(tiny_tokenizers, tmp_path, boundary):
+    save_hf_tokenizer(tiny_tokenizers["sentencepiece_bpe"], tmp_path, {"bos": "<s>", "eos": "</s>", "unk": "<unk>"})
+    vocab = open_vocabulary(tmp_path / "tokenizer.json")
+    assert BatchMerger(vocab).boundary == "word"  # this pre-tokenizer does not split words
+    merger = BatchMerger(vocab, boundary=boundary)
+    texts = ["The cat sat. The dog ran!\nA new line here.", "Another one. And more text here"]
+    segs = [vocab.decode_bytes(s) for s in merger.segments(texts[0])]
+    assert b"".join(segs) == texts[0].encode()
+    if boundary == "word":  # whitespace only at a segment's ends (this tokenizer's tokens end in "▁")
+        assert len(segs) >= 11 and not any(any(c in b" \n" for c in seg.strip()) for seg in segs)
+    else:
+        assert [seg for seg in segs if not seg.isspace()] == [b"The cat sat. ", b"The dog ran!", b"A new line here."]
+    batch = merger(texts, merges=10_000)
+    _check_batch(merger, texts, batch)
+    assert batch.tokens_after == batch.limit
+
+
+def test_bad_input_is_one_line(tiny_tokenizers, tmp_path, byte_vocab):
+    merger = BatchMerger(byte_vocab)
+    for call, what in [(lambda: merger([]), "empty"), (lambda: merger(TEXTS, merges=-1), "merges"),
+                       (lambda: merger(TEXTS, reduction=1.5), "reduction"),
+                       (lambda: BatchMerger(byte_vocab, boundary="line"), "boundary")]:
+        with pytest.raises(TokenSurgeryError, match=what):
+            call()
+    save_hf_tokenizer(tiny_tokenizers["wordpiece"], tmp_path, {"unk": "[UNK]", "pad": "[PAD]"})
+    wordpiece = open_vocabulary(tmp_path / "tokenizer.json")
+    with pytest.raises(TokenSurgeryError, match="cannot spell"):
+        BatchMerger(wordpiece)(["ordinary words ☃ snowman"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=300), n=st.integers(8, 64))
+def test_chunks_rejoin_to_the_text(text, n):
+    pieces = chunk_text(text, n)
+    assert "".join(pieces) == text and all(0 < len(p.encode()) <= n for p in pieces)
+
+
+# ---- the model over BASE + new tokens ------------------------------------------------------------
+
+def _tiny_gemma3(folder, tok):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    save_hf_tokenizer(tok, folder, {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"})
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=5.0,
+                              sliding_window=16, max_position_embeddings=512)
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dirs, tiny_tokenizers, tmp_path_factory):
+    gemma = tmp_path_factory.mktemp("gemma3")
+    _tiny_gemma3(gemma, tiny_tokenizers["sentencepiece_bpe"])
+    return {name: load_causal_lm(folder) for name, folder in
+            (("tied", tiny_model_dirs["tied"]), ("untied", tiny_model_dirs["untied"]), ("gemma3", gemma))}
+
+
+@pytest.mark.parametrize("name", ["tied", "untied", "gemma3"])
+def test_no_merges_gives_the_plain_models_logits_bit_for_bit(models, name):
+    model, vocab = models[name]
+    dm = DynamicModel(model)
+    batch = BatchMerger(vocab, n_base=dm.n_base)(TEXTS, merges=0)
+    rows = [[start_token(vocab)] + ids for ids in batch.ids]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    new_in, new_out = dm.rows(batch.new_tokens)
+    with torch.no_grad():
+        ours = dm.logits(dm.hidden(ids, mask, new_in), new_out)
+        plain = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(ours[mask.bool()], plain[mask.bool()])
+
+
+@pytest.mark.parametrize("name", ["tied", "untied", "gemma3"])
+def test_merged_batch_scores_as_the_model_with_grown_embeddings(models, name):
+    """Mode B bits = the same model with the new tokens' FVT rows appended to its embedding
+    matrices, run and scored by transformers; new rows = mean of the joined ids' rows."""
+    import copy
+
+    model, vocab = models[name]
+    dm = DynamicModel(model)
+    merger = BatchMerger(vocab, n_base=dm.n_base)
+    batch = merger(TEXTS, merges=25)
+    assert batch.new_tokens
+    new_in, new_out = dm.rows(batch.new_tokens)
+    w_in, w_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    for t, a, b in zip(batch.new_tokens, new_in, new_out):
+        assert torch.allclose(a, w_in[list(t.parts)].mean(0), atol=1e-6)
+        assert torch.allclose(b, w_out[list(t.parts)].mean(0), atol=1e-6)
+    grown = copy.deepcopy(model)
+    n = dm.n_base + len(batch.new_tokens)
+    grown.resize_token_embeddings(n, mean_resizing=False)
+    with torch.no_grad():
+        grown.get_input_embeddings().weight[dm.n_base:] = new_in
+        grown.get_output_embeddings().weight[dm.n_base:] = new_out  # tied: the same rows
+    start, ref = start_token(vocab), 0.0
+    for ids in batch.ids:
+        x = torch.tensor([[start] + ids])
+        with torch.no_grad():
+            logits = grown(input_ids=x).logits[0, :-1]
+        ref += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item() / torch.log(torch.tensor(2.0)).item()
+    score = score_batch(DynamicModel(model), merger, TEXTS, merges=25)
+    assert score.bits_b == pytest.approx(ref, rel=1e-4)
+    assert score.tokens_after < score.tokens_before and score.new_tokens == len(batch.new_tokens)
+
+
+def test_score_with_no_merges_is_the_base_and_cache_counts(models):
+    model, vocab = models["tied"]
+    dm = DynamicModel(model, cache_size=4)
+    merger = BatchMerger(vocab, n_base=dm.n_base)
+    plain = score_batch(dm, merger, TEXTS, merges=0)
+    assert plain.bits_a == plain.base_bits_a and plain.bits_b == plain.base_bits_b and plain.bits_b > 0
+    start = start_token(vocab)
+    ref = 0.0
+    for text in TEXTS:  # the plain model on [start] + its own tokens, every token scored
+        x = torch.tensor([[start] + vocab.encode(text)])
+        with torch.no_grad():
+            ref += torch.nn.functional.cross_entropy(model(input_ids=x).logits[0, :-1], x[0, 1:], reduction="sum").item()
+    assert plain.base_bits_b == pytest.approx(ref / torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    assert plain.bytes == sum(len(t.encode()) for t in TEXTS) and 0 < plain.bytes_a < plain.bytes
+    merged = merger(TEXTS, merges=12)
+    dm.rows(merged.new_tokens)
+    assert dm.cache.misses == len(merged.new_tokens) and dm.cache.size == min(4, len(merged.new_tokens))
+    dm.rows(merged.new_tokens[-2:])
+    assert dm.cache.hits == 2  # the most recent rows stayed
+
+
+def test_cli_dynamic_score(tiny_model_dirs, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(corpus_lines(3000, langs=("en",))), encoding="utf-8")
+    out = tmp_path / "r.json"
+    runner = CliRunner()
+    r = runner.invoke(cli, ["dynamic", "score", str(tiny_model_dirs["tied"]), "--text", str(text), "--reduction", "0.1",
+                            "--batch-size", "4", "--chunk-bytes", "256", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    got = json.loads(out.read_text())["results"]["t.txt"]
+    assert got["reduction"] >= 0.1 and got["tokens_per_byte_after"] < got["tokens_per_byte_before"]
+    assert "bpb A" in r.output
+    r = runner.invoke(cli, ["dynamic", "score", str(tiny_model_dirs["tied"]), "--text", str(text), "--merges", "-1"])
+    assert r.exit_code != 0 and "merges must be >= 0" in r.output and "Traceback" not in r.output
+
+
+def test_cli_boundaries_match_the_merger():
+    from tokensurgery.hypernets.dynamic import cli as dynamic_cli
+
+    assert dynamic_cli.BOUNDARIES == merger_module.BOUNDARIES
