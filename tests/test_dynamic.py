@@ -218,6 +218,7 @@ def test_merged_batch_scores_as_the_model_with_grown_embeddings(models, name):
     score = score_batch(DynamicModel(model), merger, TEXTS, merges=25)
     assert score.bits_b == pytest.approx(ref, rel=1e-4)
     assert score.tokens_after < score.tokens_before and score.new_tokens == len(batch.new_tokens)
+    assert score.limit == batch.limit and score.tokens_after == batch.tokens_after
 
 
 def test_score_with_no_merges_is_the_base_and_cache_counts(models):

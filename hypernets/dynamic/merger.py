@@ -189,7 +189,7 @@ class BatchMerger:
             return got
 
         ids = [[final(s) for seg in text for s in merged[tuple(seg)]] for text in segments]
-        limit = sum(self._runs(w) * c for w, c in counts.items())
+        limit = sum(self.runs(w) * c for w, c in counts.items())
         return MergedBatch([[t for seg in text for t in seg] for text in segments], ids, new_tokens, self.n_base,
                            limit, len(result.merges), time.perf_counter() - start, known, segments)
 
@@ -198,6 +198,7 @@ class BatchMerger:
             return -1 - tok  # a special merges with nothing (it also stands alone in its segment)
         return 1 if _is_whitespace(self.vocab.surface[tok]) else 0
 
-    def _runs(self, word: tuple[int, ...]) -> int:
+    def runs(self, word: tuple[int, ...]) -> int:
+        """The fewest tokens a segment can merge into: one per same-kind run."""
         groups = [self._group(t) for t in word]
         return sum(1 for i, g in enumerate(groups) if i == 0 or g != groups[i - 1])

@@ -146,8 +146,9 @@ def _bits(dm: DynamicModel, hidden: torch.Tensor, rows: list[list[int]], new_out
 
 @torch.no_grad()
 def score_batch(dm: DynamicModel, merger: BatchMerger, texts: list[str], merges: int | None = None,
-                reduction: float | None = None) -> DynamicScore:
-    """Merge, embed, run and score one batch (see the module docstring)."""
+                reduction: float | None = None, per_text: bool = False):
+    """Merge, embed, run and score one batch (see the module docstring): its `DynamicScore`;
+    with `per_text`, also one per text (without the batch's times, merges and new tokens)."""
     vocab, device = merger.vocab, dm.embed.weight.device
     start = start_token(vocab)
     merged: MergedBatch = merger(texts, merges, reduction)
@@ -181,13 +182,15 @@ def score_batch(dm: DynamicModel, merger: BatchMerger, texts: list[str], merges:
     bits_a = _bits(dm, h_a, seq_a, None, [1 + len(c) for c in ctx.ids])
     base_a = _bits(dm, h_plain, plain, None, [1 + len(b) - len(cont) for b, cont in zip(merged.base_ids, conts)])
 
-    n_bytes = sum(len(vocab.decode_bytes(ids)) for ids in merged.base_ids)
-    bytes_a = sum(len(vocab.decode_bytes(c)) for c in conts)
-    return DynamicScore(texts=len(texts), bytes=n_bytes, tokens_before=merged.tokens_before,
-                        tokens_after=merged.tokens_after, limit=merged.limit, merges=merged.merges,
-                        new_tokens=len(merged.new_tokens), bytes_a=bytes_a, bits_a=sum(bits_a), base_bits_a=sum(base_a),
-                        bits_b=sum(bits_b), base_bits_b=sum(base_b), merge_seconds=merged.seconds,
-                        rows_seconds=rows_seconds, forward_seconds=dyn_seconds, base_forward_seconds=base_seconds)
+    parts = [DynamicScore(texts=1, bytes=len(vocab.decode_bytes(base)), tokens_before=len(base), tokens_after=len(ids),
+                          limit=sum(merger.runs(tuple(s)) for s in segs), bytes_a=len(vocab.decode_bytes(cont)),
+                          bits_a=ba, base_bits_a=bba, bits_b=bb, base_bits_b=bbb)
+             for base, ids, segs, cont, ba, bba, bb, bbb in
+             zip(merged.base_ids, merged.ids, merged.segments, conts, bits_a, base_a, bits_b, base_b)]
+    total = sum(parts, DynamicScore(merges=merged.merges, new_tokens=len(merged.new_tokens),
+                                    merge_seconds=merged.seconds, rows_seconds=rows_seconds,
+                                    forward_seconds=dyn_seconds, base_forward_seconds=base_seconds))
+    return (total, parts) if per_text else total
 
 
 def score_texts(dm: DynamicModel, merger: BatchMerger, texts: list[str], batch_size: int = 32,
