@@ -397,6 +397,46 @@ with torch.no_grad():
 ]
 
 
+DYNAMIC = [
+    new_markdown_cell("""# Dynamic batch-level merging: shorter sequences per batch
+
+Each batch of texts is tokenized by the model's own tokenizer; then the most frequent adjacent
+token pair *over the batch* becomes a new token, again and again, never across a pre-token
+(word) boundary. New tokens get embedding rows from a hypernetwork trained for the model, or
+FVT (the mean of the rows they join) without one; the model reads fewer positions.
+Set `PIECES` higher for a more precise figure."""),
+    new_code_cell("""PIECES = 8  # texts of up to 256 bytes in the batch (small so the recipe runs fast)
+
+from tokensurgery.assets import corpus_text
+from tokensurgery.evaluate import load_causal_lm
+from tokensurgery.hypernets.dynamic import BatchMerger, DynamicModel, chunk_text, score_batch
+from tokensurgery.inputs import open_model
+
+model, vocab = load_causal_lm(open_model("smollm2-135m"))
+texts = chunk_text(corpus_text("de", 256 * PIECES), 256)[:PIECES]
+dm = DynamicModel(model)                      # DynamicModel(model, hypernet="hn-smollm2") with a trained one
+merger = BatchMerger(vocab, n_base=dm.n_base)  # boundary="pretokens" (default), "word" or "sentence"
+batch = merger(texts, reduction=0.10)          # or merges=N
+print(f"{batch.tokens_before} -> {batch.tokens_after} tokens ({batch.reduction:.1%} fewer, "
+      f"{batch.reduction_to_limit:.0%} of the way to one token per word) with {batch.merges} merges")
+print([t.surface.decode("utf-8", "replace") for t in batch.new_tokens[:12]])"""),
+    new_markdown_cell("""## What it costs in bits per byte
+
+Mode A merges the first half of each text and scores the second half in the model's own
+tokens (exactly comparable with the plain model); mode B scores the whole text in merged
+tokens over the vocabulary plus the batch's new tokens."""),
+    new_code_cell("""score = score_batch(dm, merger, texts, reduction=0.10)
+s = score.summary()
+print(f"mode A {s['bpb_a']:.3f} vs {s['base_bpb_a']:.3f} bits/byte ({s['rel_a']:+.1%}); "
+      f"mode B {s['bpb_b']:.3f} vs {s['base_bpb_b']:.3f} ({s['rel_b']:+.1%})")
+print(f"merging took {score.merge_seconds * 1e3:.1f} ms, the forward {score.forward_seconds:.2f}s "
+      f"(plain: {score.base_forward_seconds:.2f}s)")
+assert score_batch(dm, merger, texts, merges=0).bits_b == score_batch(dm, merger, texts, merges=0).base_bits_b"""),
+    new_markdown_cell("""The command line does the same over whole files:
+`tokensurgery dynamic score smollm2-135m --lang en --lang multilingual --reduction 0.1 [--hypernet DIR] [--json out.json]`."""),
+]
+
+
 def main():
     meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
     nbformat.write(new_notebook(cells=CORE, metadata=meta), HERE / "01_core_vocabulary_and_eval.ipynb")
@@ -405,6 +445,7 @@ def main():
     nbformat.write(new_notebook(cells=HYPERNET, metadata=meta), HERE / "04_hypernetwork.ipynb")
     nbformat.write(new_notebook(cells=BYTE_MODELS, metadata=meta), HERE / "05_byte_models.ipynb")
     nbformat.write(new_notebook(cells=HEAL, metadata=meta), HERE / "06_heal.ipynb")
+    nbformat.write(new_notebook(cells=DYNAMIC, metadata=meta), HERE / "07_dynamic_merging.ipynb")
 
 
 if __name__ == "__main__":
