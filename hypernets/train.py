@@ -9,6 +9,12 @@
    frozen base, plus `aux_weight` x the identity loss on active tokens that are exactly one
    base token.
 
+With `tokenizers="merges"` the LM phase instead trains for dynamic merging (`dynamic/`):
+each batch is tokenized by the base, merged over the batch to a random reduction (up to
+`max_reduction` fewer tokens), and only the new tokens' rows are predicted; the base's
+tokens keep its rows and the softmax runs over the base vocabulary plus the new tokens, as
+`tokensurgery dynamic` uses them. `tokenizers="mixed"`: each step draws one of the two.
+
 Every step's data is a function of (seed, step, rank), so a resumed run continues exactly.
 The loop (schedule, accumulation, checkpoints, logging, DDP under torchrun: each rank draws
 its own data and tokenizer, rank 0 writes) is `tokensurgery.training.TrainLoop`.
@@ -35,6 +41,9 @@ from .pieces import PieceSplitter
 from .sampler import UnigramSampler
 
 
+TOKENIZERS = ("unigram", "merges", "mixed")
+
+
 @dataclass
 class TrainConfig(LoopConfig):
     """Hyper-parameters of a training run (saved with the checkpoint); `steps` are LM steps,
@@ -50,8 +59,14 @@ class TrainConfig(LoopConfig):
     noise: float = 1.0  # std of the noise on sampled tokenizers' log-count scores
     sampler_window: int = 256  # recent texts the substring counts come from
     identity_batch: int = 2048  # base tokens per warm-up step
+    tokenizers: str = "unigram"  # what the LM phase trains on: unigram, merges or mixed (see the module docstring)
+    max_reduction: float = 0.3  # merges: each batch is merged to a reduction drawn from [0.02, this]
 
     def check(self) -> None:
+        if self.tokenizers not in TOKENIZERS:
+            raise TokenSurgeryError(f"tokenizers must be one of {', '.join(TOKENIZERS)}, got {self.tokenizers!r}")
+        if not 0.02 <= self.max_reduction < 1:
+            raise TokenSurgeryError(f"max_reduction must be in [0.02, 1), got {self.max_reduction}")
         for name in ("batch_size", "seq_len", "grad_accum", "vocab_size", "identity_batch", "save_every"):
             if getattr(self, name) < 1:
                 raise TokenSurgeryError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -125,6 +140,9 @@ class Trainer:
                              if k == TokenKind.NORMAL and self.base_vocab.surface[i] and i < emb.input.shape[0]]
         bos = self.base_vocab.bos_added
         self.bos = None if bos is None else int(bos)
+        from .dynamic.merger import BatchMerger
+
+        self.merger = BatchMerger(self.base_vocab, n_base=emb.input.shape[0])
 
     @property
     def step(self) -> int:
@@ -204,6 +222,37 @@ class Trainer:
         out["loss"] = loss
         return out
 
+    def merge_step(self, step: int, micro: int) -> dict:
+        """One LM step on a batch merged over itself (see the module docstring)."""
+        c, h = self.config, self.hypernet
+        rng = _rng(c, step, self.rank, micro)
+        texts = self.batch_texts(step, micro)
+        batch = self.merger(texts, reduction=rng.uniform(0.02, c.max_reduction))
+        seqs = [ids[: c.seq_len] for ids in batch.ids]
+        seqs = [s for s in seqs if len(s) >= 2]
+        width = min(map(len, seqs))
+        x = torch.tensor([s[:width] for s in seqs], device=h.base_input.device)
+        used = sorted({i for s in seqs for i in s[:width] if i >= self.merger.n_base})
+        if not used:  # nothing was merged in the part that is trained on
+            return self.identity_step(rng)
+        n = self.merger.n_base
+        pieces = [list(batch.new_tokens[i - n].parts[: h.config.max_pieces]) for i in used]
+        pred_in, pred_out = self.model(pieces)
+        local = torch.full((n + len(batch.new_tokens),), -1, dtype=torch.long, device=x.device)
+        local[torch.tensor(used, device=x.device)] = torch.arange(len(used), device=x.device)
+        is_new = x >= n
+        inputs = torch.where(is_new.unsqueeze(-1), pred_in[local[x].clamp(min=0)], h.base_input[x.clamp(max=n - 1)])
+        if self.bos is not None:
+            inputs = torch.cat([h.base_input[self.bos].expand(len(seqs), 1, -1), inputs], 1)
+        logits = self.lm.logits(inputs[:, :-1], torch.cat([h.base_output, pred_out]))
+        targets = torch.where(is_new, n + local[x], x)  # new tokens' output rows follow the base's
+        targets = targets if self.bos is not None else targets[:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+        n_bytes = sum(len(self.merger.vocab.surface[i]) if i < n else len(batch.new_tokens[i - n].surface)
+                      for s in seqs for i in s[1:width])
+        return {"loss": loss, "lm": loss.detach(), "tokens_per_byte": len(seqs) * (width - 1) / max(1, n_bytes),
+                "active": len(used)}
+
     # ---- the loop -----------------------------------------------------------------------
 
     def _sampler(self) -> UnigramSampler:
@@ -226,12 +275,17 @@ class Trainer:
         state = {"sampler": None}
 
         def on_phase(step: int) -> None:
-            if step >= c.warmup_steps and state["sampler"] is None:
+            if step >= c.warmup_steps and state["sampler"] is None and c.tokenizers != "merges":
                 state["sampler"] = self._sampler()
 
         def loss_fn(step: int, micro: int) -> dict:
             if step < c.warmup_steps:
                 return {**self.identity_step(_rng(c, step, self.rank, micro)), "phase": "identity"}
+            kind = c.tokenizers
+            if kind == "mixed":
+                kind = random.Random(f"{c.seed}:kind:{step}:{self.rank}:{micro}").choice(("unigram", "merges"))
+            if kind == "merges":
+                return {**self.merge_step(step, micro), "phase": "merges"}
             return {**self.lm_step(step, micro, state["sampler"]), "phase": "lm"}
 
         start = time.perf_counter()

@@ -261,3 +261,61 @@ def test_cli_boundaries_match_the_merger():
     from tokensurgery.hypernets.dynamic import cli as dynamic_cli
 
     assert dynamic_cli.BOUNDARIES == merger_module.BOUNDARIES
+
+
+# ---- a hypernetwork trained on merged batches ----------------------------------------------------
+
+def test_merge_step_is_mode_b_of_the_merged_batch(tiny_model_dirs, tmp_path):
+    """At the start (an untrained residual hypernetwork is FVT) the training loss of a merged
+    batch equals the mean cross-entropy of transformers' model with FVT rows appended."""
+    import copy
+
+    from tokensurgery.hypernets import Trainer
+    from tokensurgery.hypernets.train import _rng
+
+    from test_hypernet import TINY_NET, tiny_config, tiny_corpus
+
+    trainer = Trainer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "hn", tiny_config(tokenizers="merges", seq_len=40),
+                      TINY_NET, progress=False)
+    got = trainer.merge_step(5, 0)
+    c = trainer.config
+    rng = _rng(c, 5, 0, 0)
+    batch = trainer.merger(trainer.batch_texts(5, 0), reduction=rng.uniform(0.02, c.max_reduction))
+    assert batch.new_tokens and got["active"] > 0
+    seqs = [s[: c.seq_len] for s in batch.ids]
+    width = min(map(len, seqs))
+    model = copy.deepcopy(trainer.lm.model)
+    dm = DynamicModel(model)
+    new_in, new_out = dm.rows(batch.new_tokens)
+    model.resize_token_embeddings(dm.n_base + len(batch.new_tokens), mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[dm.n_base:] = new_in
+    short = [t for t in batch.new_tokens if len(t.parts) <= TINY_NET["max_pieces"]]
+    assert len(short) == len(batch.new_tokens), "a token longer than max_pieces would differ from FVT"
+    x = torch.tensor([s[:width] for s in seqs])
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[:, :-1]
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)).item()
+    # the step's softmax holds only the new tokens that occur in the trained part: drop the others
+    kept = sorted({i for s in seqs for i in s[:width] if i >= dm.n_base})
+    cols = list(range(dm.n_base)) + kept
+    ref_kept = torch.nn.functional.cross_entropy(logits[..., cols].reshape(-1, len(cols)),
+                                                 torch.tensor([[cols.index(i) for i in s[1:width]] for s in seqs]).reshape(-1)).item()
+    assert got["lm"].item() == pytest.approx(ref_kept, rel=1e-4)
+    assert ref_kept <= ref + 1e-6  # fewer competitors, never a higher loss
+
+
+def test_mixed_training_runs_both_kinds_and_its_hypernetwork_scores(tiny_model_dirs, tmp_path):
+    from tokensurgery.hypernets import train
+    from test_hypernet import TINY_NET, tiny_config, tiny_corpus
+
+    result = train(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "hn", tiny_config(
+        tokenizers="mixed", steps=8, warmup_steps=1, lr=3e-3, seq_len=32), TINY_NET, progress=False)
+    phases = {h.get("phase") for h in result.history}
+    assert {"merges", "lm"} <= phases, phases
+    dm = DynamicModel(load_causal_lm(tiny_model_dirs["tied"])[0], hypernet=str(tmp_path / "hn"))
+    vocab = open_vocabulary(tiny_model_dirs["tied"])
+    score = score_batch(dm, BatchMerger(vocab, n_base=dm.n_base), TEXTS, merges=20)
+    assert score.new_tokens > 0 and score.bits_b > 0
+    with pytest.raises(TokenSurgeryError, match="tokenizers"):
+        tiny_config(tokenizers="bpe").check()
