@@ -319,3 +319,5 @@ def test_mixed_training_runs_both_kinds_and_its_hypernetwork_scores(tiny_model_d
     assert score.new_tokens > 0 and score.bits_b > 0
     with pytest.raises(TokenSurgeryError, match="tokenizers"):
         tiny_config(tokenizers="bpe").check()
+    with pytest.raises(TokenSurgeryError, match="base"):  # a hypernetwork trained for another base model
+        DynamicModel(load_causal_lm(tiny_model_dirs["untied"])[0], hypernet=str(tmp_path / "hn"))

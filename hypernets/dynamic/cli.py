@@ -83,7 +83,8 @@ def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], m
     click.echo(f"boundary {merger.boundary}; new-token rows: {'hypernetwork ' + str(hypernet) if hypernet else 'FVT'}; "
                f"cache {cache.size:,} rows, hit rate {cache.hit_rate:.0%}")
     header = (f"{'text':16s} {'tok/B':>6s} {'->':>6s} {'fewer':>6s} {'of max':>6s} | {'bpb A':>6s} {'base':>6s} "
-              f"{'rise':>6s} | {'bpb B':>6s} {'base':>6s} {'rise':>6s} | {'B/s':>6s} {'base':>6s} {'merge':>6s}")
+              f"{'rise':>6s} | {'bpb B':>6s} {'base':>6s} {'rise':>6s} | {'B/s':>6s} {'base':>6s} {'merge':>6s} "
+              f"{'rows':>6s}")
     click.echo(header)
     click.echo("-" * len(header))
     for name, s in rows.items():
@@ -92,4 +93,4 @@ def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], m
                    f"{d['reduction']:6.1%} {d['reduction_to_limit']:6.1%} | {d['bpb_a']:6.3f} {d['base_bpb_a']:6.3f} "
                    f"{d['rel_a']:+6.1%} | {d['bpb_b']:6.3f} {d['base_bpb_b']:6.3f} {d['rel_b']:+6.1%} | "
                    f"{d['prefill_bytes_per_s']:6.0f} {d['base_prefill_bytes_per_s']:6.0f} "
-                   f"{d['merge_seconds']:5.2f}s")
+                   f"{d['merge_seconds']:5.2f}s {d['rows_seconds']:5.2f}s")
