@@ -132,7 +132,12 @@ def main() -> None:
     ap.add_argument("--max-bytes", type=int, default=16384, help="bytes of each en/de/py file (multilingual: all)")
     ap.add_argument("--name", default="dynamic")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "results")
+    ap.add_argument("--render", type=Path, help="only re-render the .md of this results .json")
     args = ap.parse_args()
+    if args.render:
+        results = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(results, list(results["curve"][0]["sets"])))
+        return
     record = run_record()
     print(f"command: {record['command']}", flush=True)
     model, vocab = load_causal_lm(open_model(args.model, progress=False))
@@ -181,7 +186,8 @@ def main() -> None:
 def markdown(results: dict, set_names: list[str]) -> str:
     rec, opt = results["record"], results["options"]
     lines = [f"Command: `{rec['command']}`", "",
-             f"Commit {rec['commit']}, {rec['date']}, {rec['machine']}, {rec['cpus']} CPUs, torch {rec['torch']}, "
+             f"Commit {rec['commit']}, {rec['date']}, {rec.get('cpu_model', rec['machine'])}, {rec['cpus']} CPUs, "
+             f"torch {rec['torch']}, transformers {rec.get('transformers', '?')}, "
              f"load average at start {rec['load_average_at_start']}.", "",
              f"Model {opt['model']}; new-token rows: {'hypernetwork ' + opt['hypernet'] if opt['hypernet'] else 'FVT'}; "
              f"batches of {opt['batch_size']} pieces of at most {opt['chunk_bytes']} bytes; en/de/py: first "

@@ -27,9 +27,25 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_record() -> dict:
-    """The command line, commit, date and machine of this run (load average: was it busy?)."""
+    """The command line, commit, date, machine and library versions of this run (load
+    average: was it busy?)."""
+    import transformers
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"command": "python " + " ".join(sys.argv), "commit": git_commit(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.machine(), "cpu_model": cpu_model(),
+            "gpu": gpu, "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
