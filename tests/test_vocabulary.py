@@ -210,3 +210,23 @@ def test_decompose_is_word_start_aware(smollm2_vocab, gemma_vocab):
     # invalid UTF-8: byte-level BPE spells the bytes, SentencePiece uses byte fallback
     assert s.decode_bytes(s.decompose(b"\xe4\xb8")) == b"\xe4\xb8"
     assert [g.tokens[i] for i in g.decompose(b"a\xff")] == ["a", "<0xFF>"]
+
+
+@SETTINGS
+@given(text=ANY_TEXT)
+def test_encode_pretokens_groups_the_encoding_by_pre_token(tiny_model_dirs, tekken, text):
+    """Concatenated, the groups are `encode`; for a byte-level BPE each group spells one of the
+    pre-tokenizer's own pieces; for tiktoken files one piece of the file's regex."""
+    import regex
+
+    from tokensurgery.vocabulary import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    vocab = open_vocabulary(tiny_model_dirs["tied"])
+    groups = vocab.encode_pretokens(text)
+    assert [i for g in groups for i in g] == vocab.encode(text)
+    pieces = [p for p, _ in vocab._hf.pre_tokenizer.pre_tokenize_str(text)]
+    assert [vocab.decode_bytes(g) for g in groups] == [bytes(byte_of[c] for c in p) for p in pieces]
+    groups = tekken.encode_pretokens(text)
+    assert [i for g in groups for i in g] == tekken.encode(text)
+    assert [tekken.decode_bytes(g) for g in groups] == [p.encode() for p in regex.findall(tekken._pattern, text)]

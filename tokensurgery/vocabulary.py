@@ -337,7 +337,8 @@ class Vocabulary:
         into before its model ran (concatenated, the groups are `encode(text)`). Special
         tokens in the text are groups of their own. Tokenizers without a word-splitting
         pre-tokenizer (SentencePiece conversions split on nothing or on lines) give few,
-        long groups; tiktoken files are split with their own regex."""
+        long groups; tiktoken files are split with their own regex (special tokens spelled in
+        the text are encoded as ordinary text there)."""
         if self._hf is not None:
             enc = self._hf.encode(text, add_special_tokens=False)
             groups: list[list[int]] = []
