@@ -257,10 +257,30 @@ def test_cli_dynamic_score(tiny_model_dirs, tmp_path):
     assert r.exit_code != 0 and "merges must be >= 0" in r.output and "Traceback" not in r.output
 
 
-def test_cli_boundaries_match_the_merger():
+def test_cli_choices_match_the_library():
     from tokensurgery.hypernets.dynamic import cli as dynamic_cli
+    from tokensurgery.hypernets.dynamic import generate as generate_module
 
-    assert dynamic_cli.BOUNDARIES == merger_module.BOUNDARIES
+    assert dynamic_cli.BOUNDARIES == merger_module.BOUNDARIES and dynamic_cli.ANN == generate_module.ANN
+
+
+def test_cli_grow_and_generate(tiny_model_dirs, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(corpus_lines(20_000, langs=("en",))), encoding="utf-8")
+    runner = CliRunner()
+    out = tmp_path / "grown"
+    r = runner.invoke(cli, ["dynamic", "grow", str(tiny_model_dirs["tied"]), str(out), "--corpus", str(corpus),
+                            "--size", "900"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["dynamic", "grow", str(tiny_model_dirs["tied"]), str(out), "--corpus", str(corpus)])
+    assert r.exit_code != 0 and "already exists" in r.output  # no --force
+    r = runner.invoke(cli, ["dynamic", "generate", str(tiny_model_dirs["tied"]), "The cat", "--grown", str(out),
+                            "--max-new-bytes", "30", "--ann", "exact", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)
+    assert got["bytes"] == 30 and got["steps"] >= 1
+    r = runner.invoke(cli, ["dynamic", "generate", str(tiny_model_dirs["untied"]), "The cat", "--grown", str(out)])
+    assert r.exit_code != 0 and "grown for another model" in r.output and "Traceback" not in r.output
 
 
 # ---- a hypernetwork trained on merged batches ----------------------------------------------------
@@ -321,3 +341,79 @@ def test_mixed_training_runs_both_kinds_and_its_hypernetwork_scores(tiny_model_d
         tiny_config(tokenizers="bpe").check()
     with pytest.raises(TokenSurgeryError, match="base"):  # a hypernetwork trained for another base model
         DynamicModel(load_causal_lm(tiny_model_dirs["untied"])[0], hypernet=str(tmp_path / "hn"))
+
+
+# ---- a grown vocabulary and generation -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def grown(models, tmp_path_factory):
+    from tokensurgery.hypernets.dynamic.grow import GrownVocabulary, grow
+
+    model, vocab = models["untied"]
+    g = grow(DynamicModel(model), vocab, corpus_lines(20_000, langs=("en", "de")), 900)
+    folder = g.save(tmp_path_factory.mktemp("grown"))
+    return GrownVocabulary.load(folder, n_base=g.n_base), folder
+
+
+def test_grown_tokens_are_spelled_by_base_and_reload(grown, models):
+    from tokensurgery.hypernets.dynamic.grow import GrownVocabulary
+
+    g, folder = grown
+    model, vocab = models["untied"]
+    assert len(g.tokens) > 50
+    w_in, w_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    for t, a, b in zip(g.tokens, g.input, g.output):
+        assert vocab.decode_bytes(t.parts) == t.surface and t.surface not in vocab.by_bytes
+        assert torch.allclose(a, w_in[list(t.parts)].mean(0), atol=1e-6)  # FVT rows without a hypernetwork
+        assert torch.allclose(b, w_out[list(t.parts)].mean(0), atol=1e-6)
+    with pytest.raises(TokenSurgeryError, match="grown for a model"):
+        GrownVocabulary.load(folder, n_base=g.n_base + 1)
+    with pytest.raises(TokenSurgeryError, match="not a grown vocabulary"):
+        GrownVocabulary.load(folder / "missing")
+
+
+@pytest.mark.parametrize("name", ["tied", "gemma3"])
+def test_plain_generation_is_transformers_greedy(models, name):
+    from tokensurgery.hypernets.dynamic.generate import generate
+
+    model, vocab = models[name]
+    prompt = "The cat sat on"
+    got = generate(DynamicModel(model), vocab, prompt, max_new_bytes=40, stop_at_eos=False)
+    ids = torch.tensor([[start_token(vocab)] + vocab.encode(prompt)])
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(got.tokens), do_sample=False,
+                         eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    assert got.tokens == ref and got.text == vocab.decode_bytes(ref)[:40]
+
+
+def test_grown_generation_is_greedy_over_the_grown_model(models, grown):
+    """Exact output layer over BASE + grown rows = transformers' greedy decoding of the model
+    whose embedding matrices were grown by those rows; the ANN layers find the exact top
+    candidate most of the time."""
+    import copy
+    import dataclasses
+
+    from tokensurgery.hypernets.dynamic.generate import OutputLayer, generate
+
+    g, _ = grown
+    g = dataclasses.replace(g, output=g.output * 4)  # FVT rows seldom win; larger ones do, so grown tokens are chosen
+    model, vocab = models["untied"]
+    big = copy.deepcopy(model)
+    big.resize_token_embeddings(len(g), mean_resizing=False)
+    with torch.no_grad():
+        big.get_input_embeddings().weight[g.n_base:] = g.input
+        big.get_output_embeddings().weight[g.n_base:] = g.output
+    prompt = "Der Hund und die Katze"
+    got = generate(DynamicModel(model), vocab, prompt, max_new_bytes=60, grown=g, stop_at_eos=False)
+    ids = torch.tensor([[start_token(vocab)] + vocab.encode(prompt)])
+    ref = big.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(got.tokens), do_sample=False,
+                       eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    assert got.tokens == ref and any(t >= g.n_base for t in got.tokens), got.tokens
+    rows = torch.cat([model.get_output_embeddings().weight.detach(), g.output])
+    exact = OutputLayer(rows, "exact", candidates=5)
+    queries = torch.randn(50, rows.shape[1])
+    for ann in ("hnsw", "ivf"):
+        layer = OutputLayer(rows, ann, candidates=5, nprobe=64)
+        hits = sum(int(exact.top(q)[0]) in layer.top(q).tolist() for q in queries)
+        assert hits >= 45, (ann, hits)
+    with pytest.raises(TokenSurgeryError, match="ann"):
+        OutputLayer(rows, "annoy")

@@ -94,3 +94,87 @@ def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], m
                    f"{d['rel_a']:+6.1%} | {d['bpb_b']:6.3f} {d['base_bpb_b']:6.3f} {d['rel_b']:+6.1%} | "
                    f"{d['prefill_bytes_per_s']:6.0f} {d['base_prefill_bytes_per_s']:6.0f} "
                    f"{d['merge_seconds']:5.2f}s {d['rows_seconds']:5.2f}s")
+
+
+ANN = ("exact", "hnsw", "ivf")  # = generate.ANN; literal so --help does not import torch
+
+
+@dynamic_group.command("grow", cls=options.grouped(Vocabulary=["corpus", "size"], New_tokens=["hypernet"],
+                                                   Run=["device", "force"]))
+@click.argument("model")
+@click.argument("out", type=click.Path(path_type=Path))
+@options.corpus
+@click.option("--size", default=250_000, show_default=True,
+              help="Tokens of the byte-level BPE learned on the corpus (those MODEL lacks become new tokens).")
+@options.hypernet
+@options.device
+@options.force
+def dynamic_grow(model: str, out: Path, corpus: tuple[str, ...], size: int, hypernet: Path | None, device: str,
+                 force: bool) -> None:
+    """Grow MODEL's vocabulary for `dynamic generate`: learn a large BPE vocabulary on the
+    corpus and give every new token rows once (hypernetwork, or FVT); saved to OUT."""
+    from tokensurgery.checkpoint import atomic_folder
+    from tokensurgery.corpus import Corpus
+    from tokensurgery.evaluate import load_causal_lm
+    from tokensurgery.inputs import open_model
+    from tokensurgery.progress import status
+
+    from .embed import DynamicModel
+    from .grow import grow
+
+    texts = Corpus.from_paths(list(corpus)).texts
+    lm, vocab = load_causal_lm(open_model(model), device=device)
+    dm = DynamicModel(lm, hypernet=str(hypernet) if hypernet else None, device=device)
+    with atomic_folder(out, force=force) as tmp:
+        with status(f"learning {size:,} tokens on {sum(len(t) for _, t in texts):,} characters and predicting rows"):
+            grown = grow(dm, vocab, (t for _, t in texts), size, name=model)
+        grown.save(tmp)
+    click.echo(f"wrote {out}: {len(grown.tokens):,} new tokens ({len(grown):,} with MODEL's) in {grown.seconds:.0f}s")
+
+
+@dynamic_group.command("generate", cls=options.grouped(Generation=["max_new_bytes", "grown", "ann", "candidates"],
+                                                       Run=["device", "json_out"]))
+@click.argument("model")
+@click.argument("prompt")
+@options.max_new_bytes(200)
+@click.option("--grown", type=click.Path(path_type=Path), help="A grown vocabulary (`dynamic grow`); without it: "
+              "MODEL's own vocabulary.")
+@click.option("--ann", default="hnsw", show_default=True, type=click.Choice(ANN),
+              help="Output layer: exact (every row), hnsw or ivf (FAISS index, exact rescoring of the candidates).")
+@click.option("--candidates", default=20, show_default=True, help="Rows the index returns for exact rescoring.")
+@options.device
+@options.json_out
+def dynamic_generate(model: str, prompt: str, max_new_bytes: int, grown: Path | None, ann: str, candidates: int,
+                     device: str, json_out: Path | None) -> None:
+    """Greedy continuation of PROMPT over MODEL's vocabulary plus a grown one, with a KV
+    cache and an approximate-nearest-neighbour output layer."""
+    import torch
+
+    from tokensurgery.evaluate import load_causal_lm
+    from tokensurgery.inputs import open_model
+
+    from .embed import DynamicModel
+    from ..model import fingerprint
+    from .generate import OutputLayer, generate
+    from .grow import GrownVocabulary
+
+    lm, vocab = load_causal_lm(open_model(model), device=device)
+    dm = DynamicModel(lm, device=device)
+    big = GrownVocabulary.load(grown, n_base=dm.n_base, fingerprint=fingerprint(dm.head.weight.detach().float().cpu())) \
+        if grown else None
+    rows = dm.head.weight.detach().cpu()
+    if big is not None:
+        rows = torch.cat([rows, big.output.to(rows)])
+    layer = OutputLayer(rows, ann, candidates)
+    result = generate(dm, vocab, prompt, max_new_bytes, grown=big, layer=layer)
+    n = len(result.text)
+    payload = {"model": model, "grown": str(grown) if grown else None, "ann": ann, "candidates": candidates,
+               "text": result.text.decode("utf-8", "replace"), "bytes": n, "steps": result.steps,
+               "grown_tokens_used": sum(t >= dm.n_base for t in result.tokens), "seconds": result.seconds,
+               "bytes_per_second": n / result.seconds if result.seconds else 0.0, "index_seconds": layer.build_seconds}
+    options.write_json(json_out, payload)
+    if str(json_out) == "-":
+        return
+    click.echo(prompt + payload["text"])
+    click.echo(f"-- {n} bytes in {result.steps} steps ({payload['grown_tokens_used']} grown tokens), "
+               f"{payload['bytes_per_second']:.1f} B/s; index built in {layer.build_seconds:.1f}s", err=True)
