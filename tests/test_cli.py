@@ -236,7 +236,9 @@ def test_bytes_bad_input(tiny_model_dirs):
 def _commands(group, prefix=()):
     import click
 
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in sorted(group.list_commands(ctx)):  # list_commands loads the plugins' commands first
+        command = group.get_command(ctx, name)
         if isinstance(command, click.Group):
             yield from _commands(command, prefix + (name,))
         else:

@@ -141,7 +141,8 @@ def dynamic_grow(model: str, out: Path, corpus: tuple[str, ...], size: int, hype
               "MODEL's own vocabulary.")
 @click.option("--ann", default="hnsw", show_default=True, type=click.Choice(ANN),
               help="Output layer: exact (every row), hnsw or ivf (FAISS index, exact rescoring of the candidates).")
-@click.option("--candidates", default=20, show_default=True, help="Rows the index returns for exact rescoring.")
+@click.option("--rescore", "candidates", default=20, show_default=True,
+              help="Rows the output layer's index returns; they are rescored exactly.")
 @options.device
 @options.json_out
 def dynamic_generate(model: str, prompt: str, max_new_bytes: int, grown: Path | None, ann: str, candidates: int,
