@@ -136,7 +136,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.render:
         results = json.loads(args.render.read_text())
-        args.render.with_suffix(".md").write_text(markdown(results, list(results["curve"][0]["sets"])))
+        args.render.with_suffix(".md").write_text(markdown(results, results["options"]["langs"].split(",")))
         return
     record = run_record()
     print(f"command: {record['command']}", flush=True)
@@ -145,7 +145,7 @@ def main() -> None:
     sets = text_sets(args.langs.split(","), args.max_bytes, args.chunk_bytes)
     results = {"record": record, "options": vars(args) | {"out": str(args.out)}, "curve": [], "speed": [],
                "kernel": None}
-    for spec in args.settings.split(";"):
+    for spec in [s for s in args.settings.split(";") if s]:  # --settings "": speed only
         setting = parse_setting(spec)
         merger = BatchMerger(vocab, boundary=setting["boundary"], n_base=dm.n_base)
         row = {"setting": spec, "boundary": merger.boundary, "sets": {}, "groups": {}}
@@ -195,18 +195,18 @@ def markdown(results: dict, set_names: list[str]) -> str:
              "Fewer tokens (plain %, and % of the way to one token per segment run, the paper's measure); "
              "bits per byte, mode A (second half of each piece, BASE's tokens after a merged first half; exact) "
              "and mode B (whole piece in merged tokens; upper bound), against the plain model on the same bytes.", ""]
-    head = "| setting | " + " | ".join(set_names) + " | mean fewer |"
-    lines += [head, "|---|" + "---|" * (len(set_names) + 1)]
-    for row in results["curve"]:
-        cells = []
-        for name in set_names:
-            s = row["sets"][name]
-            cells.append(f"{s['reduction']:.1%} ({s['reduction_to_limit']:.0%}); A {s['rel_a']:+.2%}; B {s['rel_b']:+.2%}")
-        mean = statistics.mean(row["sets"][n]["reduction"] for n in set_names)
-        lines.append(f"| {row['setting']} ({row['boundary']}) | " + " | ".join(cells) + f" | {mean:.1%} |")
-    lines += ["", "Plain model, bits per byte: " + ", ".join(
-        f"{n} A {results['curve'][0]['sets'][n]['base_bpb_a']:.4f} / B {results['curve'][0]['sets'][n]['base_bpb_b']:.4f}"
-        for n in set_names), ""]
+    if results["curve"]:
+        lines += ["| setting | " + " | ".join(set_names) + " | mean fewer |", "|---|" + "---|" * (len(set_names) + 1)]
+        for row in results["curve"]:
+            cells = []
+            for name in set_names:
+                s = row["sets"][name]
+                cells.append(f"{s['reduction']:.1%} ({s['reduction_to_limit']:.0%}); A {s['rel_a']:+.2%}; B {s['rel_b']:+.2%}")
+            mean = statistics.mean(row["sets"][n]["reduction"] for n in set_names)
+            lines.append(f"| {row['setting']} ({row['boundary']}) | " + " | ".join(cells) + f" | {mean:.1%} |")
+        lines += ["", "Plain model, bits per byte: " + ", ".join(
+            f"{n} A {results['curve'][0]['sets'][n]['base_bpb_a']:.4f} / B {results['curve'][0]['sets'][n]['base_bpb_b']:.4f}"
+            for n in set_names), ""]
     groups = sorted(results["curve"][0]["groups"]) if results["curve"] else []
     if groups:
         lines += ["Multilingual groups: fewer tokens; mode-A and mode-B rise, per setting.", "",
@@ -226,6 +226,15 @@ def markdown(results: dict, set_names: list[str]) -> str:
                          f"{t['net_bytes_per_s']:.0f} | {t['plain_bytes_per_s']:.0f} | "
                          f"{t['net_bytes_per_s'] / t['plain_bytes_per_s']:.3f} | {t['merge_s'] * 1e3:.1f} | "
                          f"{t['rows_s'] * 1e3:.1f} |")
+        lines += ["", "All batches of a setting together (bytes / summed seconds):", ""]
+        for spec in dict.fromkeys(t["setting"] for t in results["speed"]):
+            mine = [t for t in results["speed"] if t["setting"] == spec]
+            b = sum(t["bytes"] for t in mine)
+            net = b / sum(t["merge_s"] + t["rows_s"] + t["forward_s"] for t in mine)
+            plain = b / sum(t["plain_forward_s"] for t in mine)
+            merge_share = sum(t["merge_s"] for t in mine) / sum(t["forward_s"] for t in mine)
+            lines.append(f"- {spec}: net {net:.0f} B/s vs plain {plain:.0f} B/s ({net / plain - 1:+.1%}); merging "
+                         f"{merge_share:.2%} of the merged forward time")
         lines.append("")
     k = results["kernel"]
     if k:
