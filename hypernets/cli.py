@@ -28,7 +28,10 @@ def hypernet_group() -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @options.corpus
 @options.steps(1000)
-@click.option("--warmup-steps", default=100, show_default=True, help="Identity warm-up steps (reconstruct BASE's rows).")
+@click.option("--warmup-steps", type=int, default=None,
+              help="Identity warm-up steps (reconstruct BASE's rows). Default: 0 with --residual (an untrained "
+                   "residual hypernetwork reproduces them exactly already, so warm-up would change nothing), "
+                   "100 with --no-residual.")
 @options.batch_size(8)
 @options.seq_len(128)
 @click.option("--grad-accum", default=1, show_default=True, help="Micro-batches per optimizer step.")
@@ -55,7 +58,7 @@ def hypernet_group() -> None:
 @click.option("--save-every", default=100, show_default=True, help="Checkpoint every N steps.")
 @options.seed
 @options.device
-def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, warmup_steps: int, batch_size: int,
+def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, warmup_steps: int | None, batch_size: int,
                    seq_len: int, grad_accum: int, lr: float, max_minutes: float | None, vocab_size: int, negatives: int,
                    noise: float, tokenizers: str, max_reduction: float, layers: int, max_pieces: int, residual: bool,
                    output_head: bool, resume: bool, force: bool, save_every: int, seed: int, device: str) -> None:
@@ -68,6 +71,8 @@ def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, wa
 
     from .train import TrainConfig, train
 
+    if warmup_steps is None:
+        warmup_steps = 0 if residual else 100
     config = TrainConfig(steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, seq_len=seq_len,
                          grad_accum=grad_accum, lr=lr, max_minutes=max_minutes, vocab_size=vocab_size,
                          negatives=negatives, noise=noise, tokenizers=tokenizers, max_reduction=max_reduction,

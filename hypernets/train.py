@@ -50,7 +50,7 @@ class TrainConfig(LoopConfig):
     after `warmup_steps` identity warm-up steps."""
 
     lr: float = 3e-4
-    warmup_steps: int = 100  # identity warm-up steps
+    warmup_steps: int = 0  # identity warm-up steps: only useful without the residual form (see identity_step)
     batch_size: int = 8  # sequences per micro-batch
     seq_len: int = 128  # tokens of the sampled tokenizer per sequence
     vocab_size: int = 32768  # size of each sampled tokenizer
@@ -167,6 +167,9 @@ class Trainer:
         return (li + lo) / 2
 
     def identity_step(self, rng: random.Random) -> dict:
+        """Reconstruct BASE's rows from their own pieces. With the residual form (zero-initialised
+        heads on top of FVT) an untrained hypernetwork already does this exactly, so the loss and its
+        gradient are 0: warm-up only matters for `residual=False`."""
         ids = rng.sample(self.identity_ids, min(self.config.identity_batch, len(self.identity_ids)))
         pieces = [self.splitter(self.base_vocab.surface[i]) for i in ids]
         pred_in, pred_out = self.model(pieces)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 
 import pytest
 import torch
@@ -110,6 +111,16 @@ def test_residual_hypernet_starts_as_fvt_with_shapes_and_specials(tiny_model_dir
         assert torch.equal(new.input[t], emb.input[s].float()) and torch.equal(new.output[t], emb.output[s].float())
     pad_rows = new.input[len(vm.target):]
     torch.testing.assert_close(pad_rows, emb.input.float().mean(0).expand_as(pad_rows))
+
+
+def test_identity_warmup_is_exact_at_init_in_residual_form(tiny_model_dirs, tmp_path):
+    """Why `--warmup-steps` defaults to 0 with --residual: nothing is left to learn."""
+    trainer = Trainer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "net", tiny_config(), TINY_NET, progress=False)
+    assert trainer.hypernet.config.residual
+    out = trainer.identity_step(random.Random(0))
+    assert out["loss"].item() == 0.0
+    out["loss"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in trainer.hypernet.parameters())
 
 
 def test_identity_warmup_reconstructs_single_piece_tokens(tiny_model_dirs, tmp_path):
