@@ -288,6 +288,39 @@ def test_fast_merge_rule_equals_general_check(tiny_byte_lms):
             assert set(fast.invalid_after(tail).tolist()) == ref, [blm.vocab.tokens[t] for t in tail]
 
 
+def test_validity_tables_cached_on_disk(tiny_byte_lms, tmp_path, monkeypatch):
+    """The rule's tables are written once per tokenizer, read back equal, and the rule read
+    from disk forbids exactly what the computed one does; a corrupt file is recomputed."""
+    from tokensurgery.byte_models.exact import canonical as c
+
+    monkeypatch.setenv("TOKENSURGERY_CACHE", str(tmp_path))
+    for blm in tiny_byte_lms.values():
+        vocab = blm.vocab
+        computed = c.canonical_for(vocab, cache=False)
+        first = c.canonical_for(vocab)
+        files = list((tmp_path / "canonical").glob("*.npz"))
+        path = tmp_path / "canonical" / f"{c._tables_key(vocab)}.npz"
+        assert path in files and not list((tmp_path / "canonical").glob("*.tmp"))
+        saved = c._read_tables(path)
+        fresh = type(computed).tables(vocab)
+        assert set(fresh) <= set(saved)
+        for k, v in fresh.items():
+            np.testing.assert_array_equal(saved[k], v, err_msg=k)
+        read = c.canonical_for(vocab)
+        assert type(read) is type(computed) is type(first)
+        assert read.probes == computed.probes and read._batchable == computed._batchable
+        ids = np.flatnonzero(computed.continuable)
+        tails = [(int(a),) for a in ids] + [tuple(vocab.decompose(b"x" + w))[1:] for w in (b"  ", b"\n\n ")]
+        for tail in tails:
+            np.testing.assert_array_equal(read.invalid_after(tail), computed.invalid_after(tail))
+        path.write_bytes(b"not an npz file")
+        assert c._read_tables(path) is None
+        again = c.canonical_for(vocab)
+        np.testing.assert_array_equal(again.continuable, computed.continuable)
+        assert c._read_tables(path) is not None  # rewritten
+    assert c._unpack_strings(c._pack_strings([b"", b"a\x00b", "中".encode()])) == (b"", b"a\x00b", "中".encode())
+
+
 @pytest.mark.real
 def test_fast_merge_rule_on_smollm2(smollm2_vocab):
     """The same on SmolLM2's real merges for tails that exercise every branch: plain words,

@@ -50,39 +50,54 @@ class Canonical:
     `invalid_after(tail)` lists the continuable tokens that may not follow `tail`.
     """
 
-    def __init__(self, vocab: Vocabulary):
+    def __init__(self, vocab: Vocabulary, tables: dict[str, np.ndarray] | None = None):
         if vocab.prepends_space:
             from tokensurgery.errors import TokenSurgeryError
 
             raise TokenSurgeryError(f"{vocab.name or 'this tokenizer'} prepends a word-start space to every text "
                                     "(Llama-2/Mistral v1-v3 SentencePiece); byte-level probabilities support tokenizers "
                                     "that encode text as written (byte-level BPE, Gemma-style SentencePiece, Tekken)")
+        t = self.tables(vocab) if tables is None else tables
         self.vocab = vocab
         self.is_fallback = np.array([k == TokenKind.BYTE_FALLBACK for k in vocab.kinds])
-        text = [i for i, k in enumerate(vocab.kinds) if k in TEXT_KINDS and vocab.surface[i]]
-        self.continuable = np.zeros(len(vocab), dtype=bool)
-        for i in text:
-            self.continuable[i] = vocab.decompose(vocab.surface[i]) == [i]
+        self.continuable = t["continuable"]
         self._invalid = lru_cache(maxsize=4096)(self._compute_invalid)
         # regex pre-tokenizers look ahead at whitespace: `\\s+(?!\\S)` splits "\\n\\n\\n\\nL" as
         # "\\n\\n\\n" + "\\n" + "L", so a step ending in whitespace is judged with the next
         # characters `probes` after it too, and a whitespace run is judged as a whole
         self._lookahead = vocab.family.startswith("byte_level") or vocab.family == "tiktoken"
-        self.probes = _distinct_probes(vocab) if self._lookahead else ()
-        # tokens after which a text can end inside a character: those ending in an unfinished
-        # one, and pieces made only of continuation bytes (they may finish or extend one)
-        self._may_end_inside = np.array([bool(unfinished_character(s)) or (bool(s) and all(0x80 <= c < 0xC0 for c in s))
-                                         for s in vocab.surface])
-        # tokens that can go on a whitespace run: whitespace, or the rest / start of a whitespace character
-        self._may_be_space = np.array([bool(s) and (_whitespace_so_far(s) or 0x80 <= s[0] < 0xC0) for s in vocab.surface])
-        self._batchable = False
-        if vocab._hf is not None and vocab.family.startswith("byte_level"):
+        self.probes = _unpack_strings(t["probes"])
+        self._may_end_inside, self._may_be_space = t["may_end_inside"], t["may_be_space"]
+        self._batchable = bool(t["batchable"])
+        if self._batchable:
             import re
 
+            added = _unpack_strings(t["added"])
+            self._added = re.compile("|".join(re.escape(a.decode()) for a in added) if added else r"(?!)")
+
+    @staticmethod
+    def tables(vocab: Vocabulary) -> dict[str, np.ndarray]:
+        """The per-token arrays the rule needs, computed from the vocabulary (seconds for a
+        262k vocabulary; `canonical_for` keeps them on disk)."""
+        text = [i for i, k in enumerate(vocab.kinds) if k in TEXT_KINDS and vocab.surface[i]]
+        continuable = np.zeros(len(vocab), dtype=bool)
+        for i in text:
+            continuable[i] = vocab.decompose(vocab.surface[i]) == [i]
+        lookahead = vocab.family.startswith("byte_level") or vocab.family == "tiktoken"
+        # tokens after which a text can end inside a character: those ending in an unfinished
+        # one, and pieces made only of continuation bytes (they may finish or extend one)
+        may_end_inside = np.array([bool(unfinished_character(s)) or (bool(s) and all(0x80 <= c < 0xC0 for c in s))
+                                   for s in vocab.surface])
+        # tokens that can go on a whitespace run: whitespace, or the rest / start of a whitespace character
+        may_be_space = np.array([bool(s) and (_whitespace_so_far(s) or 0x80 <= s[0] < 0xC0) for s in vocab.surface])
+        batchable, added = False, []
+        if vocab._hf is not None and vocab.family.startswith("byte_level"):
             spec = hf_spec(vocab)
-            added = [a["content"] for a in spec.get("added_tokens", [])]
-            self._batchable = spec.get("normalizer") is None
-            self._added = re.compile("|".join(map(re.escape, added)) if added else r"(?!)")
+            added = [a["content"].encode() for a in spec.get("added_tokens", [])]
+            batchable = spec.get("normalizer") is None
+        return {"continuable": continuable, "may_end_inside": may_end_inside, "may_be_space": may_be_space,
+                "probes": _pack_strings(_distinct_probes(vocab) if lookahead else ()),
+                "batchable": np.array(batchable), "added": _pack_strings(added)}
 
     # ---- tails ------------------------------------------------------------------------
 
@@ -236,36 +251,52 @@ class MergeCanonical(Canonical):
     leftmost on ties). Pairs the merges alone cannot decide (a pre-tokenizer regex acting
     at a trailing space or apostrophe; byte-fallback characters) use the general check."""
 
-    def __init__(self, vocab: Vocabulary, ranks: dict[tuple[str, str], int]):
-        super().__init__(vocab)
-        self.ranks = ranks
-        symbol = {t: i for i, t in enumerate(vocab.tokens) if vocab.kinds[i] in (TokenKind.NORMAL, TokenKind.UNUSED)}
-        normal = [i for i in np.flatnonzero(self.continuable) if vocab.kinds[i] == TokenKind.NORMAL]
-        self.right: dict[int, list] = {}
-        entries = []  # (left symbol id, token, born, dies)
+    def __init__(self, vocab: Vocabulary, tables: dict[str, np.ndarray] | None = None):
+        t = self.tables(vocab) if tables is None else tables
+        super().__init__(vocab, t)
+        # right spines, flattened: token i's are rows _rstart[i]:_rstart[i+1] of (symbol, born, dies)
+        self._has_right, self._rstart, self._right = t["has_right"], t["right_start"], t["right"]
+        # left spines sorted by symbol: rows _lstart[q]:_lstart[q+1] are (token, born, dies) of symbol q
+        self._lstart, self._lb, self._lborn, self._ldies = t["left_start"], t["left"][:, 0], t["left"][:, 1], t["left"][:, 2]
+        # merges by left symbol: rows _mstart[l]:_mstart[l+1] are (rank, right symbol), by rank
+        self._mstart, self._merges = t["merge_start"], t["merges"]
+        self._regex = bool(t["regex"])
+        self._fallback_ids, self._punct_start = t["fallback_ids"], t["punct_start"]
+
+    @staticmethod
+    def tables(vocab: Vocabulary) -> dict[str, np.ndarray]:
+        """`Canonical.tables` plus the merge spines of every token (the slow part: BPE run on
+        each token in Python)."""
+        ranks = _merge_ranks(vocab) or {}
+        t = Canonical.tables(vocab)
+        continuable = t["continuable"]
+        n = len(vocab)
+        symbol = {tok: i for i, tok in enumerate(vocab.tokens) if vocab.kinds[i] in (TokenKind.NORMAL, TokenKind.UNUSED)}
+        normal = [i for i in np.flatnonzero(continuable) if vocab.kinds[i] == TokenKind.NORMAL]
+        has_right = np.zeros(n, dtype=bool)
+        right_len = np.zeros(n, dtype=np.int64)
+        right, left = [], []  # (symbol, born, dies); (left symbol, token, born, dies)
         for i in normal:
-            ok, left, right = _spines(list(vocab.tokens[i]), ranks)
+            ok, lspine, rspine = _spines(list(vocab.tokens[i]), ranks)
             if not ok:
                 continue
-            self.right[i] = [(symbol.get(s, -1), born, dies) for s, born, dies in right]
-            entries += [(symbol.get(s, -1), i, born, dies) for s, born, dies in left]
-        e = np.array(entries, dtype=np.int64).reshape(-1, 4)
+            has_right[i], right_len[i] = True, len(rspine)
+            right += [(symbol.get(s, -1), born, dies) for s, born, dies in rspine]
+            left += [(symbol.get(s, -1), i, born, dies) for s, born, dies in lspine]
+        e = np.array(left, dtype=np.int64).reshape(-1, 4)
         e = e[np.argsort(e[:, 0], kind="stable")]
-        self._lq, self._lb, self._lborn, self._ldies = e[:, 0], e[:, 1], e[:, 2], e[:, 3]
-        self._lstart = np.searchsorted(self._lq, np.arange(len(vocab) + 1))
-        by_left: dict[int, list] = {}
-        for (l, r), rank in ranks.items():
-            li, ri = symbol.get(l), symbol.get(r)
-            if li is not None and ri is not None:
-                by_left.setdefault(li, []).append((rank, ri))
-        self._merges = {li: np.array(sorted(v), dtype=np.int64) for li, v in by_left.items()}
-        pre = json_types_of(vocab)
-        self._regex = vocab.family.startswith("byte_level") and "ByteLevel" in pre
+        merges = sorted((symbol[l], rank, symbol[r]) for (l, r), rank in ranks.items() if l in symbol and r in symbol)
+        m = np.array(merges, dtype=np.int64).reshape(-1, 3)
         # tokens outside the merge table (byte fallback, added text tokens) are checked one by one
-        self._fallback_ids = np.array([i for i in np.flatnonzero(self.continuable) if vocab.kinds[i] != TokenKind.NORMAL],
-                                      dtype=np.int64)
+        fallback = [i for i in np.flatnonzero(continuable) if vocab.kinds[i] != TokenKind.NORMAL]
         # a regex run of punctuation may swallow the start of the next token (" (" + "'m")
-        self._punct_start = np.array([i for i in normal if _punct(vocab.surface[i], first=True)], dtype=np.int64)
+        punct = [i for i in normal if _punct(vocab.surface[i], first=True)]
+        return t | {"has_right": has_right, "right_start": np.concatenate([[0], np.cumsum(right_len)]),
+                    "right": np.array(right, dtype=np.int64).reshape(-1, 3),
+                    "left_start": np.searchsorted(e[:, 0], np.arange(n + 1)), "left": e[:, 1:].copy(),
+                    "merge_start": np.searchsorted(m[:, 0], np.arange(n + 1)), "merges": m[:, 1:].copy(),
+                    "regex": np.array(vocab.family.startswith("byte_level") and "ByteLevel" in json_types_of(vocab)),
+                    "fallback_ids": np.array(fallback, dtype=np.int64), "punct_start": np.array(punct, dtype=np.int64)}
 
     def _compute_invalid(self, tail: Tail) -> np.ndarray:
         if not tail:
@@ -276,15 +307,15 @@ class MergeCanonical(Canonical):
         if self.vocab.kinds[a] != TokenKind.NORMAL:
             return super()._compute_invalid(tail)
         surface = self.vocab.surface[a]
-        if a not in self.right or (self._regex and (_space(surface, first=False) or b"'" in surface)):
+        if not self._has_right[a] or (self._regex and (_space(surface, first=False) or b"'" in surface)):
             return super()._compute_invalid(tail)  # whitespace look-ahead, contractions: check every pair
         found = []
         if self._regex and _punct(surface, first=False):
             found.append(self._check(tail, self._punct_start))
-        for r, born, dies in self.right[a]:
-            merges = self._merges.get(r)
-            if merges is None:
+        for r, born, dies in self._right[self._rstart[a] : self._rstart[a + 1]].tolist():
+            if r < 0 or self._mstart[r] == self._mstart[r + 1]:
                 continue
+            merges = self._merges[self._mstart[r] : self._mstart[r + 1]]
             live = merges[(merges[:, 0] > born) & (merges[:, 0] < dies)]
             for mu, q in live:
                 lo, hi = self._lstart[q], self._lstart[q + 1]
@@ -423,15 +454,92 @@ def json_types_of(vocab: Vocabulary) -> set[str]:
     return _json_types(hf_spec(vocab).get("pre_tokenizer"))
 
 
-def canonical_for(vocab: Vocabulary) -> Canonical:
+TABLES_VERSION = 1  # bump when `tables` changes what it computes: cached files of older versions are ignored
+
+
+def canonical_for(vocab: Vocabulary, cache: bool = True) -> Canonical:
     """The fastest exact validity rule available for this vocabulary: merge spines for HF BPE
     with no pre-tokenizer (Gemma) or GPT-2's ByteLevel regex alone (SmolLM2); the general
-    check for anything else (Llama-3/Tekken digit groups, WordPiece, Unigram, tiktoken)."""
+    check for anything else (Llama-3/Tekken digit groups, WordPiece, Unigram, tiktoken).
+
+    With `cache`, the rule's tables for a Hugging Face tokenizer are kept in
+    `$TOKENSURGERY_CACHE/canonical/`, keyed by a hash of its tokenizer.json (Gemma-3's take
+    seconds to compute, a fraction of a second to read); an unreadable file is recomputed."""
+    key = _tables_key(vocab) if cache else None
+    path = None
+    if key is not None:
+        from tokensurgery.assets import cache_dir
+
+        path = cache_dir() / "canonical" / f"{key}.npz"
+        tables = _read_tables(path)
+        if tables is not None:
+            return (MergeCanonical if bool(tables["merge_rule"]) else Canonical)(vocab, tables)
+    cls = Canonical
     ranks = _merge_ranks(vocab)
     if ranks:
         pre = hf_spec(vocab).get("pre_tokenizer")
         types = json_types_of(vocab)
         if pre is None or types == {"Split"} and pre.get("pattern") == {"String": " "} and not vocab.family.startswith("byte") \
                 or (types == {"ByteLevel"} and pre.get("use_regex", True)):
-            return MergeCanonical(vocab, ranks)
-    return Canonical(vocab)
+            cls = MergeCanonical
+    tables = cls.tables(vocab) | {"merge_rule": np.array(cls is MergeCanonical)}
+    if path is not None:
+        _write_tables(path, tables)
+    return cls(vocab, tables)
+
+
+def _tables_key(vocab: Vocabulary) -> str | None:
+    """A hash of the tokenizer's full definition and of what `tables` computes (None: not a
+    Hugging Face tokenizer, nothing to key on)."""
+    if vocab._hf is None:
+        return None
+    import hashlib
+
+    spec = vocab._hf.to_str().encode()
+    return hashlib.sha256(spec + f"|{vocab.family}|{TABLES_VERSION}".encode()).hexdigest()[:32]
+
+
+def _read_tables(path) -> dict[str, np.ndarray] | None:
+    """The saved tables, or None when the file is missing or unreadable (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def _write_tables(path, tables: dict[str, np.ndarray]) -> None:
+    """Write atomically (a temporary file renamed into place), so a reader never sees half a
+    file and concurrent writers of the same key do not clash; a failure to write is not an error."""
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **tables)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def _pack_strings(items) -> np.ndarray:
+    """Byte strings as one uint8 array: a 4-byte length before each (arrays of objects would need pickles)."""
+    out = bytearray()
+    for b in items:
+        out += len(b).to_bytes(4, "little") + b
+    return np.frombuffer(bytes(out), dtype=np.uint8)
+
+
+def _unpack_strings(packed: np.ndarray) -> tuple[bytes, ...]:
+    data, out, i = packed.tobytes(), [], 0
+    while i < len(data):
+        n = int.from_bytes(data[i : i + 4], "little")
+        out.append(data[i + 4 : i + 4 + n])
+        i += 4 + n
+    return tuple(out)
