@@ -417,3 +417,23 @@ def test_grown_generation_is_greedy_over_the_grown_model(models, grown):
         assert hits >= 45, (ann, hits)
     with pytest.raises(TokenSurgeryError, match="ann"):
         OutputLayer(rows, "annoy")
+
+
+@pytest.mark.real
+def test_committed_merges_hypernet_is_for_the_bundled_smollm2(smollm2_dir, smollm2_vocab):
+    """results/hypernet_smollm2_merges (bfloat16 weights) loads onto the bundled SmolLM2 (its
+    fingerprint check passes) and is trained: its rows for merged tokens are not FVT's."""
+    from pathlib import Path
+
+    from tokensurgery.hypernets.dynamic.merger import NewToken
+
+    folder = Path(__file__).resolve().parent.parent / "results" / "hypernet_smollm2_merges"
+    model, _ = load_causal_lm(smollm2_dir)
+    trained, fvt = DynamicModel(model, hypernet=str(folder)), DynamicModel(model)
+    words = [" the history", " of the", "ing the", " Straße"]
+    tokens = [NewToken(w.encode(), tuple(smollm2_vocab.encode(w))) for w in words]
+    assert all(len(t.parts) >= 2 for t in tokens)
+    (a_in, a_out), (b_in, b_out) = trained.rows(tokens), fvt.rows(tokens)
+    assert a_in.shape == b_in.shape == (len(words), model.config.hidden_size)
+    rel = (a_in - b_in).norm(dim=-1) / b_in.norm(dim=-1)
+    assert (rel > 0.01).all(), rel
