@@ -4,7 +4,7 @@ encode/decode (Hypothesis properties) on tiny trained tokenizers and on real one
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from helpers import site_file
@@ -214,9 +214,13 @@ def test_decompose_is_word_start_aware(smollm2_vocab, gemma_vocab):
 
 @SETTINGS
 @given(text=ANY_TEXT)
+@example(text="<s>")
+@example(text="a<s> b</s>\n")
 def test_encode_pretokens_groups_the_encoding_by_pre_token(tiny_model_dirs, tekken, text):
     """Concatenated, the groups are `encode`; for a byte-level BPE each group spells one of the
-    pre-tokenizer's own pieces; for tiktoken files one piece of the file's regex."""
+    pre-tokenizer's own pieces or an added token; for tiktoken files one piece of the file's regex."""
+    import re
+
     import regex
 
     from tokensurgery.vocabulary import bytes_to_unicode
@@ -225,8 +229,15 @@ def test_encode_pretokens_groups_the_encoding_by_pre_token(tiny_model_dirs, tekk
     vocab = open_vocabulary(tiny_model_dirs["tied"])
     groups = vocab.encode_pretokens(text)
     assert [i for g in groups for i in g] == vocab.encode(text)
-    pieces = [p for p, _ in vocab._hf.pre_tokenizer.pre_tokenize_str(text)]
-    assert [vocab.decode_bytes(g) for g in groups] == [bytes(byte_of[c] for c in p) for p in pieces]
+    # the tokenizer matches added tokens ("<s>") in text first, then pre-tokenizes what lies between
+    added = sorted((t.content for t in vocab._hf.get_added_tokens_decoder().values()), key=len, reverse=True)
+    pieces = []
+    for part in re.split("(" + "|".join(map(re.escape, added)) + ")", text) if added else [text]:
+        if part in added:
+            pieces.append(part.encode())
+        elif part:
+            pieces += [bytes(byte_of[c] for c in p) for p, _ in vocab._hf.pre_tokenizer.pre_tokenize_str(part)]
+    assert [vocab.decode_bytes(g) for g in groups] == pieces
     groups = tekken.encode_pretokens(text)
     assert [i for g in groups for i in g] == tekken.encode(text)
     assert [tekken.decode_bytes(g) for g in groups] == [p.encode() for p in regex.findall(tekken._pattern, text)]
