@@ -1,0 +1,180 @@
+"""README's measured tables, rendered from the result files only.
+
+Every table of measured figures in README.md that this script knows sits between two markers:
+
+    <!-- results:NAME -->
+    | ... the table ... |
+    <!-- /results:NAME -->
+
+NAME is one of `TABLES` below; each renderer reads `results/*.json` and nothing else, so a
+figure in such a table is exactly what a committed run wrote. `python benchmarks/readme_tables.py`
+rewrites the blocks in place; `--check` changes nothing and exits 1 with a diff when README
+differs from what the results render (`tests/test_readme_tables.py` runs it).
+
+Not handled: numbers in prose (they cite their result file by hand), and README tables that
+have no markers yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def load(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"readme_tables: {path.relative_to(ROOT)} is missing")
+    return json.loads(path.read_text())
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    return "\n".join([_row(header), "|" + "---|" * len(header), *map(_row, rows)])
+
+
+def _text_name(key: str) -> str:
+    return key[: -len(".txt")] if key.endswith(".txt") else key
+
+
+def bpb_columns(base: tuple[str, str, str], columns: list[tuple[str, str, str]]) -> str:
+    """Bits per byte per text of `transplant_quality.py` result files: `base` and every column
+    are (result file, variant, header); the lowest transplant figure of each row is bold."""
+    def variant(file: str, name: str) -> dict:
+        rows = {r["variant"]: r for r in load(file)["rows"]}
+        if name not in rows:
+            raise SystemExit(f"readme_tables: {file}.json has no variant {name!r} (it has {', '.join(rows)})")
+        return rows[name]
+
+    base_row = variant(*base[:2])
+    cols = [variant(f, v) for f, v, _ in columns]
+    texts = [k for k in base_row if isinstance(base_row[k], float) and k not in ("seconds",)]
+    rows = []
+    for text in texts:
+        values = [c[text] for c in cols]
+        best = min(range(len(values)), key=values.__getitem__)
+        rows.append([_text_name(text), f"{base_row[text]:.3f}",
+                     *[f"**{v:.3f}**" if i == best else f"{v:.3f}" for i, v in enumerate(values)]])
+    return _table(["text", base[2], *[h for _, _, h in columns]], rows)
+
+
+def bundled_bpb() -> str:
+    res = load("bundled_bpb")["results"]
+    langs = [k for k in next(iter(res.values())) if k not in ("overall", "seconds")]
+    rows = [[model, *[f"{r[l]['bits_per_byte']:.3f} ({r[l]['tokens_per_byte']:.3f})" for l in langs]]
+            for model, r in res.items()]
+    return _table(["model", *[f"{l} bpb (tok/B)" for l in langs]], rows)
+
+
+def transplant_speed() -> str:
+    rows, quiet = [], {}
+    for r in load("transplant_speed")["rows"]:
+        phases = r["summary"]["phases"]
+        timed = [phases.get(p, 0.0) for p in ("blend fit", "solve", "fill rows")]
+        wall = f"{r['wall_s']:.1f}"
+        if r["mode"] == "quiet":
+            quiet[r["pair"]] = r["wall_s"]
+        elif r["pair"] in quiet:
+            wall += f" ({r['wall_s'] / quiet[r['pair']]:.2f}x)"
+        rows.append([r["pair"], r["mode"], wall, f"{r['peak_rss_gib']:.2f}", *[f"{t:.1f}" for t in timed],
+                     f"{r['wall_s'] - sum(timed):.1f}"])
+    return _table(["pair", "machine", "wall s", "peak RSS GiB", "blend fit s", "solve s", "fill rows s", "rest s"], rows)
+
+
+def light_multilingual() -> str:
+    f = "transplant_light_multilingual"
+    return bpb_columns((f, "base (gemma3-270m, own tokenizer)", "Gemma-3-270M, own tokenizer"),
+                       [(f, "omp", "**omp (default: blend)**"), (f, "omp:blend=0", "omp, `--no-blend` (previous default)"),
+                        (f, "fvt", "fvt")])
+
+
+def heavy_multilingual() -> str:
+    new, old = "transplant_heavy_multilingual_symbol", "transplant_heavy_multilingual"
+    return bpb_columns((new, "base (smollm2-135m, own tokenizer)", "SmolLM2-135M, own tokenizer"),
+                       [(new, "omp", "**omp (default)**"),
+                        (old, "omp", "omp before the `latin-accented`/`symbol` classes"),
+                        (old, "omp:blend=0", "omp, `--no-blend`"), (old, "fvt", "fvt")])
+
+
+def _vs_mergekit(name: str, pair: str) -> str:
+    """Bits per byte per text of each tool's output (`vs_mergekit.py`), best transplant bold,
+    then wall seconds and peak memory of each run."""
+    r = load(name)["results"][pair]
+    bpb = r["bpb"]
+    base_key = next(k for k in bpb if k.startswith("base"))
+    tools = [k for k in bpb if k != base_key]
+    texts = list(bpb[base_key])
+    rows = []
+    for text in texts:
+        values = [bpb[t][text] for t in tools]
+        best = min(range(len(values)), key=values.__getitem__)
+        rows.append([_text_name(text), f"{bpb[base_key][text]:.3f}",
+                     *[f"**{v:.3f}**" if i == best else f"{v:.3f}" for i, v in enumerate(values)]])
+    quality = _table(["text", f"{r['base']}, own tokenizer", *tools], rows)
+    runs = [("tokensurgery omp (default)", r["tokensurgery"]), ("mergekit-tokensurgeon omp", r["mergekit"]),
+            *[(label, r[key]) for key, label in (("tokensurgery fvt", "tokensurgery fvt"),
+                                                  ("mergekit subword", "mergekit-tokensurgeon subword (FVT)")) if key in r]]
+    speed = _table(["run", "wall s", "peak RSS GiB"],
+                   [[label, f"{x['seconds']:.0f}", "n/a" if x.get("peak_rss_gib") is None else f"{x['peak_rss_gib']:.1f}"]
+                    for label, x in runs])
+    return quality + "\n\n" + speed
+
+
+def vs_mergekit_light_multilingual() -> str:
+    return _vs_mergekit("vs_mergekit_light_multilingual", "light")
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "bundled_bpb": bundled_bpb,
+    "transplant_speed": transplant_speed,
+    "light_multilingual": light_multilingual,
+    "heavy_multilingual": heavy_multilingual,
+    "vs_mergekit_light_multilingual": vs_mergekit_light_multilingual,
+}
+
+
+def render(readme: str) -> str:
+    """README with every marked block replaced by its renderer's table."""
+    def sub(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in TABLES:
+            raise SystemExit(f"readme_tables: README marks a table {name!r} that no renderer knows "
+                             f"(known: {', '.join(TABLES)})")
+        return m.group(1) + TABLES[name]() + "\n" + m.group(4)
+    return BLOCK.sub(sub, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 with a diff when README is stale")
+    ap.add_argument("--readme", type=Path, default=README)
+    args = ap.parse_args(argv)
+    old = args.readme.read_text()
+    new = render(old)
+    if args.check:
+        if new != old:
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "README.md",
+                                                       "rendered from results/"))
+            return 1
+        return 0
+    if new != old:
+        args.readme.write_text(new)
+        print(f"updated {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
