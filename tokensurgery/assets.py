@@ -151,8 +151,6 @@ def _gguf_cache_folder(path: Path) -> Path:
 def import_gguf(path: str | Path, out: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Import a GGUF checkpoint once into an HF folder (float32 safetensors + config +
     tokenizer + generation config) and return that folder; later calls return the cache."""
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise TokenSurgeryError(f"GGUF file not found: {path}")
@@ -163,6 +161,10 @@ def import_gguf(path: str | Path, out: str | Path | None = None, force: bool = F
     from .checkpoint import check_output
 
     check_output(target, [path], force=True)
+    # imported only now: transformers' GGUF module costs ~3 s of imports, which a cached import
+    # (every call after the first) does not need
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
     arch = gguf_architecture(path)
     supported = {a.replace("_", "") for a in GGUF_SUPPORTED_ARCHITECTURES} - {"general", "tokenizer"}
     if arch.replace("_", "") not in supported:  # transformers spells some names with "_", GGUF without
