@@ -107,6 +107,21 @@ def test_untied_base_gets_both_matrices_from_one_solve_of_a_tied_donor(tiny_mode
     assert config["tie_word_embeddings"] is False and config["vocab_size"] == new.input.shape[0]
 
 
+def test_fvt_rows_are_per_token_means_in_any_block_size(tiny_model_dirs):
+    """The blocked index_add_ sum gives each new token the mean of its pieces' rows (the
+    mean row where it has none, and for ids that are not new text), whatever the block."""
+    from tokensurgery.transplant import _fvt_rows
+
+    vm = pair(tiny_model_dirs["tied"], tiny_model_dirs["bos"])
+    B = load_embeddings(tiny_model_dirs["tied"]).input.float()
+    mean = B.mean(0)
+    ids = [*vm.new_text, *sorted(vm.shared)[:3]]
+    want = torch.stack([B[p].mean(0) if t in vm.new_text and (p := vm.decompose(t)) else mean for t in ids])
+    for block in (1, 3, 16384):
+        got = _fvt_rows(vm, ids, B, mean, False, block=block)
+        assert torch.allclose(got, want, atol=1e-6), block
+
+
 def test_baselines_against_independent_references(tiny_model_dirs, tmp_path):
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     vm = pair(base, donor)

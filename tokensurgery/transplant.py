@@ -145,15 +145,32 @@ def _knn(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: in
     return torch.cat(idx), torch.cat(wts)
 
 
-def _fvt_rows(vm: VocabMap, ids: list[int], base: torch.Tensor, mean: torch.Tensor, progress: bool) -> torch.Tensor:
-    """Mean of BASE's rows of each token's pieces (BASE's mean row when it has none)."""
+def _fvt_rows(vm: VocabMap, ids: list[int], base: torch.Tensor, mean: torch.Tensor, progress: bool,
+              block: int = 16384) -> torch.Tensor:
+    """Mean of BASE's rows of each token's pieces (BASE's mean row when it has none).
+    Summed by `index_add_` over blocks of tokens: one small tensor op per token cost the
+    heavy pair's 216k rows tens of seconds, more on a busy machine."""
     out = mean.expand(len(ids), -1).clone()
     text = set(vm.new_text)
+    flat: list[int] = []
+    owner: list[int] = []
     for r, t in enumerate(bar(ids, "FVT pieces", total=len(ids), enabled=progress)):
         if t in text:
             pieces = [p for p in vm.decompose(t) if p < base.shape[0]]
-            if pieces:
-                out[r] = base[pieces].mean(0)
+            flat += pieces
+            owner += [r] * len(pieces)
+    flat_t, owner_t = torch.tensor(flat, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
+    counts = torch.bincount(owner_t, minlength=len(ids))
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    for lo in range(0, len(ids), block):  # a block's gathered pieces stay small
+        hi = min(lo + block, len(ids))
+        a, b = int(starts[lo]), int(starts[hi])
+        if a == b:
+            continue
+        sums = torch.zeros(hi - lo, base.shape[1], dtype=base.dtype)
+        sums.index_add_(0, owner_t[a:b] - lo, base[flat_t[a:b]])
+        has = counts[lo:hi] > 0
+        out[lo:hi][has] = sums[has] / counts[lo:hi][has].unsqueeze(1).to(base.dtype)
     return out
 
 
