@@ -50,9 +50,10 @@ def _text_name(key: str) -> str:
     return key[: -len(".txt")] if key.endswith(".txt") else key
 
 
-def bpb_columns(base: tuple[str, str, str], columns: list[tuple[str, str, str]]) -> str:
+def bpb_columns(base: tuple[str, str, str], columns: list[tuple[str, str, str]], seconds: str | None = None) -> str:
     """Bits per byte per text of `transplant_quality.py` result files: `base` and every column
-    are (result file, variant, header); the lowest transplant figure of each row is bold."""
+    are (result file, variant, header); the lowest transplant figure of each row is bold.
+    `seconds`: the label of a last row with each variant's solve seconds (blend fit included)."""
     def variant(file: str, name: str) -> dict:
         rows = {r["variant"]: r for r in load(file)["rows"]}
         if name not in rows:
@@ -68,6 +69,8 @@ def bpb_columns(base: tuple[str, str, str], columns: list[tuple[str, str, str]])
         best = min(range(len(values)), key=values.__getitem__)
         rows.append([_text_name(text), f"{base_row[text]:.3f}",
                      *[f"**{v:.3f}**" if i == best else f"{v:.3f}" for i, v in enumerate(values)]])
+    if seconds:
+        rows.append([seconds, "", *[f"{c['seconds']:.1f}" for c in cols]])
     return _table(["text", base[2], *[h for _, _, h in columns]], rows)
 
 
@@ -109,6 +112,13 @@ def heavy_multilingual() -> str:
                         (old, "omp:blend=0", "omp, `--no-blend`"), (old, "fvt", "fvt")])
 
 
+def light_candidates_dev() -> str:
+    f = "transplant_light_candidates_dev"
+    return bpb_columns((f, "base (gemma3-270m, own tokenizer)", "Gemma-3-270M, own tokenizer"),
+                       [(f, "omp", "**omp (default: 1,024 candidates)**"), (f, "omp:candidates=512", "512 candidates"),
+                        (f, "omp:candidates=256", "256 candidates")], seconds="blend fit + solve s (shared cores)")
+
+
 def _vs_mergekit(name: str, pair: str) -> str:
     """Bits per byte per text of each tool's output (`vs_mergekit.py`), best transplant bold,
     then wall seconds and peak memory of each run."""
@@ -142,6 +152,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "transplant_speed": transplant_speed,
     "light_multilingual": light_multilingual,
     "heavy_multilingual": heavy_multilingual,
+    "light_candidates_dev": light_candidates_dev,
     "vs_mergekit_light_multilingual": vs_mergekit_light_multilingual,
 }
 
