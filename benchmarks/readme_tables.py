@@ -133,7 +133,8 @@ def _vs_mergekit(name: str, pair: str) -> str:
         best = min(range(len(values)), key=values.__getitem__)
         rows.append([_text_name(text), f"{bpb[base_key][text]:.3f}",
                      *[f"**{v:.3f}**" if i == best else f"{v:.3f}" for i, v in enumerate(values)]])
-    quality = _table(["text", f"{r['base']}, own tokenizer", *tools], rows)
+    labels = {"mergekit omp": "mergekit omp (as written)", "mergekit subword (FVT)": "mergekit subword (FVT, as written)"}
+    quality = _table(["text", f"{r['base']}, own tokenizer", *[labels.get(t, t) for t in tools]], rows)
     runs = [("tokensurgery omp (default)", r["tokensurgery"]), ("mergekit-tokensurgeon omp", r["mergekit"]),
             *[(label, r[key]) for key, label in (("tokensurgery fvt", "tokensurgery fvt"),
                                                   ("mergekit subword", "mergekit-tokensurgeon subword (FVT)")) if key in r]]
