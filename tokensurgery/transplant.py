@@ -53,6 +53,7 @@ class TransplantOptions:
     ridge: float = 0.1  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
     fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
+    match_norm: bool = False  # experimental: scale every computed row to the median norm of BASE's shared rows
     blend: bool = True  # OMP: mix each new row with its FVT row, weight per token class fit by leave-one-out (blend.py)
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
@@ -332,6 +333,10 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
                         at = torch.tensor([r for r, a in enumerate(alpha.tolist()) if a > 0])
                         solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress)
                         rows[at] = blend(solved, rows[at], alpha[at])
+            if opts.match_norm:  # averages of rows are shorter than the rows (Gemma-3's are all ~1.03 long)
+                shared_norms = base_matrix.float()[torch.tensor(sorted(set(vm.shared.values())))].norm(dim=1)
+                norms = rows.norm(dim=1, keepdim=True)
+                rows = torch.where(norms > 0, rows * (shared_norms.median() / norms.clamp(min=1e-12)), rows)
             # guard: no computed row may be longer than the longest row BASE itself has
             limit = base_matrix.float().norm(dim=1).max()
             norms = rows.norm(dim=1)
