@@ -137,6 +137,8 @@ def test_match_norm_gives_computed_rows_the_median_shared_norm(tiny_model_dirs, 
     assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)  # same directions, only the lengths change
     copied = torch.tensor(sorted(vm.shared))
     assert torch.equal(rows["matched"][copied], rows["plain"][copied]) and plain.filled == matched.filled
+    assert "match_norm" in (tmp_path / "matched" / "README.md").read_text()  # the model card says so
+    assert "match_norm" not in (tmp_path / "plain" / "README.md").read_text()
 
 
 def test_baselines_against_independent_references(tiny_model_dirs, tmp_path):

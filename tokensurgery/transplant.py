@@ -416,6 +416,8 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
             params["rows solved by OMP (the rest: FVT only)"] = f"{len(result.errors):,}"
         if o.fvt_above is not None:
             params["FVT above rel. error"] = f"{o.fvt_above} ({result.fvt_fallbacks:,} tokens)"
+    if o.match_norm:
+        params["computed rows scaled to the median norm of BASE's shared rows"] = "yes (match_norm)"
     params["rows capped to BASE's largest norm"] = f"{result.capped:,}"
     if "rel_error_mean" in s:
         p10, p50, p90 = s["rel_error_p10_p50_p90"]
