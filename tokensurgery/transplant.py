@@ -53,7 +53,9 @@ class TransplantOptions:
     ridge: float = 0.1  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
     fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
-    match_norm: bool = False  # experimental: scale every computed row to the median norm of BASE's shared rows
+    # experimental, off: scale every computed row to the median norm of BASE's shared rows (light pair,
+    # dev half: every text worse, overall 2.632 -> 3.034; results/transplant_light_match_norm_dev_partial.log)
+    match_norm: bool = False
     blend: bool = True  # OMP: mix each new row with its FVT row, weight per token class fit by leave-one-out (blend.py)
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
