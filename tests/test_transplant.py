@@ -122,25 +122,6 @@ def test_fvt_rows_are_per_token_means_in_any_block_size(tiny_model_dirs):
         assert torch.allclose(got, want, atol=1e-6), block
 
 
-def test_match_norm_gives_computed_rows_the_median_shared_norm(tiny_model_dirs, tmp_path):
-    base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
-    vm = pair(base, donor)
-    B = load_embeddings(base).input.float()
-    want = B[sorted(set(vm.shared.values()))].norm(dim=1).median()
-    plain = transplant(str(base), str(donor), tmp_path / "plain", TransplantOptions(method="fvt"), progress=False)
-    matched = transplant(str(base), str(donor), tmp_path / "matched", TransplantOptions(method="fvt", match_norm=True),
-                         progress=False)
-    rows = {name: load_embeddings(tmp_path / name).input.float() for name in ("plain", "matched")}
-    filled = torch.tensor(matched.filled)
-    assert torch.allclose(rows["matched"][filled].norm(dim=1), want.expand(len(filled)), rtol=1e-4)
-    cos = torch.nn.functional.cosine_similarity(rows["matched"][filled], rows["plain"][filled])
-    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)  # same directions, only the lengths change
-    copied = torch.tensor(sorted(vm.shared))
-    assert torch.equal(rows["matched"][copied], rows["plain"][copied]) and plain.filled == matched.filled
-    assert "match_norm" in (tmp_path / "matched" / "README.md").read_text()  # the model card says so
-    assert "match_norm" not in (tmp_path / "plain" / "README.md").read_text()
-
-
 def test_baselines_against_independent_references(tiny_model_dirs, tmp_path):
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     vm = pair(base, donor)

@@ -53,9 +53,6 @@ class TransplantOptions:
     ridge: float = 0.1  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
     fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
-    # experimental, off: scale every computed row to the median norm of BASE's shared rows (light pair,
-    # dev half: every text worse, overall 2.632 -> 3.034; results/transplant_light_match_norm_dev_partial.log)
-    match_norm: bool = False
     blend: bool = True  # OMP: mix each new row with its FVT row, weight per token class fit by leave-one-out (blend.py)
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
@@ -335,10 +332,6 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
                         at = torch.tensor([r for r, a in enumerate(alpha.tolist()) if a > 0])
                         solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress)
                         rows[at] = blend(solved, rows[at], alpha[at])
-            if opts.match_norm:  # averages of rows are shorter than the rows (Gemma-3's are all ~1.03 long)
-                shared_norms = base_matrix.float()[torch.tensor(sorted(set(vm.shared.values())))].norm(dim=1)
-                norms = rows.norm(dim=1, keepdim=True)
-                rows = torch.where(norms > 0, rows * (shared_norms.median() / norms.clamp(min=1e-12)), rows)
             # guard: no computed row may be longer than the longest row BASE itself has
             limit = base_matrix.float().norm(dim=1).max()
             norms = rows.norm(dim=1)
@@ -418,8 +411,6 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
             params["rows solved by OMP (the rest: FVT only)"] = f"{len(result.errors):,}"
         if o.fvt_above is not None:
             params["FVT above rel. error"] = f"{o.fvt_above} ({result.fvt_fallbacks:,} tokens)"
-    if o.match_norm:
-        params["computed rows scaled to the median norm of BASE's shared rows"] = "yes (match_norm)"
     params["rows capped to BASE's largest norm"] = f"{result.capped:,}"
     if "rel_error_mean" in s:
         p10, p50, p90 = s["rel_error_p10_p50_p90"]
