@@ -40,7 +40,7 @@ def parse_variant(spec: str) -> TransplantOptions:
             raise SystemExit(f"unknown option {key!r} in {spec!r}")
         if value in ("all", "none"):
             setattr(opts, key, None)
-        elif key in ("normalize", "blend"):
+        elif key in ("normalize", "blend", "affine"):
             setattr(opts, key, value not in ("0", "false"))
         elif key in ("k", "candidates", "block_size"):
             setattr(opts, key, int(value))

@@ -53,6 +53,7 @@ class TransplantOptions:
     ridge: float = 0.1  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
     fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
+    affine: bool = False  # OMP: the coefficients' shortfall from a sum of 1 is filled with BASE's mean row
     blend: bool = True  # OMP: mix each new row with its FVT row, weight per token class fit by leave-one-out (blend.py)
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
@@ -192,6 +193,22 @@ def _solve(donor: torch.Tensor, filled: list[int], plan: dict, opts: TransplantO
     return _Solution(res.indices.cpu(), res.coefs.float().cpu(), res.residual_norm.float().cpu())
 
 
+def _combine(weights: torch.Tensor, indices: torch.Tensor, atoms: torch.Tensor, mean: torch.Tensor,
+             affine: bool) -> torch.Tensor:
+    """Rows `sum_j weights[:, j] * atoms[indices[:, j]]`; with `affine`, plus `(1 - sum_j weights) * mean`.
+
+    Why `affine`: a row's value in a dimension where every BASE row is nearly the same (Gemma-3's
+    dimension 507: 0.145 +- 0.013) acts as a bias in a tied output matrix, and hidden states can
+    be huge there (|h_507| ~ 190 on Hindi text read through SmolLM2's tokens). An OMP row whose
+    coefficients sum to 0.75 has three quarters of the bias and outscores every BASE token in
+    such contexts by several nats. Filling the shortfall with the mean row keeps those dimensions
+    at BASE's value whatever the coefficients sum to."""
+    rows = torch.einsum("bk,bkd->bd", weights, atoms[indices])
+    if affine:
+        rows += (1 - weights.sum(1, keepdim=True)) * mean
+    return rows
+
+
 def _fit_blend(base: torch.Tensor, donor: torch.Tensor, plan: dict, vm: VocabMap, opts: TransplantOptions) -> dict:
     """OMP weight per token class (blend.py): OMP rows of sampled shared tokens, each solved
     without its own atom, against their FVT rows and BASE's true rows."""
@@ -199,9 +216,11 @@ def _fit_blend(base: torch.Tensor, donor: torch.Tensor, plan: dict, vm: VocabMap
     D = donor[torch.tensor(plan["dict_donor"])].float()
     atoms = base.float()[torch.tensor(plan["dict_base"])]
 
+    mean = atoms.mean(0)
+
     def loo_rows(ids: list[int]) -> torch.Tensor:
         res = _solve_omp(D, donor[torch.tensor(ids)].float(), opts, False, torch.tensor([position[t] for t in ids]))
-        return torch.einsum("bk,bkd->bd", res.coefs.float().cpu(), atoms[res.indices.cpu()])
+        return _combine(res.coefs.float().cpu(), res.indices.cpu(), atoms, mean, opts.affine)
     return fit_weights(base, vm, loo_rows, sample_shared(vm))
 
 
@@ -220,7 +239,8 @@ def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: 
     atoms = base[torch.tensor(plan["dict_base"])]
     rows = torch.empty(len(filled), base.shape[1])
     for s in range(0, len(filled), 8192):  # blocks: the gathered atoms of 200k tokens would not fit
-        rows[s : s + 8192] = torch.einsum("bk,bkd->bd", solution.weights[s : s + 8192], atoms[solution.indices[s : s + 8192]])
+        rows[s : s + 8192] = _combine(solution.weights[s : s + 8192], solution.indices[s : s + 8192], atoms, mean,
+                                      opts.affine and opts.method == "omp")
     n_fvt = 0
     if opts.fvt_above is not None and solution.errors is not None:
         text = set(vm.new_text)
