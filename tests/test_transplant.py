@@ -75,6 +75,35 @@ def test_omp_rows_match_sklearn_and_shared_rows_are_copied(tiny_model_dirs, tmp_
     assert "omp" in card and f"| k | {k} |" in card and "reconstruction error" in card
 
 
+def test_affine_omp_rows_fill_the_coefficient_shortfall_with_the_mean_row(tiny_model_dirs, tmp_path):
+    base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
+    k = 6
+    opts = TransplantOptions(k=k, candidates=None, dtype="float64", ridge=0.0, blend=False, affine=True)
+    result = transplant(str(base), str(donor), tmp_path / "affine", opts, progress=False)
+    vm, filled = result.vocab_map, result.filled
+    B, D = load_embeddings(base).input.double(), load_embeddings(donor).input.double()
+    pairs = sorted(vm.shared.items())
+    atoms_donor, atoms_base = D[[t for t, _ in pairs]].numpy(), B[[s for _, s in pairs]].numpy()
+    coef = orthogonal_mp_gram(atoms_donor @ atoms_donor.T, atoms_donor @ D[filled].numpy().T, n_nonzero_coefs=k).T
+    mean = B[sorted(set(vm.shared.values()))].numpy().mean(0)
+    assert np.abs(1 - coef.sum(1)).max() > 0.05  # the shortfall is not trivially zero here
+    want = capped(coef @ atoms_base + (1 - coef.sum(1, keepdims=True)) * mean, B)
+    np.testing.assert_allclose(load_embeddings(tmp_path / "affine").input[filled].double().numpy(), want, atol=1e-5, rtol=1e-4)
+
+
+def test_affine_combination_keeps_a_constant_dimension_whatever_the_coefficients_sum_to():
+    from tokensurgery.transplant import _combine
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(50, 8, generator=g)
+    atoms[:, 3] = 0.145  # a bias-like dimension: the same in every BASE row
+    weights, indices = torch.rand(20, 5, generator=g) * 0.4, torch.randint(0, 50, (20, 5), generator=g)
+    plain = _combine(weights, indices, atoms, atoms.mean(0), affine=False)
+    rows = _combine(weights, indices, atoms, atoms.mean(0), affine=True)
+    assert not torch.allclose(plain[:, 3], torch.full((20,), 0.145))
+    torch.testing.assert_close(rows[:, 3], torch.full((20,), 0.145))
+    torch.testing.assert_close(rows - plain, (1 - weights.sum(1, keepdim=True)) * atoms.mean(0))
+
+
 def test_fvt_fallback_replaces_poorly_reconstructed_text_tokens(tiny_model_dirs, tmp_path):
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     plain = transplant(str(base), str(donor), tmp_path / "plain", TransplantOptions(k=3, fvt_above=None, ridge=0.0, blend=False), progress=False)
