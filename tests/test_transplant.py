@@ -53,7 +53,7 @@ def test_omp_rows_match_sklearn_and_shared_rows_are_copied(tiny_model_dirs, tmp_
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     out = tmp_path / "omp"
     k = 6
-    result = transplant(str(base), str(donor), out, TransplantOptions(k=k, candidates=None, dtype="float64", fvt_above=None, ridge=0.0, blend=False), progress=False)
+    result = transplant(str(base), str(donor), out, TransplantOptions(k=k, candidates=None, dtype="float64", fvt_above=None, ridge=0.0, blend=False, affine=False), progress=False)
     vm = result.vocab_map
     new = load_embeddings(out)
     B, D = load_embeddings(base).input.double(), load_embeddings(donor).input.double()
@@ -121,7 +121,7 @@ def test_fvt_fallback_replaces_poorly_reconstructed_text_tokens(tiny_model_dirs,
 def test_untied_base_gets_both_matrices_from_one_solve_of_a_tied_donor(tiny_model_dirs, tmp_path):
     base, donor = tiny_model_dirs["untied"], tiny_model_dirs["bos"]
     out = tmp_path / "untied"
-    result = transplant(str(base), str(donor), out, TransplantOptions(k=5, candidates=None, dtype="float64", fvt_above=None, ridge=0.0, blend=False), progress=False)
+    result = transplant(str(base), str(donor), out, TransplantOptions(k=5, candidates=None, dtype="float64", fvt_above=None, ridge=0.0, blend=False, affine=False), progress=False)
     vm, new, old = result.vocab_map, load_embeddings(out), load_embeddings(base)
     assert not new.tied and new.output.shape == new.input.shape
     for t, s in vm.shared.items():

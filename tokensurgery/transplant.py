@@ -53,7 +53,7 @@ class TransplantOptions:
     ridge: float = 0.1  # added to the OMP refit's Gram diagonal, relative to the mean atom norm^2
     normalize: bool = False  # OMP: select atoms by correlation / norm
     fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
-    affine: bool = False  # OMP: the coefficients' shortfall from a sum of 1 is filled with BASE's mean row
+    affine: bool = True  # OMP: the coefficients' shortfall from a sum of 1 is filled with BASE's mean row
     blend: bool = True  # OMP: mix each new row with its FVT row, weight per token class fit by leave-one-out (blend.py)
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
@@ -424,7 +424,7 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
         params["k"] = o.k
     if o.method == "omp":
         params.update({"candidates (screening)": o.candidates or "all (exact)", "ridge": o.ridge, "normalize": o.normalize,
-                       "solve dtype": o.dtype})
+                       "affine": o.affine, "solve dtype": o.dtype})
         for name, w in result.blend_weights.items():
             params[f"OMP weight per token class, {name} (rest FVT)"] = describe(w)
         if result.blend_weights and result.errors is not None:

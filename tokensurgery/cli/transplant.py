@@ -12,7 +12,7 @@ from . import options
 
 
 @click.command(cls=options.grouped(
-    Method=["method", "k", "candidates", "ridge", "normalize", "fvt_above", "blend", "hypernet"],
+    Method=["method", "k", "candidates", "ridge", "normalize", "affine", "fvt_above", "blend", "hypernet"],
     Compute=["solve_dtype", "device", "block_size"],
     Output_and_evaluation=["force", "texts", "langs", "max_bytes", "report", "json_out"]))
 @click.argument("base")
@@ -30,6 +30,9 @@ from . import options
                    "of nearly collinear atoms can explode).")
 @click.option("--normalize/--no-normalize", default=False, show_default=True,
               help="OMP: pick atoms by correlation / norm.")
+@click.option("--affine/--no-affine", default=True, show_default=True,
+              help="OMP: fill the coefficients' shortfall from a sum of 1 with BASE's mean row, so dimensions that are "
+                   "the same in every BASE row (they act as a bias in a tied output matrix) keep BASE's value.")
 @click.option("--fvt-above", default="off", show_default=True,
               help="OMP: text tokens whose donor-space reconstruction error exceeds this get FVT instead; "
                    "'off' keeps OMP everywhere.")
@@ -46,7 +49,7 @@ from . import options
 @click.option("--report", type=click.Path(path_type=Path), help="Write a PNG: reconstruction errors and bits per byte.")
 @options.json_out
 def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates: str, ridge: float, normalize: bool,
-               fvt_above: str, blend: bool, hypernet: Path | None, solve_dtype: str, device: str, block_size: int, force: bool,
+               affine: bool, fvt_above: str, blend: bool, hypernet: Path | None, solve_dtype: str, device: str, block_size: int, force: bool,
                texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int, report: Path | None,
                json_out: Path | None) -> None:
     """Give BASE the tokenizer of DONOR, without training; write the result to OUT.
@@ -69,7 +72,7 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
     if hypernet and method != "hypernet":
         raise TokenSurgeryError(f"--hypernet is used by --method hypernet, not --method {method}")
     opts = TransplantOptions(method=method, k=k, candidates=n_candidates, ridge=ridge,
-                             normalize=normalize, fvt_above=fvt_limit, blend=blend, dtype=solve_dtype, device=device,
+                             normalize=normalize, affine=affine, fvt_above=fvt_limit, blend=blend, dtype=solve_dtype, device=device,
                              block_size=block_size, hypernet=str(hypernet) if hypernet else None)
     files = options.text_files(texts, langs)
     result = run(base, donor, out, opts, force=force)
