@@ -148,7 +148,23 @@ def vs_mergekit_light_multilingual() -> str:
     return _vs_mergekit("vs_mergekit_light_multilingual", "light")
 
 
+def heal_light() -> str:
+    """`heal.py` runs: bits per byte on a few texts (all of them are in the result files) and the
+    share of the transplant-to-base gap closed; `heal_light_mix` adds its healed rows."""
+    texts = ["en.txt", "de.txt", "argparse.py", "devanagari.txt", "japanese.txt", "thai.txt", "overall"]
+    runs = [(r, "") for r in load("heal_light")["rows"]]
+    runs += [(r, ", `--mix source`") for r in load("heal_light_mix")["rows"] if r["minutes"]]
+    rows = []
+    for r, extra in runs:
+        label = r["variant"] + (" (no teacher)" if r["variant"].startswith("lm ") else "") + extra
+        healed = bool(r["minutes"])
+        rows.append([label, f"{r['minutes']:g}" if healed else "", r.get("steps", ""), *[f"{r[t]:.3f}" for t in texts],
+                     f"{100 * r['gap_closed']:.1f}%" if "gap_closed" in r else ""])
+    return _table(["training (loss / what trains / lr)", "minutes", "steps", *map(_text_name, texts), "gap closed"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "heal_light": heal_light,
     "bundled_bpb": bundled_bpb,
     "transplant_speed": transplant_speed,
     "light_multilingual": light_multilingual,
