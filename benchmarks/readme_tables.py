@@ -163,7 +163,32 @@ def heal_light() -> str:
     return _table(["training (loss / what trains / lr)", "minutes", "steps", *map(_text_name, texts), "gap closed"], rows)
 
 
+def _signed(percent: float) -> str:
+    text = f"{percent:+.2f}%" if abs(percent) < 10 else f"{percent:+.1f}%"
+    return text.replace("-", "\u2212")
+
+
+def dynamic_curve() -> str:
+    """`dynamic.py`'s curve: per setting and text set, the fewer tokens reached and the rise in
+    bits per byte against the plain model in mode A (exact) and mode B (upper bound)."""
+    curve = {c["setting"]: c["sets"] for c in load("dynamic")["curve"]}
+    settings = [("reduction=0.05", "`--reduction 0.05`"), ("reduction=0.15", "`--reduction 0.15`"),
+                ("reduction=0.15,boundary=word", "`--reduction 0.15 --boundary word`"),
+                ("merges=all", "every merge the batch allows")]
+    sets = list(curve["merges=all"])
+    rows = []
+    for key, label in settings:
+        cells = []
+        for name in sets:
+            r = curve[key][name]
+            capped = " (every merge)" if r["reduction_to_limit"] >= 1.0 and key != "merges=all" else ""
+            cells.append(f"{100 * r['reduction']:.1f}%{capped}; A {_signed(100 * r['rel_a'])}; B {_signed(100 * r['rel_b'])}")
+        rows.append([label, *cells])
+    return _table(["setting", *sets], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "dynamic_curve": dynamic_curve,
     "heal_light": heal_light,
     "bundled_bpb": bundled_bpb,
     "transplant_speed": transplant_speed,
