@@ -187,7 +187,38 @@ def dynamic_curve() -> str:
     return _table(["setting", *sets], rows)
 
 
+def hypernet_quality() -> str:
+    """`hypernet_quality.py`: bits per byte per tokenizer and method; Gemma-3 (the one with a donor
+    model, so OMP too) per text, the others overall (the German unigram tokenizer on German);
+    tokens per byte relative to SmolLM2's own tokenizer in brackets after the hypernetwork's figure."""
+    rows = load("hypernet_quality")["rows"]
+    own = next(r for r in rows if r["method"] == "base")
+    names = {"gemma3": "Gemma-3", "mistral-v3": "Mistral v3 SP", "tekken": "Tekken",
+             "de-unigram": "German unigram"}
+    methods = [("hypernet+copy", True), ("hypernet", False), ("fvt", False), ("mean", False), ("omp", False)]
+    out = []
+    for tok in [t for t in dict.fromkeys(r["tokenizer"] for r in rows) if t in names]:
+        by = {r["method"]: r for r in rows if r["tokenizer"] == tok}
+        vocab = next(iter(by.values()))["vocab"]
+        label = f"{names[tok]} ({round(vocab / 1000)}k{', trained here' if tok == 'de-unigram' else ''})"
+        groups = ([["en.txt", "de.txt", "fr.txt", "argparse.py"], ["overall"]] if tok == "gemma3"
+                  else [["de.txt"]] if tok == "de-unigram" else [["overall"]])
+        for texts in groups:
+            def cell(method: str, bold: bool) -> str:
+                if method not in by:
+                    return "\u2014"
+                text = " / ".join(f"{by[method][t][0]:.3f}" for t in texts)
+                if not bold:
+                    return text
+                ratios = " / ".join(f"{by[method][t][1] / own[t][1]:.2f}" for t in texts)
+                return f"**{text}** ({ratios})"
+            out.append([label if texts is groups[0] else names[tok], " / ".join(map(_text_name, texts)),
+                        " / ".join(f"{own[t][0]:.3f}" for t in texts), *[cell(m, b) for m, b in methods]])
+    return _table(["tokenizer (vocab)", "text", "SmolLM2 own", "**hypernet**", "predict all rows", "FVT", "mean", "OMP"], out)
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "hypernet_quality": hypernet_quality,
     "dynamic_curve": dynamic_curve,
     "heal_light": heal_light,
     "bundled_bpb": bundled_bpb,
