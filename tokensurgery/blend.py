@@ -14,10 +14,11 @@ A class with fewer than `MIN_SHARED` shared tokens to learn from gets `alpha = 0
 has to earn its place (words of a script the two vocabularies hardly share are judged by
 that script's own shared tokens, never by Latin ones); `transplant` does not solve OMP for
 tokens whose class weight is 0. Not handled: classes are by surface form only (no
-frequency), and the fit compares rows, not the logits they give: an OMP row that is close to
-its target can still take probability in another script's contexts through a tied output
-matrix (seen on the light pair at 256 screening candidates: the new piece `Integ` became the
-top prediction in Hindi text).
+frequency), and the fit compares rows, not the logits they give. One logit-side failure is
+handled where the rows are made (`transplant._combine`, `affine`): an OMP row whose
+coefficients sum to less than 1 carries less of the bias-like dimensions every BASE row shares
+and, through a tied output matrix, outscored every BASE token in Hindi contexts (` Acknow`,
+` Cind`, ` Integ` on the light pair).
 """
 
 from __future__ import annotations
