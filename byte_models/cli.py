@@ -109,18 +109,27 @@ def bytes_score(models, texts, langs, max_bytes, mode, weights, dtype, device, j
 @click.option("--top-k", default=0, show_default=True, help="Keep the k most likely tokens (0 = all).")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass.")
 @click.option("--stop", "stops", multiple=True, help="Stop at this string; repeatable.")
+@click.option("--per-byte", is_flag=True,
+              help="Sample (or, at temperature 0, take the most likely) byte by byte from the exact next-byte "
+                   "distribution instead of token by token; slower, and --top-k/--top-p do not apply.")
 @options.seed
 @_ESCAPES
 @options.dtype()
 @options.device
-def bytes_generate(model, prompt, max_new_bytes, temperature, top_k, top_p, stops, seed, escapes, dtype,
+def bytes_generate(model, prompt, max_new_bytes, temperature, top_k, top_p, stops, per_byte, seed, escapes, dtype,
                    device) -> None:
     """Continue PROMPT, which may end in the middle of a word or character: its end is
-    resolved exactly, then tokens are sampled as usual."""
+    resolved exactly, then tokens are sampled as usual (--per-byte: bytes)."""
+    if per_byte and (top_k or top_p < 1.0):
+        raise TokenSurgeryError("--top-k/--top-p act on tokens; they do not apply with --per-byte")
     (lm,) = _byte_lms((model,), dtype, device)
     data = _prompt_bytes(prompt, escapes)
-    out = lm.generate(data, max_new_bytes=max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
-                      stop=stops, seed=seed, as_bytes=True)
+    if per_byte:
+        out = lm.generate_bytes(data, max_new_bytes=max_new_bytes, temperature=temperature, stop=stops, seed=seed,
+                                as_bytes=True)
+    else:
+        out = lm.generate(data, max_new_bytes=max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
+                          stop=stops, seed=seed, as_bytes=True)
     click.echo(_joined(data, out))
 
 

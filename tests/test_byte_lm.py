@@ -272,6 +272,26 @@ def test_generate_heal_and_errors(tiny_byte_lms):
         blm.score(123)
 
 
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
+def test_generate_bytes_is_greedy_per_byte_against_brute_force(tiny_byte_lms, family):
+    blm = tiny_byte_lms[family]
+    brute = BruteForce(blm)
+    prompt = b"the qu"
+    out = blm.generate_bytes(prompt, max_new_bytes=3, temperature=0, as_bytes=True)
+    want = b""
+    for _ in range(3):  # the most likely next byte of brute force's distribution, each time
+        byte = int(np.argmax(brute.next_byte(prompt + want)))
+        if byte == 256:
+            break
+        want += bytes([byte])
+    assert out == want
+    drawn = blm.generate_bytes(prompt, max_new_bytes=6, temperature=1.0, seed=3, as_bytes=True)
+    assert drawn == blm.generate_bytes(prompt, max_new_bytes=6, temperature=1.0, seed=3, as_bytes=True)  # seeded
+    assert len(drawn) <= 6 and blm.score(drawn, context=prompt).total > -math.inf
+    with pytest.raises(TokenSurgeryError, match="temperature"):
+        blm.generate_bytes(prompt, temperature=-1)
+
+
 def test_fast_merge_rule_equals_general_check(tiny_byte_lms):
     """MergeCanonical (merge-table spines, batched encoder) gives exactly the invalid sets of
     the general rule applied one pair at a time, for every tail of the tiny tokenizers (and

@@ -210,6 +210,13 @@ def test_bytes_commands_on_tiny_model(tiny_model_dirs, tmp_path):
     same = ByteLM.from_pretrained(folder, progress=False).generate(b"The\xc3", max_new_bytes=5, temperature=0.8, seed=3,
                                                                   as_bytes=True)
     assert r.stdout == (b"The\xc3" + same).decode("utf-8", "replace") + "\n" and 0 < len(same) <= 5
+    r = CliRunner().invoke(cli, ["bytes", "generate", folder, "The qu", "--per-byte", "--temperature", "0",
+                                 "--max-new-bytes", "4"])
+    assert r.exit_code == 0, r.output
+    by_byte = ByteLM.from_pretrained(folder, progress=False).generate_bytes("The qu", max_new_bytes=4, temperature=0)
+    assert r.stdout == "The qu" + by_byte + "\n"
+    r = CliRunner().invoke(cli, ["bytes", "generate", folder, "The qu", "--per-byte", "--top-k", "5"])
+    assert r.exit_code != 0 and "do not apply with --per-byte" in r.output
     text = tmp_path / "t.txt"
     text.write_text("The cat sat on the mat.\n")
     out = tmp_path / "s.json"

@@ -220,6 +220,39 @@ class ByteLM(CoverEngine):
             outs[r] = out[:max_new_bytes] if as_bytes else out[:max_new_bytes].decode("utf-8", "replace")
         return outs if batch else outs[0]
 
+    def generate_bytes(self, prompt: str | bytes = b"", max_new_bytes: int = 128, temperature: float = 1.0,
+                       stop: Iterable[str | bytes] = (), seed: int | None = None, as_bytes: bool = False):
+        """Continue `prompt` one byte at a time from the exact next-byte distribution: at
+        temperature 0 the most likely byte each time (byte-greedy), else a draw from the
+        distribution at that temperature; EOS ends the text. Byte-greedy need not equal
+        `generate`'s greedy output, which is greedy per token after the prompt's boundary. One
+        streaming step per byte, so slower than `generate`. Not handled: top-k/top-p (they
+        act on tokens in `generate`)."""
+        if temperature < 0:
+            raise TokenSurgeryError(f"temperature must be 0 or more, got {temperature}")
+        stream = self.stream(self._bytes(prompt))
+        rng = np.random.default_rng(seed)
+        stops = [self._bytes(s) for s in stop]
+        out = bytearray()
+        while len(out) < max_new_bytes:
+            logp = stream.logprobs()
+            if temperature == 0:
+                byte = int(np.argmax(logp))
+            else:
+                p = np.exp((logp - logp.max()) / temperature)
+                byte = int(rng.choice(len(p), p=p / p.sum()))
+            if byte == EOS:
+                break
+            out.append(byte)
+            if any(s in out for s in stops) or len(out) == max_new_bytes:
+                break
+            stream.advance(byte)
+        data = bytes(out)
+        for s in stops:
+            if s in data:
+                data = data[: data.index(s)]
+        return data if as_bytes else data.decode("utf-8", "replace")
+
     def _continue(self, rows: list[list[int]], tails: list, max_new_bytes: int, sampling: Sampling, seed, stop,
                   cache=None) -> list[bytes]:
         """Token sampling with transformers' `generate` from token rows (left-padded), masked
