@@ -36,6 +36,19 @@ def train_tiny_tokenizer(kind: str):
         tok.normalizer = normalizers.Replace(" ", "▁")
         tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
         trainer = trainers.BpeTrainer(vocab_size=700, limit_alphabet=150, special_tokens=specials + [f"<0x{b:02X}>" for b in range(256)])
+    elif kind in ("sentencepiece_bpe_metaspace", "sentencepiece_bpe_prepend"):
+        # Llama-2/Mistral-style conversions that add a word-start space: Metaspace with
+        # prepend_scheme "first" (at the text's start only, and not before a leading space) or
+        # a Prepend normalizer (before every section of text, also after special tokens)
+        tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+        if kind.endswith("metaspace"):
+            tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+            tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        else:
+            tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+            tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                             decoders.Strip(" ", 1, 0)])
+        trainer = trainers.BpeTrainer(vocab_size=700, limit_alphabet=150, special_tokens=specials + [f"<0x{b:02X}>" for b in range(256)])
     elif kind == "sentencepiece_unigram":  # Llama-2 style Metaspace, prefix space at the start
         tok = Tokenizer(models.Unigram())
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")

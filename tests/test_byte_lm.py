@@ -537,3 +537,76 @@ def test_whitespace_runs_before_every_character_class(smollm2_tokenizer_byte_lm)
     for text in WHITESPACE_TEXTS:
         score = blm.score(text)  # raised ZeroProbability before for digits and CJK after a run
         assert np.isfinite(score.logprobs).all() and len(score.logprobs) == len(text.encode())
+
+
+@pytest.fixture(scope="module")
+def hidden_space_byte_lms(tmp_path_factory):
+    """{kind: ByteLM} on float64 tiny Llamas whose SentencePiece BPE tokenizers add a
+    word-start space (Metaspace "first"; Prepend normalizer)."""
+    from helpers import make_tiny_model, train_tiny_tokenizer
+
+    out = {}
+    for kind in ("sentencepiece_bpe_metaspace", "sentencepiece_bpe_prepend"):
+        folder = tmp_path_factory.mktemp(kind)
+        make_tiny_model(folder, train_tiny_tokenizer(kind))
+        out[kind] = ByteLM.from_pretrained(folder, dtype="float64", progress=False)
+    return out
+
+
+class HiddenSpaceBruteForce(BruteForce):
+    """Brute force for tokenizers that add a word-start space: a token sequence spells " " +
+    text, and it is the tokenizer's own when it starts the tokenizer's `encode` (which adds
+    the space itself) of the text so far, finished and followed by some next character.
+    Texts that start with a space are left out: Metaspace "first" adds no space before them,
+    so "x" and " x" share an encoding there."""
+
+    def canonical(self, seq: tuple) -> bool:
+        data = self.vocab.decode_bytes(seq)
+        if not data.startswith(b" "):
+            return False
+        text = data[1:]
+        cut = unfinished_character(text)
+        whole = [text[: len(text) - len(cut)] + c for c in COMPLETIONS.get(cut, ())] if cut else [text]
+        for t in whole or [text]:
+            probes = (b"",) + NEXT_CHARACTERS if last_character(b" " + t).isspace() else (b"",)
+            for z in probes:
+                try:
+                    own = self.vocab.encode((t + z).decode("utf-8"))
+                except UnicodeDecodeError:  # not UTF-8 at all: no text to encode, byte tokens only
+                    own = self.vocab.decompose(b" " + t + z)
+                if own[: len(seq)] == list(seq):
+                    return True
+        return False
+
+    def next_byte(self, prefix: bytes) -> np.ndarray:
+        return super().next_byte(b" " + prefix)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece_bpe_metaspace", "sentencepiece_bpe_prepend"])
+def test_tokenizers_that_add_a_word_start_space_match_brute_force(hidden_space_byte_lms, kind):
+    blm = hidden_space_byte_lms[kind]
+    assert blm.vocab.prepends_space and blm.vocab.encode("Hi")[0] != blm.vocab.decompose(b"Hi")[0]
+    brute = HiddenSpaceBruteForce(blm)
+    for prefix in [b"", b"T", b"The", b"the qu", b"Der Ha", b"x  y", b"a\xe4\xb8", "\u4e2d".encode()]:
+        ours, ref = np.exp(blm.next_byte_logprobs(prefix)), brute.next_byte(prefix)
+        if not prefix and kind.endswith("metaspace"):  # a text that starts with a space: see the docstring above
+            ours[0x20] = ref[0x20] = 0.0
+            ours, ref = ours / ours.sum(), ref / ref.sum()
+        assert np.abs(ours - ref).max() < 1e-6, prefix
+    # the tokenizer's own encoding is the most direct cover: scoring it agrees with the token model
+    text = "The cat sat."
+    ids = blm.vocab.encode(text)
+    assert blm.vocab.decode_bytes(ids) == b" " + text.encode()
+    seq = torch.tensor([[blm.start, *ids, blm.eos]])
+    with torch.no_grad():
+        lp = blm.lm.model(seq).logits[0, :-1].double().log_softmax(-1)
+    score = blm.score(text, eos=True)
+    token_ll = lp[torch.arange(len(ids) + 1), seq[0, 1:]].sum().item()
+    assert len(score.logprobs) == len(text) and score.renormalisation >= -1e-9
+    assert abs(score.total - token_ll - score.renormalisation) < 1e-6
+    # after a special token the space is hidden again only where the tokenizer adds it there
+    ids, region = blm.split_prompt(b"a<|im_start|>Hi")
+    own = blm.vocab.encode("a<|im_start|>Hi")
+    assert ids == [blm.start, *own[:2]] and region == blm.vocab.decode_bytes(own[2:])
+    assert region == (b" Hi" if kind.endswith("prepend") else b"Hi")
+    assert blm.generate_bytes("The", max_new_bytes=2, temperature=0) == blm.generate_bytes("The", 2, 0)

@@ -6,8 +6,9 @@ mid-token or mid-character, `stream` for one next-byte distribution per arriving
 `ensemble` combines models with different vocabularies byte by byte. `CoverEngine`
 (`engine.py`) is the cover-tree machinery underneath, for code that builds its own search.
 
-Not handled: SentencePiece
-models that prepend a space to every text (Llama-2, Mistral v1-v3) are refused.
+SentencePiece models that add a word-start space to the text (Llama-2, Mistral v1-v3) are
+read with that space as a hidden first byte (`CoverEngine.split_prompt`). Not handled:
+WordPiece (it normalises the text), refused with an error.
 """
 
 from .byte_lm import ByteLM, ByteScore, Sampling

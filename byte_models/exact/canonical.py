@@ -51,12 +51,12 @@ class Canonical:
     """
 
     def __init__(self, vocab: Vocabulary, tables: dict[str, np.ndarray] | None = None):
-        if vocab.prepends_space:
+        if vocab.family == "wordpiece":
             from tokensurgery.errors import TokenSurgeryError
 
-            raise TokenSurgeryError(f"{vocab.name or 'this tokenizer'} prepends a word-start space to every text "
-                                    "(Llama-2/Mistral v1-v3 SentencePiece); byte-level probabilities support tokenizers "
-                                    "that encode text as written (byte-level BPE, Gemma-style SentencePiece, Tekken)")
+            raise TokenSurgeryError(f"{vocab.name or 'this tokenizer'} is WordPiece, which normalises text (case, accents, "
+                                    "spaces) before splitting it; byte-level probabilities need a tokenizer that spells "
+                                    "the bytes exactly (byte-level BPE, SentencePiece, Tekken, tiktoken)")
         t = self.tables(vocab) if tables is None else tables
         self.vocab = vocab
         self.is_fallback = np.array([k == TokenKind.BYTE_FALLBACK for k in vocab.kinds])

@@ -56,6 +56,18 @@ class CoverEngine:
                 self._specials.setdefault(vocab.surface[i], i)
         longest_first = sorted(self._specials, key=len, reverse=True)
         self._special_re = re.compile(b"|".join(map(re.escape, longest_first))) if longest_first else None
+        # SentencePiece conversions that add a word-start space (Llama-2, Mistral v1-v3) spell
+        # " " + text; their decoder drops that space. The byte model is over the text, so the
+        # space is a hidden first byte of the text: at the document start, and after each special
+        # token where the tokenizer adds it there too (a `Prepend` normalizer does; Metaspace's
+        # `prepend_scheme="first"` does not). Asked of the tokenizer itself.
+        self._hidden_start = self._hidden_after_special = b""
+        if vocab.prepends_space:
+            self._hidden_start = b" " if vocab.decode_bytes(vocab.encode("a")) == b" a" else b""
+            special = next(iter(self._specials), None)
+            if special is not None:
+                after = vocab.encode(special.decode("utf-8", "replace") + "a")
+                self._hidden_after_special = b" " if vocab.decode_bytes(after[1:]) == b" a" else b""
 
 
 
@@ -98,13 +110,15 @@ class CoverEngine:
 
     def split_prompt(self, data: bytes) -> tuple[list[int], bytes]:
         """Context token ids (start token, everything up to the last special token in the
-        prompt, and a settled canonical prefix) and the free byte region after them."""
-        ids, pos = [self.start], 0
+        prompt, and a settled canonical prefix) and the free byte region after them (which
+        begins with the hidden word-start space of tokenizers that add one)."""
+        ids, pos, hidden = [self.start], 0, self._hidden_start
         if self._special_re is not None:
             for m in self._special_re.finditer(data):  # longest match first, left to right
-                ids += self.vocab.decompose(data[pos : m.start()]) + [self._specials[m.group()]]
-                pos = m.end()
-        region = data[pos:]
+                section = data[pos : m.start()]
+                ids += (self.vocab.decompose(hidden + section) if section else []) + [self._specials[m.group()]]
+                pos, hidden = m.end(), self._hidden_after_special
+        region = hidden + data[pos:]
         if len(region) > self.settle_bytes:
             tokens = self.vocab.decompose(region)
             done, keep = 0, 0
