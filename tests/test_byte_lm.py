@@ -566,8 +566,9 @@ class HiddenSpaceBruteForce(BruteForce):
             return False
         text = data[1:]
         cut = unfinished_character(text)
-        whole = [text[: len(text) - len(cut)] + c for c in COMPLETIONS.get(cut, ())] if cut else [text]
-        for t in whole or [text]:
+        # an unfinished character is finished, or left unfinished (invalid UTF-8: byte tokens)
+        whole = [text[: len(text) - len(cut)] + c for c in COMPLETIONS.get(cut, ())] + [text + b"\x00"] if cut else [text]
+        for t in whole:
             probes = (b"",) + NEXT_CHARACTERS if last_character(b" " + t).isspace() else (b"",)
             for z in probes:
                 try:
@@ -610,3 +611,22 @@ def test_tokenizers_that_add_a_word_start_space_match_brute_force(hidden_space_b
     assert ids == [blm.start, *own[:2]] and region == blm.vocab.decode_bytes(own[2:])
     assert region == (b" Hi" if kind.endswith("prepend") else b"Hi")
     assert blm.generate_bytes("The", max_new_bytes=2, temperature=0) == blm.generate_bytes("The", 2, 0)
+
+
+@pytest.mark.real
+def test_mistral_v3_tokenizer_matches_brute_force():
+    """Mistral v3's real SentencePiece tokenizer (Metaspace "first", from mistral_common's
+    package data) on a tiny random float64 Llama."""
+    import importlib.util
+    from pathlib import Path
+
+    from tokensurgery import open_vocabulary
+
+    path = Path(importlib.util.find_spec("mistral_common").origin).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+    vocab = open_vocabulary(path)
+    assert vocab.prepends_space and vocab.family == "sentencepiece_bpe"
+    blm = ByteLM(random_llama(len(vocab), width=16, layers=1, std=0.5), vocab, start="<s>", eos=vocab.roles["eos"])
+    brute = HiddenSpaceBruteForce(blm)
+    for prefix in [b"Hel", b"Der Ha", b"x  y", "Stra\u00df".encode()[:-1]]:
+        ours = np.exp(blm.next_byte_logprobs(prefix))
+        assert np.abs(ours - brute.next_byte(prefix)).max() < 1e-6, prefix
