@@ -100,8 +100,8 @@ def transplant_speed() -> str:
 def light_multilingual() -> str:
     f = "transplant_light_multilingual"
     return bpb_columns((f, "base (gemma3-270m, own tokenizer)", "Gemma-3-270M, own tokenizer"),
-                       [(f, "omp", "**omp (default: blend)**"), (f, "omp:blend=0", "omp, `--no-blend` (previous default)"),
-                        (f, "fvt", "fvt")])
+                       [(f, "omp", "**omp (default: blend, affine)**"), (f, "omp:affine=0", "omp, `--no-affine`"),
+                        (f, "omp:blend=0", "omp, `--no-blend`"), (f, "fvt", "fvt")])
 
 
 def heavy_multilingual() -> str:
