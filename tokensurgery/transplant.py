@@ -215,7 +215,6 @@ def _fit_blend(base: torch.Tensor, donor: torch.Tensor, plan: dict, vm: VocabMap
     position = {t: i for i, t in enumerate(plan["dict_donor"])}
     D = donor[torch.tensor(plan["dict_donor"])].float()
     atoms = base.float()[torch.tensor(plan["dict_base"])]
-
     mean = atoms.mean(0)
 
     def loo_rows(ids: list[int]) -> torch.Tensor:
