@@ -87,6 +87,15 @@ class ByteScore(Score):
         return float(self.logprobs.sum() + (self.eos_logprob or 0.0))
 
 
+def draw_byte(logprobs: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    """A byte (or EOS, 256) from a next-byte distribution: the most likely at temperature 0 or
+    below, else a draw at that temperature."""
+    if temperature <= 0:
+        return int(np.argmax(logprobs))
+    p = np.exp((logprobs - logprobs.max()) / temperature)
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
 class ByteLM(CoverEngine):
     """Exact next-byte view of a causal LM and its tokenizer (see the module docstring).
 
@@ -235,12 +244,7 @@ class ByteLM(CoverEngine):
         stops = [self._bytes(s) for s in stop]
         out = bytearray()
         while len(out) < max_new_bytes:
-            logp = stream.logprobs()
-            if temperature == 0:
-                byte = int(np.argmax(logp))
-            else:
-                p = np.exp((logp - logp.max()) / temperature)
-                byte = int(rng.choice(len(p), p=p / p.sum()))
+            byte = draw_byte(stream.logprobs(), temperature, rng)
             if byte == EOS:
                 break
             out.append(byte)

@@ -14,7 +14,7 @@ import numpy as np
 
 from tokensurgery.errors import TokenSurgeryError
 
-from .byte_lm import ByteLM, ByteScore
+from .byte_lm import ByteLM, ByteScore, draw_byte
 from .cover_tree import EOS
 
 MODES = ("mix", "product")
@@ -65,12 +65,7 @@ class ByteEnsemble:
         streams = [m.stream(prompt) for m in self.models]
         out = bytearray()
         while len(out) < max_new_bytes:
-            lp = combine([s.logprobs() for s in streams], self.weights, self.mode)
-            if temperature <= 0:
-                b = int(np.argmax(lp))
-            else:
-                p = np.exp((lp - lp.max()) / temperature)
-                b = int(rng.choice(len(p), p=p / p.sum()))
+            b = draw_byte(combine([s.logprobs() for s in streams], self.weights, self.mode), temperature, rng)
             if b == EOS:
                 break
             out.append(b)
