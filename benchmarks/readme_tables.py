@@ -105,11 +105,10 @@ def light_multilingual() -> str:
 
 
 def heavy_multilingual() -> str:
-    new, old = "transplant_heavy_multilingual_symbol", "transplant_heavy_multilingual"
-    return bpb_columns((new, "base (smollm2-135m, own tokenizer)", "SmolLM2-135M, own tokenizer"),
-                       [(new, "omp", "**omp (default)**"),
-                        (old, "omp", "omp before the `latin-accented`/`symbol` classes"),
-                        (old, "omp:blend=0", "omp, `--no-blend`"), (old, "fvt", "fvt")])
+    f = "transplant_heavy_multilingual"
+    return bpb_columns((f, "base (smollm2-135m, own tokenizer)", "SmolLM2-135M, own tokenizer"),
+                       [(f, "omp", "**omp (default: blend, affine)**"), (f, "omp:affine=0", "omp, `--no-affine`"),
+                        (f, "fvt", "fvt")])
 
 
 def light_candidates_dev() -> str:
