@@ -5,12 +5,14 @@ A new row whose logit exceeds every copied (shared) row's logit at some position
 all of BASE's own tokens there; this script counts those rows per variant and text, and the
 probability mass new rows take at positions where they are not the target.
 
-For each variant and text (the first --max-bytes of each, DONOR's tokens, 255-token
-non-overlapping windows after the BOS the written tokenizer adds, float32):
+For each variant and text (the first --max-bytes of each, DONOR's tokens, non-overlapping
+windows of 256 tokens with the BOS the written tokenizer adds first; without a BOS each
+window's first token is context only; float32):
 - `stolen`: mean over positions of the probability on new text rows other than the target;
   `stolen_max`: the largest such mass at one position;
 - `rows_over_base`: new text rows whose logit is above the largest shared-row logit at one
-  position or more where they are not the next token; `worst`: the five with the largest margin (nats), with their surfaces.
+  position or more where they are not the next token; `worst`: the five with the largest
+  margin (nats), with their surfaces.
 Not handled: untied models (their output rows are solved in the output space; the same
 measure applies but is not reported separately).
 
