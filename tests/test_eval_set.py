@@ -20,7 +20,7 @@ def test_every_group_has_both_halves_of_real_text():
     groups = multilingual_groups()
     assert len(groups) >= 13 and set(SCRIPTS) <= set(groups) and "emoji" in groups
     for g in groups:
-        for half in ("test", "dev"):
+        for half in ("test", "dev", "train"):
             text = (MULTILINGUAL / half / f"{g}.txt").read_text(encoding="utf-8")
             assert len(text.encode()) >= 3000, (g, half)
             if g in SCRIPTS:
@@ -33,6 +33,25 @@ def test_every_group_has_both_halves_of_real_text():
             test = set((MULTILINGUAL / "test" / f"{g}.txt").read_text(encoding="utf-8").splitlines())
             dev = set((MULTILINGUAL / "dev" / f"{g}.txt").read_text(encoding="utf-8").splitlines())
             assert not test & dev, (g, sorted(test & dev)[:3])
+        if g == "code-zh-comments":  # other files than both halves; lines like `else:` recur
+            continue
+        train = set((MULTILINGUAL / "train" / f"{g}.txt").read_text(encoding="utf-8").splitlines()) - {""}
+        held = set((MULTILINGUAL / "test" / f"{g}.txt").read_text(encoding="utf-8").splitlines())
+        held |= set((MULTILINGUAL / "dev" / f"{g}.txt").read_text(encoding="utf-8").splitlines())
+        assert len(train) > 40 and not train & held, (g, sorted(train & held)[:3])
+
+
+def test_training_corpus_names_read_their_part_only():
+    from tokensurgery.corpus import Corpus
+
+    groups = multilingual_groups()
+    for name, half in (("multilingual-train", "train"), ("multilingual-dev", "dev")):
+        corpus = Corpus.from_paths([name])
+        assert sorted(corpus.sources()) == [name] and len(corpus.texts) == len(groups)
+        for n, text in corpus.texts:
+            assert text == (MULTILINGUAL / half / f"{n.split(':')[1]}.txt").read_text(encoding="utf-8")
+    with pytest.raises(TokenSurgeryError, match="corpus path not found"):
+        Corpus.from_paths(["multilingual"])  # the test half is never a training corpus
 
 
 def test_lang_names_expand_to_files():

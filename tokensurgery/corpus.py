@@ -39,7 +39,7 @@ class Corpus:
 
     def sources(self) -> dict[str, list[int]]:
         """Texts by source: the part of the name before ':' (`music21`, `stdlib`,
-        `multilingual-dev`), or the whole name for a user's file."""
+        `multilingual-dev`, `multilingual-train`), or the whole name for a user's file."""
         groups: dict[str, list[int]] = {}
         for i, (name, _) in enumerate(self.texts):
             groups.setdefault(name.split(":", 1)[0], []).append(i)
@@ -68,16 +68,18 @@ class Corpus:
     def from_paths(cls, paths: list[str | Path]) -> "Corpus":
         """UTF-8 text files, or folders searched for text/code files; `bundled` for the bundled
         corpus, `multilingual-dev` for the tuning half of the multilingual evaluation set (13
-        script groups; its `test` half is what the benchmarks report and is never a corpus)."""
-        from .assets import text_paths
+        script groups; its `test` half is what the benchmarks report and is never a corpus),
+        `multilingual-train` for the set's training part (~24 KB per group, no line of either
+        half)."""
+        from .assets import CORPUS_SETS, corpus_set_paths
 
         texts = []
         for p in paths:
             if str(p) == "bundled":
                 texts += bundled_corpus().texts
                 continue
-            if str(p) == "multilingual-dev":
-                texts += [(f"multilingual-dev:{f.stem}", f.read_text(encoding="utf-8")) for f in text_paths(str(p))]
+            if str(p) in CORPUS_SETS:
+                texts += [(f"{p}:{f.stem}", f.read_text(encoding="utf-8")) for f in corpus_set_paths(str(p))]
                 continue
             path = Path(p).expanduser()
             if not path.exists():
