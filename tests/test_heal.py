@@ -125,6 +125,32 @@ def test_teacher_identical_to_student_gives_zero_alm_and_kd(tiny_model_dirs, tmp
     assert float(other["alm"]) > 1e-5 and float(other["kd"]) > 1e-3
 
 
+def test_shared_kl_equals_renormalised_softmax_by_hand():
+    from tokensurgery.heal import shared_kl
+
+    g = torch.Generator().manual_seed(0)
+    s_logits, t_logits = torch.randn(5, 30, generator=g) * 3, torch.randn(5, 50, generator=g) * 3
+    s_cols, t_cols = torch.tensor([3, 0, 17, 29, 8]), torch.tensor([41, 2, 9, 0, 33])
+    for i in range(5):  # each position: probabilities over the whole vocabulary, cut to the shared set
+        ps, pt = s_logits[i].softmax(-1)[s_cols], t_logits[i].softmax(-1)[t_cols]
+        ps, pt = ps / ps.sum(), pt / pt.sum()
+        want = float((pt * (pt / ps).log()).sum())
+        assert abs(float(shared_kl(s_logits[i : i + 1], t_logits[i : i + 1], s_cols, t_cols)[0]) - want) < 1e-5
+
+
+def test_kd_with_the_shared_rows_head_equals_kd_with_full_teacher_logits(tiny_model_dirs, tmp_path):
+    student, teacher = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
+    kd = Healer(student, tiny_corpus(), tmp_path / "o", tiny_config(loss="kd"), teacher=teacher, progress=False)
+    assert kd.teacher_head is not None  # kd alone: the teacher computes the shared columns only
+    full = Healer(student, tiny_corpus(), tmp_path / "p", tiny_config(loss="alm+kd"), teacher=teacher, progress=False)
+    assert full.teacher_head is None
+    for step in range(3):
+        a, b = float(kd.loss(step, 0)["kd"]), float(full.loss(step, 0)["kd"])
+        assert a > 1e-3 and abs(a - b) < 1e-5 * max(1.0, b), (step, a, b)
+    # the teacher's own head is back after each step
+    assert kd.teacher.get_output_embeddings().weight.shape[0] == len(vocabulary_of_folder(teacher))
+
+
 def test_kd_step_lowers_the_loss(tiny_model_dirs, tmp_path):
     h = Healer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "o", tiny_config(steps=1, loss="kd", lr=1e-2),
                teacher=tiny_model_dirs["bos"], progress=False)

@@ -142,9 +142,9 @@ def shared_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, studen
               teacher_cols: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) per position over the tokens both vocabularies have (columns
     `teacher_cols` / `student_cols` name the same surface bytes), each distribution renormalised
-    over that shared set."""
-    ls = student_logits.log_softmax(-1)[:, student_cols]
-    lt = teacher_logits.log_softmax(-1)[:, teacher_cols]
+    over that shared set (so the logits of other tokens are not needed)."""
+    ls = student_logits[:, student_cols].float()
+    lt = teacher_logits[:, teacher_cols].float()
     ls, lt = ls - ls.logsumexp(-1, keepdim=True), lt - lt.logsumexp(-1, keepdim=True)
     return (lt.exp() * (lt - ls)).sum(-1)
 
@@ -165,6 +165,37 @@ def binary_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 def chunk_logprobs(lp: torch.Tensor, chunks: torch.Tensor, n_chunks: int) -> torch.Tensor:
     """Sum of token log-probabilities per chunk (NaN where a token was not scored)."""
     return torch.zeros(n_chunks, dtype=lp.dtype, device=lp.device).index_add(0, chunks.to(lp.device), lp)
+
+
+class RowsHead(torch.nn.Module):
+    """An output layer that computes only some columns of another one's logits: the rows
+    `cols` of `weight` (kept as a view of the same parameter, so gradients reach it).
+    `kd` needs the teacher's logits only over the shared tokens (renormalised there), so a
+    262k-token teacher head shrinks to the shared ~10%."""
+
+    def __init__(self, weight: torch.nn.Parameter, cols: torch.Tensor):
+        super().__init__()
+        self.weight, self.cols = weight, cols
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.weight[self.cols])
+
+
+class _SwappedHead:
+    """Context manager: `model`'s output layer replaced by `head` (then put back)."""
+
+    def __init__(self, model, head: torch.nn.Module | None):
+        self.model, self.head, self.saved = model, head, None
+
+    def __enter__(self):
+        if self.head is not None:
+            self.saved = self.model.get_output_embeddings()
+            self.model.set_output_embeddings(self.head)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.model.set_output_embeddings(self.saved)
 
 
 # ---- the trainer -----------------------------------------------------------------------------
@@ -214,6 +245,10 @@ class Healer:
         device = self.config.device
         self.shared_cols = None if vm is None else (torch.tensor(list(vm.shared), device=device),
                                                     torch.tensor(list(vm.shared.values()), device=device))
+        # loss kd alone needs the teacher's logits over the shared tokens only (alm needs them all)
+        self.teacher_head = None
+        if self.teacher is not None and "alm" not in self.config.loss and self.shared_cols is not None:
+            self.teacher_head = RowsHead(self.teacher.get_output_embeddings().weight, self.shared_cols[1])
         if self.config.train == "new" and not self.rows:
             why = "the teacher's vocabulary has every student token" if self.tvocab else "no --teacher was given"
             raise TokenSurgeryError(f"train=new trains the rows of tokens the teacher lacks, but {why}")
@@ -308,9 +343,13 @@ class Healer:
         if c.loss == "lm":
             return {"loss": lm, **logs}
         t_rows = [t for _, t, _, _ in batch]
-        with torch.no_grad():
+        t_cols = self.shared_cols[1] if self.shared_cols is not None else None
+        with torch.no_grad(), _SwappedHead(self.teacher, self.teacher_head):
             t_logits, t_shift = next_token_logits(self.teacher, self.tvocab, t_rows)
-            t_lp = token_logprobs(t_logits, t_shift, t_rows)
+            if self.teacher_head is None:
+                t_lp = token_logprobs(t_logits, t_shift, t_rows)
+            else:  # columns = the shared tokens, in the order of shared_cols
+                t_cols = torch.arange(t_logits.shape[-1], device=t_logits.device)
         kls, kds = [], []
         for r, (s_ids, t_ids, s_ends, t_ends) in enumerate(batch):
             if "alm" in c.loss:
@@ -324,7 +363,7 @@ class Healer:
                 pairs = [(j - s_shift, t_pos[o]) for j, o in enumerate([0] + s_ends[:-1]) if j >= s_shift and o in t_pos]
                 if pairs:
                     ps, pt = torch.tensor(pairs).T
-                    kds.append(shared_kl(s_logits[r, ps], t_logits[r, pt].to(s_logits.dtype), *self.shared_cols))
+                    kds.append(shared_kl(s_logits[r, ps], t_logits[r, pt].to(s_logits.dtype), self.shared_cols[0], t_cols))
         parts = {"lm": lm}
         if kls:  # (every chunk of the batch may be unscored: short rows without BOS)
             chunk_kl = torch.cat(kls)
