@@ -141,9 +141,9 @@ def test_shared_kl_equals_renormalised_softmax_by_hand():
 def test_kd_with_the_shared_rows_head_equals_kd_with_full_teacher_logits(tiny_model_dirs, tmp_path):
     student, teacher = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     kd = Healer(student, tiny_corpus(), tmp_path / "o", tiny_config(loss="kd"), teacher=teacher, progress=False)
-    assert kd.teacher_head is not None  # kd alone: the teacher computes the shared columns only
+    assert kd.teacher_head is not None and kd.student_head is not None  # kd alone: shared columns only
     full = Healer(student, tiny_corpus(), tmp_path / "p", tiny_config(loss="alm+kd"), teacher=teacher, progress=False)
-    assert full.teacher_head is None
+    assert full.teacher_head is None and full.student_head is None
     for step in range(3):
         a, b = float(kd.loss(step, 0)["kd"]), float(full.loss(step, 0)["kd"])
         assert a > 1e-3 and abs(a - b) < 1e-5 * max(1.0, b), (step, a, b)

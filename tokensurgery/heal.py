@@ -253,9 +253,18 @@ class Healer:
             why = "the teacher's vocabulary has every student token" if self.tvocab else "no --teacher was given"
             raise TokenSurgeryError(f"train=new trains the rows of tokens the teacher lacks, but {why}")
         self.trainable = self._make_trainable()
+        # loss kd alone needs the student's logits over the shared tokens only, too (no lm term);
+        # a view of the same output matrix, so its gradient (and train=new's mask) is unchanged
+        self.student_head = None
+        if self.config.loss == "kd":
+            self.student_head = RowsHead(self._hf_student().get_output_embeddings().weight, self.shared_cols[0])
         if resume:
             self._load_trained(self.loop.resume_folder())
         self.loop.attach(self.model, self._save_trained)
+
+    def _hf_student(self):
+        """The transformers model inside `self.model` (which peft may wrap)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     # ---- what trains ----
 
@@ -334,12 +343,17 @@ class Healer:
         c = self.config
         batch = self.batch(step, micro)
         s_rows = [s for s, _, _, _ in batch]
-        s_logits, s_shift = next_token_logits(self.loop.ddp, self.svocab, s_rows)
-        s_lp = token_logprobs(s_logits, s_shift, s_rows)
-        n_bytes = sum(ends[-1] for _, _, ends, _ in batch if ends)
-        scored = torch.cat([lp[~lp.isnan()] for lp in s_lp])
-        lm = -scored.mean()
-        logs = {"lm": lm.detach(), "bpb": -scored.detach().sum() / math.log(2) / n_bytes}
+        with _SwappedHead(self._hf_student(), self.student_head):
+            s_logits, s_shift = next_token_logits(self.loop.ddp, self.svocab, s_rows)
+        logs, s_cols = {}, self.shared_cols[0] if self.shared_cols is not None else None
+        if self.student_head is None:
+            s_lp = token_logprobs(s_logits, s_shift, s_rows)
+            n_bytes = sum(ends[-1] for _, _, ends, _ in batch if ends)
+            scored = torch.cat([lp[~lp.isnan()] for lp in s_lp])
+            lm = -scored.mean()
+            logs = {"lm": lm.detach(), "bpb": -scored.detach().sum() / math.log(2) / n_bytes}
+        else:  # kd alone: columns = the shared tokens; no next-token loss to report
+            lm, s_cols = None, torch.arange(s_logits.shape[-1], device=s_logits.device)
         if c.loss == "lm":
             return {"loss": lm, **logs}
         t_rows = [t for _, t, _, _ in batch]
@@ -363,7 +377,7 @@ class Healer:
                 pairs = [(j - s_shift, t_pos[o]) for j, o in enumerate([0] + s_ends[:-1]) if j >= s_shift and o in t_pos]
                 if pairs:
                     ps, pt = torch.tensor(pairs).T
-                    kds.append(shared_kl(s_logits[r, ps], t_logits[r, pt].to(s_logits.dtype), self.shared_cols[0], t_cols))
+                    kds.append(shared_kl(s_logits[r, ps], t_logits[r, pt].to(s_logits.dtype), s_cols, t_cols))
         parts = {"lm": lm}
         if kls:  # (every chunk of the batch may be unscored: short rows without BOS)
             chunk_kl = torch.cat(kls)
