@@ -31,10 +31,22 @@ from tokensurgery.transplant import transplant
 from transplant_quality import PAIRS
 
 
-def scores(folder: Path, files: list[Path], max_bytes: int) -> dict[str, float]:
+PROMPT = "Die Hauptstadt von Deutschland ist"  # the issue's check: is the continuation German again?
+
+
+def scores(folder: Path, files: list[Path], max_bytes: int) -> dict:
+    """Bits per byte of each file (and overall), and the greedy continuation of PROMPT."""
+    import torch
+
     model, vocab = load_causal_lm(folder)
-    return {s.name: round(s.bits_per_byte, 4) for s in score_files(model, vocab, files, max_bytes=max_bytes,
-                                                                    progress=False)}
+    out = {s.name: round(s.bits_per_byte, 4) for s in score_files(model, vocab, files, max_bytes=max_bytes,
+                                                                   progress=False)}
+    ids = ([vocab.bos_added] if vocab.bos_added is not None else []) + vocab.encode(PROMPT)
+    with torch.no_grad():
+        gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=10, do_sample=False, pad_token_id=ids[0])
+    out["continuation"] = vocab.decode_bytes(gen[0, len(ids):].tolist()).decode("utf-8", "replace")
+    return out
 
 
 def main() -> None:
@@ -104,6 +116,8 @@ def main() -> None:
         gap = f"{r['gap_closed']:.1%}" if "gap_closed" in r else ""
         lines.append(f"| {r['variant']} | {r['minutes']:g} | {r.get('steps', '')} | "
                      + " | ".join(f"{r[n]:.3f}" for n in names) + f" | {gap} |")
+    lines += ["", f"Greedy continuation of `{PROMPT}`:", ""]
+    lines += [f"- {r['variant']}, {r['minutes']:g} min: `{r['continuation'].strip()!r}`" for r in rows]
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
