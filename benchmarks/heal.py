@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=HealConfig.batch_size)
     ap.add_argument("--seq-len", type=int, default=HealConfig.seq_len)
     ap.add_argument("--corpus", default="bundled,multilingual-dev")
-    ap.add_argument("--mix", default="chars", choices=["chars", "source"], help="see Corpus.window")
+    ap.add_argument("--mix", default=HealConfig.mix, choices=["chars", "source"], help="see Corpus.window")
     ap.add_argument("--device", default="cpu", help="cuda on a GPU machine: the same run, one flag")
     ap.add_argument("--suffix", default="", help="added to the result files' stem, e.g. _trains")
     ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "heal")
@@ -84,7 +84,34 @@ def main() -> None:
             {"variant": "transplant (defaults), not healed", "minutes": 0, **scores(student, files, args.max_bytes)}]
     for r in rows:
         print(r, flush=True)
+
+    def write() -> None:
+        """The result files as they stand (rewritten after every row, so a stopped run keeps its rows)."""
+        lines = [f"Pair `{args.pair}`: {donor}'s tokenizer on {base} (transplant defaults), healed on "
+                 f"{args.corpus} ({corpus.n_chars:,} characters, windows drawn by {args.mix}); batch {args.batch_size} x {args.seq_len} tokens; "
+                 f"first {args.max_bytes} bytes of each held-out text; bits per byte.", "",
+                 "| variant | minutes | steps | " + " | ".join(n.removesuffix(".txt") for n in names) + " | gap closed |",
+                 "|---" * (len(names) + 4) + "|"]
+        for r in rows:
+            gap = f"{r['gap_closed']:.1%}" if "gap_closed" in r else ""
+            lines.append(f"| {r['variant']} | {r['minutes']:g} | {r.get('steps', '')} | "
+                         + " | ".join(f"{r[n]:.3f}" for n in names) + f" | {gap} |")
+        lines += ["", f"Greedy continuation of `{PROMPT}`:", ""]
+        lines += [f"- {r['variant']}, {r['minutes']:g} min: `{r['continuation'].strip()!r}`" for r in rows]
+        table = "\n".join(lines)
+        print(table)
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {**record, "pair": args.pair, "base": base, "donor": donor, "langs": args.langs, "max_bytes": args.max_bytes,
+                "minutes": minutes, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
+                "corpus": args.corpus, "mix": args.mix}
+        (args.out / f"heal_{args.pair}{args.suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
+                                                                    ensure_ascii=False) + "\n")
+        (args.out / f"heal_{args.pair}{args.suffix}.md").write_text(f"Command: `{record['command']}` (commit {record['commit']}, "
+                                                      f"{record['date']}, load at start {record['load_average_at_start']})"
+                                                      f"\n\n{table}\n")
+
     base_bpb, start_bpb = rows[0]["overall"], rows[1]["overall"]
+    write()
     for spec in args.variants.split(";"):
         loss, train, *rest = spec.split(":")
         lr = float(rest[0]) if rest else args.lr
@@ -105,31 +132,8 @@ def main() -> None:
             row["gap_closed"] = round((start_bpb - row["overall"]) / (start_bpb - base_bpb), 4)
             rows.append(row)
             print(row, flush=True)
+            write()
             del healer
         shutil.rmtree(out, ignore_errors=True)  # ~0.5-1 GB per healed model
-    lines = [f"Pair `{args.pair}`: {donor}'s tokenizer on {base} (transplant defaults), healed on "
-             f"{args.corpus} ({corpus.n_chars:,} characters, windows drawn by {args.mix}); batch {args.batch_size} x {args.seq_len} tokens; "
-             f"first {args.max_bytes} bytes of each held-out text; bits per byte.", "",
-             "| variant | minutes | steps | " + " | ".join(n.removesuffix(".txt") for n in names) + " | gap closed |",
-             "|---" * (len(names) + 4) + "|"]
-    for r in rows:
-        gap = f"{r['gap_closed']:.1%}" if "gap_closed" in r else ""
-        lines.append(f"| {r['variant']} | {r['minutes']:g} | {r.get('steps', '')} | "
-                     + " | ".join(f"{r[n]:.3f}" for n in names) + f" | {gap} |")
-    lines += ["", f"Greedy continuation of `{PROMPT}`:", ""]
-    lines += [f"- {r['variant']}, {r['minutes']:g} min: `{r['continuation'].strip()!r}`" for r in rows]
-    table = "\n".join(lines)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {**record, "pair": args.pair, "base": base, "donor": donor, "langs": args.langs, "max_bytes": args.max_bytes,
-            "minutes": minutes, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "corpus": args.corpus, "mix": args.mix}
-    (args.out / f"heal_{args.pair}{args.suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
-                                                                ensure_ascii=False) + "\n")
-    (args.out / f"heal_{args.pair}{args.suffix}.md").write_text(f"Command: `{record['command']}` (commit {record['commit']}, "
-                                                  f"{record['date']}, load at start {record['load_average_at_start']})"
-                                                  f"\n\n{table}\n")
-
-
 if __name__ == "__main__":
     main()
