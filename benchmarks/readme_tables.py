@@ -162,6 +162,24 @@ def heal_light() -> str:
     return _table(["training (loss / what trains / lr)", "minutes", "steps", *map(_text_name, texts), "gap closed"], rows)
 
 
+def heal_multilingual(name: str, extra: tuple[str, ...] = ()) -> str:
+    """`heal.py` runs on the bundled corpus plus the multilingual set's train part: bits per
+    byte on some texts (all of them are in the result files), the gap closed and the greedy
+    continuation of the German prompt; `extra` result files add their healed rows."""
+    texts = ["en.txt", "de.txt", "argparse.py", "devanagari.txt", "south-indian.txt", "thai.txt", "chinese.txt",
+             "overall"]
+    runs = list(load(name)["rows"]) + [r for e in extra for r in load(e)["rows"] if r["minutes"]]
+    runs.sort(key=lambda r: (bool(r["minutes"]), r["variant"], r["minutes"]))
+    rows = []
+    for r in runs:
+        label = r["variant"] + (" (no teacher)" if r["variant"].startswith("lm ") else "")
+        rows.append([label, f"{r['minutes']:g}" if r["minutes"] else "", r.get("steps", ""),
+                     *[f"{r[t]:.3f}" for t in texts], f"{100 * r['gap_closed']:.1f}%" if "gap_closed" in r else "",
+                     "`" + r["continuation"].strip().replace("\n", " ").replace("|", "\\|")[:32] + "`"])
+    return _table(["training (loss / what trains / lr)", "minutes", "steps", *map(_text_name, texts), "gap closed",
+                   "\"Die Hauptstadt von Deutschland ist\""], rows)
+
+
 def _signed(percent: float) -> str:
     text = f"{percent:+.2f}%" if abs(percent) < 10 else f"{percent:+.1f}%"
     return text.replace("-", "\u2212")
@@ -220,6 +238,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "hypernet_quality": hypernet_quality,
     "dynamic_curve": dynamic_curve,
     "heal_light": heal_light,
+    "heal_light_train": lambda: heal_multilingual("heal_light_train", ("heal_light_lr1e-3_stopped",)),
+    "heal_heavy_train": lambda: heal_multilingual("heal_heavy_train"),
     "bundled_bpb": bundled_bpb,
     "transplant_speed": transplant_speed,
     "light_multilingual": light_multilingual,

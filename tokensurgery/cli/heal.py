@@ -20,8 +20,9 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
     Run=["resume", "force", "save_every", "seed", "device", "json_out"]))
 @click.argument("model")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--teacher", help="The model to distill (normally the transplant's BASE); needed by the alm losses.")
-@click.option("--loss", type=click.Choice(list(LOSSES)), default="kd", show_default=True,
+@click.option("--teacher", help="The transplant's BASE: the model the kd/alm losses distill, and what says which "
+                                "rows are new (--train new).")
+@click.option("--loss", type=click.Choice(list(LOSSES)), default="lm", show_default=True,
               help="alm: match the teacher's likelihood of every chunk both tokenizations share; kd: match its "
                    "next-token distribution over the shared tokens where both contexts end at the same byte; lm: "
                    "plain next-token loss (no teacher); a+b: their sum.")
@@ -31,16 +32,16 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
               help="new: only the rows of tokens the teacher lacks; embeddings: every embedding row; lora: every "
                    "embedding row plus LoRA adapters on attention/MLP, merged into the weights on save.")
 @click.option("--lora-rank", default=8, show_default=True, help="Rank of the LoRA adapters (--train lora).")
-@options.corpus_option(("bundled", "multilingual-dev"))
+@options.corpus_option(("bundled", "multilingual-train"))
 @click.option("--mix", type=click.Choice(["chars", "source"]), default="source", show_default=True,
               help="How training windows are drawn: texts in proportion to their length, or each corpus source "
-                   "(music21, stdlib, multilingual-dev, each file given) equally often.")
+                   "(music21, stdlib, multilingual-train, each file given) equally often.")
 @options.steps(200)
 @options.max_minutes
 @options.batch_size(4)
 @options.seq_len(256)
 @click.option("--grad-accum", default=1, show_default=True, help="Micro-batches per optimizer step.")
-@options.lr(1e-3)
+@options.lr(3e-4)
 @options.texts(default_max_bytes=2000)
 @options.resume
 @options.force
@@ -54,7 +55,8 @@ def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature:
          resume: bool, force: bool, save_every: int, seed: int, device: str, json_out: Path | None) -> None:
     """Train MODEL (e.g. a `transplant` output) so it recovers its base's quality; write it to OUT.
 
-    With --teacher BASE the default loss distills BASE through its own tokenizer (kd). The
+    --teacher BASE says which rows are new; the kd/alm losses also distill BASE through its
+    own tokenizer (the default, lm, measured better per minute: results/heal_light_train.md). The
     --text/--lang texts (default: none) are scored before and after, and with the teacher;
     the figures go into OUT's model card and training.json. Runs under torchrun (DDP).
     """
