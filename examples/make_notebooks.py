@@ -252,11 +252,11 @@ HEAL = [
     new_markdown_cell("""# Heal a transplanted model (cross-tokenizer distillation)
 
 A transplant gives a model a new tokenizer without training, and it ends up behind its base.
-`heal` trains it briefly on text, with the base as a *teacher* through its own tokenizer. The
-default loss, `kd`, matches the two models' next-token distributions over the tokens both
-vocabularies share, wherever both contexts end at the same byte; this recipe uses `alm`
-(Approximate Likelihood Matching): on every text chunk whose boundaries both tokenizations
-share, the student's probability of the chunk is pulled towards the teacher's.
+`heal` trains it briefly on text. The default loss, `lm`, is plain next-token loss (it measured
+best per CPU-minute); the teacher losses use the base through its own tokenizer. This recipe
+uses one of them, `alm` (Approximate Likelihood Matching): on every text chunk whose
+boundaries both tokenizations share, the student's probability of the chunk is pulled
+towards the teacher's.
 From the shell: `tokensurgery heal OUT_OF_TRANSPLANT HEALED --teacher gemma3-270m --max-minutes 10`.
 Settings here are tiny (a few steps) so the recipe runs in a few minutes on a CPU; see
 `results/heal_light.md` for what longer runs do."""),

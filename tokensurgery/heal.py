@@ -2,9 +2,10 @@
 
 A transplant (or `hypernet apply`) gives BASE a new tokenizer without training, and the
 model ends up well behind BASE. Healing trains the patched model (the *student*) on text for
-a few CPU-minutes, with one of two losses:
+a few CPU-minutes, with one of these losses:
 
-- `lm`: plain next-token loss on the student's own tokenization (no teacher needed);
+- `lm` (default: it measured best per CPU-minute, results/heal_light_train.md): plain
+  next-token loss on the student's own tokenization (no teacher model needed);
 - `alm`: Approximate Likelihood Matching (Minixhofer et al. 2025) against the *teacher*, a
   model with another tokenizer (normally BASE itself): on chunks whose boundaries both
   tokenizations share (`alignment.py`), the student's chunk probability q is pulled towards
@@ -15,7 +16,8 @@ a few CPU-minutes, with one of two losses:
   every position whose context ends at the same byte in both tokenizations, KL(teacher ||
   student) over the tokens both vocabularies have (same surface bytes), each distribution
   renormalised over that set. A whole distribution per position instead of one number per
-  chunk; approximate where the two tokenizers would spell the next bytes differently;
+  chunk; approximate where the two tokenizers would spell the next bytes differently. Alone,
+  both models compute only the shared tokens' logits (`RowsHead`);
 - sums such as `alm+lm`, `kd+lm`, `alm+kd`.
 
 What trains (`train`): `new` = only the embedding rows of tokens the teacher lacks (input
