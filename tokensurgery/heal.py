@@ -172,8 +172,8 @@ def chunk_logprobs(lp: torch.Tensor, chunks: torch.Tensor, n_chunks: int) -> tor
 class RowsHead(torch.nn.Module):
     """An output layer that computes only some columns of another one's logits: the rows
     `cols` of `weight` (kept as a view of the same parameter, so gradients reach it).
-    `kd` needs the teacher's logits only over the shared tokens (renormalised there), so a
-    262k-token teacher head shrinks to the shared ~10%."""
+    `kd` alone needs both models' logits only over the shared tokens (renormalised there), so
+    a 262k-row head computes just those rows."""
 
     def __init__(self, weight: torch.nn.Parameter, cols: torch.Tensor):
         super().__init__()
