@@ -69,7 +69,7 @@ class Corpus:
         """UTF-8 text files, or folders searched for text/code files; `bundled` for the bundled
         corpus, `multilingual-dev` for the tuning half of the multilingual evaluation set (13
         script groups; its `test` half is what the benchmarks report and is never a corpus),
-        `multilingual-train` for the set's training part (~24 KB per group, no line of either
+        `multilingual-train` for the set's training part (up to 24 KB per group, no line of either
         half)."""
         from .assets import CORPUS_SETS, corpus_set_paths
 

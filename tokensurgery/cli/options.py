@@ -78,7 +78,7 @@ def corpus_option(default: tuple[str, ...] = ("bundled",)) -> Callable:
                    help="Text file or folder to train on (repeatable); "
                         "'bundled' = music21's Gutenberg excerpts and Python stdlib modules, minus the held-out "
                         "text the benchmarks score; 'multilingual-dev' = the tuning half of the multilingual set; "
-                        "'multilingual-train' = its training part (~24 KB per script group, no line of either half).")
+                        "'multilingual-train' = its training part (up to 24 KB per script group, no line of either half).")
 
 
 corpus = corpus_option()
