@@ -57,8 +57,8 @@ def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature:
 
     --teacher BASE says which rows are new; the kd/alm losses also distill BASE through its
     own tokenizer (the default, lm, measured better per minute: results/heal_light_train.md). The
-    --text/--lang texts (default: none) are scored before and after, and with the teacher;
-    the figures go into OUT's model card and training.json. Runs under torchrun (DDP).
+    --text/--lang texts (default: none) are scored before and after (and by the teacher with
+    a kd/alm loss); the figures go into OUT's model card and training.json. Runs under torchrun (DDP).
     """
     from ..corpus import Corpus
     from ..heal import HealConfig
