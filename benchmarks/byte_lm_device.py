@@ -33,8 +33,8 @@ def check(model, device: str, seed: int) -> float:
     trunk = [rng.randrange(5, 40) for _ in range(12)]
     lm.reset(trunk)
     tokens, parents = random_tree(10, rng)
-    fork = [len(trunk) if p < 0 else 0 for p in parents]
-    out = lm.forward(Query(tokens, parents, fork, commit=0))
+    anchor = [len(trunk) - 1 if p < 0 else -1 for p in parents]
+    out = lm.forward(Query(tokens, parents, anchor, keep=0))
     worst = 0.0
     for i in range(len(tokens)):
         path, j = [], i
@@ -74,7 +74,7 @@ def main() -> None:
     timing = {}
     for m in (1, 8, 32, 64, 128):
         tokens, parents = random_tree(m, random.Random(m))
-        q = Query(tokens, parents, [len(lm.trunk) if p < 0 else 0 for p in parents], commit=0)
+        q = Query(tokens, parents, [len(lm) - 1 if p < 0 else -1 for p in parents], keep=0)
         lm.forward(q)  # warm-up
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -26,7 +26,8 @@ class SurfaceIndex:
     """Token ids sorted by surface bytes, with the byte at each offset as a matrix.
 
     `ids[r]` is the token at sorted position `r`; `next_byte[r, k]` is byte `k` of its
-    surface, or -1 past its end. Only ids in `members` are indexed.
+    surface, or -1 past its end; `span_end[r]`: rows r..span_end[r]-1 are the tokens whose
+    surface starts with token r's. Only ids in `members` are indexed.
     """
 
     def __init__(self, surface: Sequence[bytes], members: Sequence[int]):
@@ -37,6 +38,12 @@ class SurfaceIndex:
         self.next_byte = np.full((len(order), self.max_len + 1), -1, dtype=np.int16)
         for r, s in enumerate(self.surfaces):
             self.next_byte[r, : len(s)] = np.frombuffer(s, dtype=np.uint8)
+        self.span_end = np.full(len(order), len(order), dtype=np.int64)
+        open_rows: list[int] = []  # rows whose surface is a prefix of the current one
+        for r, s in enumerate(self.surfaces):
+            while open_rows and not s.startswith(self.surfaces[open_rows[-1]]):
+                self.span_end[open_rows.pop()] = r
+            open_rows.append(r)
         self.position = np.full(max(members, default=-1) + 1, -1, dtype=np.int64)
         self.position[self.ids] = np.arange(len(self.ids))
 

@@ -157,22 +157,48 @@ def test_next_byte_matches_brute_force(tiny_byte_lms, family):
 
 
 @pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
-def test_score_stream_and_chunking_agree(tiny_byte_lms, family):
+def test_score_stream_and_chunking_agree(tiny_byte_lms, family, monkeypatch):
     """The batched scoring path (tree attention in chunks, main path committed), the
-    streaming path with and without look-ahead, and a tiny query limit that forces
-    re-feeding of uncommitted ancestors all give the same per-byte log-probabilities."""
+    streaming path (every node's KV kept, dead branches compacted away every few slots)
+    with and without look-ahead, the streaming path without kept KV (ancestors re-fed), and
+    a tiny query limit that forces re-feeding of uncommitted ancestors all give the same
+    per-byte log-probabilities."""
+    from tokensurgery.byte_models.exact.stream import ByteStream
+
     blm = tiny_byte_lms[family]
     text = "Der Hase, the quick fox — 中文 ok."
     data = text.encode()
     score = blm.score(text, eos=True)
-    for speculate in (0, 4):
-        stream = blm.stream(b"", speculate=speculate)
+    monkeypatch.setattr(ByteStream, "COMPACT_MIN", 8)
+    fed: list[tuple] = []  # the full token path of every token fed
+    forward = type(blm.lm).forward
+
+    def recording(lm, q):
+        def path(slot):
+            out = []
+            while slot >= 0:
+                out.append(lm.slot_token[slot])
+                slot = lm.slot_parent[slot]
+            return out[::-1]
+
+        paths = []
+        for tok, p, a in zip(q.tokens, q.parents, q.anchor):
+            paths.append((paths[p] if p >= 0 else tuple(path(a))) + (tok,))
+        fed.extend(paths)
+        return forward(lm, q)
+
+    monkeypatch.setattr(type(blm.lm), "forward", recording)
+    for speculate, keep_kv in ((0, True), (4, True), (32, True), (4, False)):
+        fed.clear()
+        stream = ByteStream(blm, b"", speculate=speculate, keep_kv=keep_kv)
         got = []
         for b in data:
             got.append(stream.logprobs()[b])
             stream.advance(b)
-        assert np.allclose(got, score.logprobs, atol=1e-9)
+        assert np.allclose(got, score.logprobs, atol=1e-9), (speculate, keep_kv)
         assert abs(stream.logprobs()[256] - score.eos_logprob) < 1e-9
+        if keep_kv:  # no token fed twice, though compaction dropped dead branches on the way
+            assert len(set(fed)) == len(fed) > len(blm.lm), (speculate, len(fed), len(set(fed)))
     saved = blm.lm.max_query
     try:
         blm.lm.max_query = 6

@@ -140,7 +140,7 @@ class ByteLM(CoverEngine):
                     break
                 if node.end + k >= first:
                     acc.add(node.end + k, node.logp, groups)
-            node.probs = node.cum = None  # fully used: keep memory bounded on long texts
+            node.forget()  # fully used: keep memory bounded on long texts
 
         last = max(nodes, key=lambda n: (n.end, -n.depth))
         self.evaluate_tree(nodes, last, on_node)
@@ -207,7 +207,7 @@ class ByteLM(CoverEngine):
         rng = np.random.default_rng(seed)
         rows, outs, tails, cache = [], [], [], None
         for p in prompts:
-            stream = ByteStream(self, p, speculate=0)
+            stream = ByteStream(self, p, speculate=0, keep_kv=False)
             node, token, out = stream.resolve(rng, sampling)
             if not batch and token is not None:  # hand the KV cache of context + node over to `generate`
                 self.evaluate([], commit=node)
@@ -307,21 +307,21 @@ class ByteLM(CoverEngine):
         else:
             options.update(temperature=None, top_k=None, top_p=None)
         if cache is not None:
-            if cache.get_seq_length() != width - 1 or self.lm.trunk != rows[0][:-1]:
+            if len(self.lm) != width - 1 or not self.lm.chain() or self.lm.slot_token != rows[0][:-1]:
                 cache = None  # not the row's prefix after all: let `generate` prefill
             else:
                 options[self.lm._cache_arg] = cache
         model = self.lm.model
         out = model.generate(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device), **options)
         if cache is not None:
-            self.lm.reset([])  # `generate` grew the trunk's cache: start clean next time
+            self.lm.reset([])  # `generate` grew the cache behind TreeLM's back: start clean next time
         self.lm.calls += out.shape[1] - width
         return [self.vocab.decode_bytes(t for t in row if t != self.eos) for row in out[:, width:].tolist()]
 
     def heal(self, prompt: str | bytes, temperature: float = 0.0, seed: int | None = None) -> bytes:
         """Prompt-boundary completion: the bytes that finish the token the prompt ends inside
         (empty when the chosen cover ends exactly at the prompt's end)."""
-        stream = ByteStream(self, self._bytes(prompt), speculate=0)
+        stream = ByteStream(self, self._bytes(prompt), speculate=0, keep_kv=False)
         _, _, out = stream.resolve(np.random.default_rng(seed), Sampling(temperature))
         return out
 

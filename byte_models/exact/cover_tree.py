@@ -12,6 +12,7 @@ over the nodes that reach a position gives the exact next-byte distribution ther
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -27,7 +28,13 @@ class ZeroProbability(TokenSurgeryError):
 
 @dataclass(eq=False)
 class Node:
-    """One valid token sequence; `logp` is its log-probability after the context."""
+    """One valid token sequence; `logp` is its log-probability after the context.
+
+    `probs` (next-token probabilities in SurfaceIndex order, tokens that may not follow at 0)
+    and `cum` (their cumulative sums with a leading 0) are None until the node is evaluated.
+    The zeroing of invalid tokens is deferred until they are first read (`set_distribution`),
+    so nodes evaluated ahead of time that the text never reaches never pay for the validity
+    rule of their last token."""
 
     parent: "Node | None"
     token: int | None
@@ -36,11 +43,37 @@ class Node:
     tail: tuple
     depth: int = 0
     children: dict = field(default_factory=dict, repr=False)
-    probs: np.ndarray | None = field(default=None, repr=False)  # next-token probs in SurfaceIndex order, invalid = 0
-    cum: np.ndarray | None = field(default=None, repr=False)  # cumulative sums of probs, with a leading 0
     eos: float = 0.0
-    committed: bool = False
-    trunk_pos: int = -1  # committed nodes: trunk length up to and including this node
+    slot: int = -1  # the KV-cache slot of this node's last token (TreeLM), -1 when not cached
+    _probs: np.ndarray | None = field(default=None, repr=False)
+    _cum: np.ndarray | None = field(default=None, repr=False)
+    _invalid: Callable[[], np.ndarray] | None = field(default=None, repr=False)  # positions still to zero
+
+    @property
+    def evaluated(self) -> bool:
+        return self._probs is not None
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        if self._invalid is not None:
+            self._finish()
+        return self._probs
+
+    @property
+    def cum(self) -> np.ndarray | None:
+        if self._invalid is not None:
+            self._finish()
+        return self._cum
+
+    def _finish(self) -> None:
+        invalid, self._invalid = self._invalid(), None
+        if len(invalid):
+            self._probs[invalid] = 0.0
+        self._cum = np.concatenate([[0.0], np.cumsum(self._probs)])
+
+    def forget(self) -> None:
+        """Drop the distribution (memory); the node reads as not evaluated again."""
+        self._probs = self._cum = self._invalid = None
 
     def path(self) -> list[int]:
         out, n = [], self
@@ -50,10 +83,13 @@ class Node:
         return out[::-1]
 
 
-def set_distribution(node: Node, probs: np.ndarray, eos: float) -> None:
-    node.probs = probs
-    node.cum = np.concatenate([[0.0], np.cumsum(probs)])
-    node.eos = eos
+def set_distribution(node: Node, probs: np.ndarray, eos: float, invalid: Callable[[], np.ndarray] | None = None) -> None:
+    """Give `node` its next-token distribution; `invalid()` gives the SurfaceIndex positions
+    of tokens that may not follow it, zeroed when the distribution is first read."""
+    node._probs, node.eos, node._invalid = probs, eos, invalid
+    node._cum = None
+    if invalid is None:
+        node._cum = np.concatenate([[0.0], np.cumsum(probs)])
 
 
 def node_groups(index: SurfaceIndex, node: Node, rest: bytes) -> np.ndarray | None:

@@ -3,7 +3,7 @@
 A node is a token sequence (a path from the root) whose bytes cover a prefix of the data; its
 probability is the token model's. The engine builds nodes along known bytes (`tree`, `grow`),
 evaluates their next-token distributions in batched tree-attention calls (`evaluate`,
-`evaluate_tree`), and keeps the committed branch as the KV-cached trunk. `ByteLM` (known text,
+`evaluate_tree`), and keeps the KV slots of the branches it will extend (`TreeLM`). `ByteLM` (known text,
 generation) and `ByteStream` (bytes arriving one at a time) are both built on this API.
 It does not sample or score by itself, and it knows nothing about byte distributions beyond
 the per-node token probabilities (`cover_tree.py` turns those into byte masses).
@@ -46,6 +46,7 @@ class CoverEngine:
         if rows < len(vocab):
             raise TokenSurgeryError(f"the model has {rows} output rows but the tokenizer has {len(vocab)} tokens")
         self.lm = TreeLM(model)
+        self.keep_kv, self._context_slots, self._slot_nodes = False, 0, []
         self.start = self._start_token(start)
         self.eos = eos if eos is not None else self._document_end()
         self.settle_bytes = settle_bytes
@@ -133,9 +134,15 @@ class CoverEngine:
 
     # ---- evaluating nodes -------------------------------------------------------------
 
-    def root(self, context: list[int]) -> Node:
+    def root(self, context: list[int], keep_kv: bool = False) -> Node:
+        """A new tree after `context` (the cache starts over with it). With `keep_kv`, every
+        node evaluated later keeps its KV slot, so no token is fed twice (streaming; `compact`
+        drops dead branches); without, only committed chains do (known text, where each node
+        is evaluated once)."""
         logprobs = self.lm.reset(context)
-        root = Node(None, None, 0, 0.0, (), committed=True, trunk_pos=len(context))
+        self.keep_kv, self._context_slots = keep_kv, len(context)
+        root = Node(None, None, 0, 0.0, (), slot=len(context) - 1)
+        self._slot_nodes: list[Node | None] = [None] * (len(context) - 1) + [root]
         self._set(root, logprobs)
         return root
 
@@ -143,10 +150,9 @@ class CoverEngine:
         """Store the node's next-token distribution (invalid continuations at 0) and give its
         existing children their log-probabilities."""
         probs = logprobs[torch.from_numpy(self.index.ids)].exp().numpy().copy()
-        invalid = self.canonical.invalid_after(node.tail)
-        if len(invalid):
-            probs[self.index.position[invalid]] = 0.0
-        set_distribution(node, probs, math.exp(float(logprobs[self.eos])))
+        tail = node.tail
+        set_distribution(node, probs, math.exp(float(logprobs[self.eos])),
+                         invalid=lambda: self.index.position[self.canonical.invalid_after(tail)])
         for child in node.children.values():
             self.child_logprob(node, child)
 
@@ -156,36 +162,40 @@ class CoverEngine:
 
     def evaluate(self, targets: Sequence[Node], commit: Node | None = None, full=None) -> None:
         """Give every target its next-token distribution in as few calls as fit; `commit`
-        (a descendant of the trunk's last node) and its ancestors join the trunk. Nodes for
-        which `full(node)` is false only pass log-probabilities on to their children."""
+        (a descendant of a cached node) and its ancestors are fed first and keep their KV slots,
+        and so does every other node fed when the tree keeps KV (`root(keep_kv=True)`). A node
+        whose parent has no slot is fed with its uncached ancestors. Nodes for which
+        `full(node)` is false only pass log-probabilities on to their children."""
         chain: list[Node] = []
         n = commit
-        while n is not None and not n.committed:
+        while n is not None and n.slot < 0:
             chain.append(n)
             n = n.parent
         chain.reverse()
-        pending = sorted({id(t): t for t in targets if t.probs is None}.values(), key=lambda t: t.depth)
+        pending = sorted({id(t): t for t in targets if not t.evaluated}.values(), key=lambda t: t.depth)
         while chain or pending:
-            tokens, parents, fork, nodes, at = [], [], [], [], {}
+            tokens, parents, anchor, nodes, at = [], [], [], [], {}
             for node in chain:
-                self._pack(node, tokens, parents, fork, nodes, at)
+                self._pack(node, tokens, parents, anchor, nodes, at)
             rest = []
             for t in pending:
                 path, n = [], t
-                while not n.committed and id(n) not in at:
+                while n.slot < 0 and id(n) not in at:
                     path.append(n)
                     n = n.parent
                 if len(tokens) + len(path) > self.lm.max_query and len(tokens) > len(chain):
                     rest.append(t)
                     continue
                 for node in reversed(path):
-                    self._pack(node, tokens, parents, fork, nodes, at)
-            out = self.lm.forward(Query(tokens, parents, fork, commit=len(chain)))
-            base = len(self.lm.trunk) - len(chain)
-            for i, node in enumerate(chain):
-                node.committed, node.trunk_pos = True, base + i + 1
+                    self._pack(node, tokens, parents, anchor, nodes, at)
+            keep = len(tokens) if self.keep_kv else len(chain)
+            out = self.lm.forward(Query(tokens, parents, anchor, keep=keep))
+            base = len(self.lm) - keep
+            for i, node in enumerate(nodes[:keep]):
+                node.slot = base + i
+                self._slot_nodes.append(node)
             for i, node in enumerate(nodes):  # parents come before children
-                if node.probs is None:
+                if not node.evaluated:
                     if full is None or full(node):
                         self._set(node, out[i])
                     else:
@@ -194,16 +204,40 @@ class CoverEngine:
             chain, pending = [], rest
 
     @staticmethod
-    def _pack(node: Node, tokens, parents, fork, nodes, at) -> None:
+    def _pack(node: Node, tokens, parents, anchor, nodes, at) -> None:
         at[id(node)] = len(tokens)
         tokens.append(node.token)
         nodes.append(node)
         if id(node.parent) in at:
             parents.append(at[id(node.parent)])
-            fork.append(0)
+            anchor.append(-1)
         else:
             parents.append(-1)
-            fork.append(node.parent.trunk_pos)
+            anchor.append(node.parent.slot)
+
+    def compact(self, live: Sequence[Node]) -> None:
+        """Drop the KV slots of every node that is neither an ancestor nor a descendant of a
+        `live` node (the branches the data has left behind); the context's slots stay."""
+        keep, stack = set(range(self._context_slots)), []
+        for node in live:
+            n = node.parent
+            while n is not None and n.slot >= 0 and n.slot not in keep:
+                keep.add(n.slot)
+                n = n.parent
+            stack.append(node)
+        while stack:
+            n = stack.pop()
+            if n.slot >= 0:
+                keep.add(n.slot)
+            stack.extend(c for c in n.children.values() if c.slot >= 0)
+        new = self.lm.compact(sorted(keep))
+        nodes: list[Node | None] = [None] * len(self.lm)
+        for s, node in enumerate(self._slot_nodes):
+            if node is not None:
+                node.slot = new[s]
+                if node.slot >= 0:
+                    nodes[node.slot] = node
+        self._slot_nodes = nodes
 
     # ---- the tree over known bytes ----------------------------------------------------------
 
@@ -221,11 +255,11 @@ class CoverEngine:
                 tok = int(self.index.ids[r])
                 child = node.children.get(tok)
                 if child is None:
-                    if node.probs is not None and node.probs[r] == 0 or not self.canonical.valid_next(node.tail, tok):
+                    if node.evaluated and node.probs[r] == 0 or not self.canonical.valid_next(node.tail, tok):
                         continue
                     child = Node(node, tok, node.end + k, math.nan, self.canonical.tail(node.tail, tok), node.depth + 1)
                     node.children[tok] = child
-                    if node.probs is not None:
+                    if node.evaluated:
                         self.child_logprob(node, child)
                 out.append(child)
         return out
@@ -251,10 +285,10 @@ class CoverEngine:
         while n is not None:
             main[id(n)] = n
             n = n.parent
-        todo = [n for n in nodes if n.probs is None]
+        todo = [n for n in nodes if not n.evaluated]
         if on_node:
             for node in nodes:
-                if node.probs is not None:
+                if node.evaluated:
                     on_node(node)
         step = max(1, self.lm.max_query // 2)
         for start in range(0, len(todo), step):

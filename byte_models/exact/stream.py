@@ -23,15 +23,19 @@ class ByteStream:
     """The live cover tree after a byte prefix: `logprobs()` gives the exact next-byte
     distribution, `advance(byte)` extends the prefix. After each step the most likely
     tokens that may end within the next bytes are evaluated ahead (`speculate` of them, in
-    the same batched call), so most bytes need no model call of their own."""
+    the same batched call), so most bytes need no model call of their own. With `keep_kv`
+    every evaluated node keeps its KV slot until the data leaves its branch, so no token is
+    fed twice."""
 
-    def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 8):
+    COMPACT_MIN = 512  # slots in the KV cache before dead branches are dropped
+
+    def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 8, keep_kv: bool = True):
         self.blm = blm
         self.speculate = speculate
         context, region = blm.split_prompt(prompt)
         self.context = context
         self.data = bytearray(region)
-        root = blm.root(context)
+        root = blm.root(context, keep_kv=keep_kv)
         nodes = blm.tree(root, region)
         reach = [n for n in nodes if n.end == len(region) or blm.index.range(region[n.end:])[1] > blm.index.range(region[n.end:])[0]]
         # Only nodes in `reach` can be live. Their common ancestor's probability is a common
@@ -41,10 +45,11 @@ class ByteStream:
         nodes = [n for n in nodes if _descends(n, top)]
         near = {id(n) for n in reach}
         blm.evaluate(nodes, commit=top, full=lambda n: id(n) in near)
-        self.live = [n for n in nodes if n.probs is not None and self._is_live(n)]
+        self._compact_at = self.COMPACT_MIN
+        self.live = [n for n in nodes if n.evaluated and self._is_live(n)]
         for n in nodes:
             if not any(n is m for m in self.live):
-                n.probs = n.cum = None
+                n.forget()
         if not self.live:
             raise ZeroProbability(f"the prompt cannot be spelled by any valid token sequence of {blm.name}")
         self._look_ahead()
@@ -77,43 +82,54 @@ class ByteStream:
         if not live:
             raise ZeroProbability(f"byte {byte:#04x} cannot follow {bytes(self.data[:-1][-20:])!r} under {self.blm.name}")
         self.live = live
-        if any(n.probs is None for n in live):
-            self._look_ahead(must=[n for n in live if n.probs is None])
+        if any(not n.evaluated for n in live):
+            self._look_ahead(must=[n for n in live if not n.evaluated])
+        if self.blm.keep_kv and len(self.blm.lm) > self._compact_at:
+            self.blm.compact(self.live)
+            self._compact_at = max(self.COMPACT_MIN, 2 * len(self.blm.lm))
 
     def _look_ahead(self, must: Sequence[Node] = ()) -> None:
         """Evaluate the nodes needed now plus the `speculate` future nodes most likely to be
-        needed: a token that continues a live node is ranked by the mass of all tokens that
-        start with its bytes (the chance that the text will pass through its end)."""
+        needed: a token that continues a live node is needed when the text passes through its
+        end, so it is ranked by the node's probability times the mass of every token that
+        starts with the token's bytes."""
         targets = list(must)
         if self.speculate:
-            index, cands = self.blm.index, []
+            index, blm = self.blm.index, self.blm
             ref = max(n.logp for n in self.live)
+            scores, owners, rows_all = [], [], []
             for node in self.live:
                 rest = bytes(self.data[node.end :])
                 lo, hi = index.range(rest)
-                if node.probs is None or hi <= lo or len(rest) > index.max_len:
+                if not node.evaluated or hi <= lo or len(rest) > index.max_len:
                     continue
-                rows = lo + np.flatnonzero(index.next_byte[lo:hi, len(rest)] >= 0)
-                rows = rows[np.argsort(-node.probs[rows])[: 4 * self.speculate]]
-                weight = math.exp(node.logp - ref)
-                for r in rows:
-                    tok = int(index.ids[r])
+                rows = lo + np.flatnonzero((index.next_byte[lo:hi, len(rest)] >= 0) & (node.probs[lo:hi] > 0))
+                mass = math.exp(node.logp - ref) * (node.cum[index.span_end[rows]] - node.cum[rows])
+                if len(rows) > 4 * self.speculate:
+                    top = np.argpartition(-mass, 4 * self.speculate)[: 4 * self.speculate]
+                    rows, mass = rows[top], mass[top]
+                scores.append(mass)
+                rows_all.append(rows)
+                owners += [node] * len(rows)
+            if owners:
+                mass, rows = np.concatenate(scores), np.concatenate(rows_all)
+                picked = 0
+                for i in np.argsort(-mass):
+                    if picked == self.speculate or mass[i] <= 0:
+                        break
+                    node, tok = owners[i], int(index.ids[rows[i]])
                     child = node.children.get(tok)
-                    if node.probs[r] <= 0 or (child is not None and child.probs is not None):
+                    if child is not None and child.evaluated:
                         continue
-                    slo, shi = index.range(index.surfaces[r])
-                    cands.append((weight * (node.cum[shi] - node.cum[slo]), node, tok))
-            cands.sort(key=lambda c: -c[0])
-            for _, node, tok in cands[: self.speculate]:
-                child = node.children.get(tok)
-                if child is None:
-                    end = node.end + len(self.blm.vocab.surface[tok])
-                    child = Node(node, tok, end, math.nan, self.blm.canonical.tail(node.tail, tok), node.depth + 1)
-                    node.children[tok] = child
-                    self.blm.child_logprob(node, child)
-                targets.append(child)
+                    if child is None:
+                        end = node.end + len(blm.vocab.surface[tok])
+                        child = Node(node, tok, end, math.nan, blm.canonical.tail(node.tail, tok), node.depth + 1)
+                        node.children[tok] = child
+                        blm.child_logprob(node, child)
+                    targets.append(child)
+                    picked += 1
         commit = _common_ancestor(self.live)
-        if targets or (commit is not None and not commit.committed):
+        if targets or (commit is not None and commit.slot < 0):
             self.blm.evaluate(targets, commit=commit)
 
     def resolve(self, rng, sampling: Sampling) -> tuple[Node, int | None, bytes]:

@@ -1,10 +1,13 @@
-"""TreeLM: a transformers causal LM evaluated on a tree of token sequences over a cached trunk.
+"""TreeLM: a transformers causal LM evaluated on a tree of token sequences over a KV cache of slots.
 
-The committed trunk (context tokens every live branch shares) stays in the KV cache. One
-`forward` call evaluates many branches at once: their tokens are packed into a single
-query whose attention mask lets each token see the trunk up to its fork point, its own
-ancestors and itself (tree attention), with position ids by depth. The first tokens of a
-call may extend the trunk; the rest are dropped from the cache afterwards.
+The KV cache is a pool of *slots*, one per token fed so far, each with its parent slot and its
+position (depth). One `forward` call evaluates many branches at once: their tokens are packed
+into a single query whose attention mask lets each token see exactly its ancestors (cached
+slots and earlier query tokens) and itself (tree attention), with position ids by depth. After
+the call the query's tokens become slots too; `keep` says how many of them stay (the rest are
+cropped off the end), so a caller may keep every branch it will extend later (no token is ever
+fed twice) or only a committed chain. `compact` drops slots no longer needed: keys carry their
+rotary position already, so slots can be moved freely.
 """
 
 from __future__ import annotations
@@ -16,18 +19,21 @@ import torch
 
 @dataclass
 class Query:
-    """One packed call: `tokens[i]` whose parent is `parents[i]` (an earlier index, or -1
-    for the trunk) and which sees the first `fork[i]` trunk positions when its parent is -1.
-    The first `commit` entries must be a chain off the trunk's end; they join the trunk."""
+    """One packed call: `tokens[i]` whose parent is `parents[i]` (an earlier index of the
+    query, or -1: then its parent is cache slot `anchor[i]`, -1 for none). The first `keep`
+    tokens stay in the cache as new slots (in query order); the others are dropped after the
+    call (-1: keep them all)."""
 
     tokens: list[int]
     parents: list[int]
-    fork: list[int]
-    commit: int = 0
+    anchor: list[int]
+    keep: int = 0
 
 
 class TreeLM:
-    """Tree-attention evaluation of a causal LM with a persistent trunk KV cache."""
+    """Tree-attention evaluation of a causal LM over a KV cache of slots (see the module
+    docstring). `slot_token[s]`, `slot_parent[s]`, `slot_pos[s]` describe slot s; `calls` and
+    `tokens_fed` count forward calls and the tokens they fed."""
 
     def __init__(self, model, max_query: int | None = None):
         self.model = model
@@ -44,38 +50,48 @@ class TreeLM:
         # transformers 5.x renames `past_key_values` to `cache`
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.calls = 0
+        self.tokens_fed = 0
         self.reset([])
 
+    def __len__(self) -> int:
+        return len(self.slot_token)
+
     def reset(self, trunk: list[int]) -> torch.Tensor | None:
-        """Start over with `trunk` as the committed context; returns the log-probabilities
+        """Start over with `trunk` as slots 0..len-1 (a chain); returns the log-probabilities
         after its last token (None for an empty trunk)."""
         from transformers import DynamicCache
 
         self.cache = DynamicCache()
-        self.trunk: list[int] = []
-        if not trunk:
-            return None
+        self.slot_token: list[int] = []
+        self.slot_parent: list[int] = []
+        self.slot_pos: list[int] = []
+        self._anc = torch.zeros(0, 0, dtype=torch.bool)  # _anc[s, t]: slot t is s itself or an ancestor of s
         out = None
         for start in range(0, len(trunk), self.max_query):
             part = trunk[start : start + self.max_query]
-            n = len(self.trunk)
-            q = Query(part, [-1] + list(range(len(part) - 1)), [n] * len(part), commit=len(part))
+            q = Query(part, [-1] + list(range(len(part) - 1)), [len(self) - 1] * len(part), keep=-1)
             out = self.forward(q)[-1]
         return out
 
+    def chain(self) -> bool:
+        """Are the slots one chain (slot s the parent of s+1), as a plain KV cache would be?"""
+        return all(p == s - 1 for s, p in enumerate(self.slot_parent))
+
     def _masks(self, q: Query):
-        T, m = len(self.trunk), len(q.tokens)
-        allowed = torch.zeros(m, T + m, dtype=torch.bool)
+        S, m = len(self), len(q.tokens)
+        allowed = torch.zeros(m, S + m, dtype=torch.bool)
         pos = torch.zeros(m, dtype=torch.long)
         for i, p in enumerate(q.parents):
             if p < 0:
-                allowed[i, : q.fork[i]] = True
-                pos[i] = q.fork[i]
+                a = q.anchor[i]
+                if a >= 0:
+                    allowed[i, :S] = self._anc[a, :S]
+                    pos[i] = self.slot_pos[a] + 1
             else:
                 allowed[i] = allowed[p]
                 pos[i] = pos[p] + 1
-            allowed[i, T + i] = True
-        kpos = torch.cat([torch.arange(T), pos])
+            allowed[i, S + i] = True
+        kpos = torch.cat([torch.tensor(self.slot_pos, dtype=torch.long), pos])
         neg = torch.finfo(self.dtype).min
 
         def additive(ok):
@@ -87,20 +103,66 @@ class TreeLM:
             mask = {"full_attention": full, "sliding_attention": additive(allowed & near)}
         else:
             mask = full
-        return mask, pos[None].to(self.device)
+        return mask, pos, allowed[:, S:]
 
     @torch.no_grad()
     def forward(self, q: Query) -> torch.Tensor:
         """Float64 log-probabilities (len(q.tokens) x vocab) after each query token."""
         if len(q.tokens) > self.max_query:
             raise ValueError(f"query of {len(q.tokens)} tokens exceeds max_query={self.max_query}")
-        mask, pos = self._masks(q)
+        mask, pos, own = self._masks(q)
         ids = torch.tensor([q.tokens], device=self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_arg: self.cache})
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos[None].to(self.device), use_cache=True,
+                         **{self._cache_arg: self.cache})
         self.calls += 1
-        drop = len(q.tokens) - q.commit
-        if drop:
-            self.cache.crop(-drop)
-        self.trunk += q.tokens[: q.commit]
+        self.tokens_fed += len(q.tokens)
+        keep = len(q.tokens) if q.keep < 0 else q.keep
+        if keep < len(q.tokens):
+            self.cache.crop(-(len(q.tokens) - keep))
+        self._add_slots(q, pos, own, keep)
         logits = out.logits[0]
         return torch.cat([logits[i : i + 64].double().log_softmax(-1) for i in range(0, len(logits), 64)]).cpu()
+
+    def _add_slots(self, q: Query, pos: torch.Tensor, own: torch.Tensor, keep: int) -> None:
+        """Record the first `keep` query tokens as slots (their parents must be among them or cached)."""
+        if not keep:
+            return
+        S = len(self)
+        for i in range(keep):
+            p = q.parents[i]
+            if p >= keep:
+                raise ValueError("a kept query token's parent must be kept too")
+            self.slot_parent.append(S + p if p >= 0 else q.anchor[i])
+            self.slot_token.append(q.tokens[i])
+            self.slot_pos.append(int(pos[i]))
+        anc = torch.zeros(S + keep, S + keep, dtype=torch.bool)
+        anc[:S, :S] = self._anc
+        for i in range(keep):
+            p = q.parents[i]
+            if p < 0 and q.anchor[i] >= 0:
+                anc[S + i, :S] = self._anc[q.anchor[i]]
+            elif p >= 0:
+                anc[S + i, :S] = anc[S + p, :S]
+        anc[S:, S:] = own[:keep, :keep]
+        self._anc = anc
+
+    def compact(self, keep: list[int]) -> list[int]:
+        """Keep only the slots `keep` (each with its ancestors among them); returns the new
+        index of every old slot (-1 where dropped)."""
+        keep = sorted(set(keep))
+        new = [-1] * len(self)
+        for n, s in enumerate(keep):
+            new[s] = n
+        for s in keep:
+            if self.slot_parent[s] >= 0 and new[self.slot_parent[s]] < 0:
+                raise ValueError(f"slot {s} is kept but its parent {self.slot_parent[s]} is not")
+        idx = torch.tensor(keep, dtype=torch.long)
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+                layer.keys = layer.keys.index_select(-2, idx.to(layer.keys.device))
+                layer.values = layer.values.index_select(-2, idx.to(layer.values.device))
+        self.slot_token = [self.slot_token[s] for s in keep]
+        self.slot_parent = [new[self.slot_parent[s]] if self.slot_parent[s] >= 0 else -1 for s in keep]
+        self.slot_pos = [self.slot_pos[s] for s in keep]
+        self._anc = self._anc[idx][:, idx]
+        return new

@@ -1,0 +1,20 @@
+"""SurfaceIndex against brute force on random byte strings (shared prefixes, 0xff runs)."""
+
+from __future__ import annotations
+
+import random
+
+from tokensurgery.kernels.surface_index import SurfaceIndex
+
+
+def test_ranges_and_spans_match_brute_force():
+    rng = random.Random(0)
+    alphabet = b"ab\xff\x00"
+    surface = list({bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 6))) for _ in range(300)})
+    index = SurfaceIndex(surface, range(len(surface)))
+    for r, s in enumerate(index.surfaces):
+        starts = [q for q, t in enumerate(index.surfaces) if t.startswith(s)]
+        assert starts == list(range(r, index.span_end[r])), s
+    for prefix in [b"", b"a", b"\xff", b"\xff\xff", b"ab\xff", b"zz"] + surface[:50]:
+        lo, hi = index.range(prefix)
+        assert [q for q, t in enumerate(index.surfaces) if t.startswith(prefix)] == list(range(lo, hi)), prefix
