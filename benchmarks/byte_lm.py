@@ -4,22 +4,30 @@ One run, both bundled models, float32, this machine:
   * generation: transformers' greedy `generate` vs `ByteLM.generate` on the same prompts,
     batch 1 (prompts one after another) and batch 8 (one batched call);
   * scoring a known text (`ByteLM.score`, per-byte conditionals of every prefix);
-  * streaming next-byte distributions (`ByteLM.stream`), without and with look-ahead;
+  * streaming next-byte distributions (`ByteLM.stream`), without and with look-ahead (calls
+    and tokens fed per byte);
+  * `ByteLM(model, vocab)` construction beyond loading the model, cold and warm validity cache;
+  * side by side with ByteSampler (SmolLM2, `--bytesampler-python`, run by
+    `bytesampler_worker.py` in ByteSampler's own venv): streaming steps/s and the
+    distributions at every step, 30 cold single-prefix calls and their agreement;
   * prompt boundaries: prompts cut inside a word (English prose, Python stdlib code):
     log-likelihood of the rest of the word and exact match of the greedy completion for
     the exact method, naive tokenization, and transformers' `token_healing=True`;
   * ensemble: bits per byte of SmolLM2 + Gemma-3 (mix, product) vs each alone.
-Reference: ByteSampler streams ~12.5 bytes/s with SmolLM2-135M on this machine (one model
-call per byte; figure from the issue, not re-run here: it is not on PyPI).
+Without `--bytesampler-python` the reference is ByteSampler's ~12.5 bytes/s streaming with
+SmolLM2-135M from the issue (not re-run).
 
-    .venv/bin/python benchmarks/byte_lm.py [--quick] [--out results/byte_lm]
+    .venv/bin/python benchmarks/byte_lm.py [--quick] [--out results/byte_lm] \
+        [--bytesampler-python /tmp/bs/venv/bin/python --bytesampler-rev COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import subprocess
 import re
 import sys
 import time
@@ -32,7 +40,11 @@ from tokensurgery.assets import corpus_text
 from tokensurgery.inputs import open_model
 from tokensurgery.byte_models import ByteLM, ByteScore
 
+sys.path.insert(0, str(Path(__file__).parent))
+from run_record import run_record  # noqa: E402  (this script's folder)
+
 BYTESAMPLER_BPS = 12.5
+STREAM_PROMPT = b"It was a"
 PROMPTS = ["The capital of France is", "Once upon a time, there was a", "def fibonacci(n):\n    ret",
            "import numpy as", "The meaning of life is", "In the beginning God cre", "class Stack:\n    def __init__(self",
            "She opened the door and saw a"]
@@ -107,7 +119,7 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
         secs = time.time() - start
         n = len(text.encode())
         score[label] = {"bytes": n, "bytes_per_s": n / secs, "calls_per_byte": (blm.lm.calls - calls0) / n,
-                        "bits_per_byte": s.bits_per_byte, "x_bytesampler": n / secs / BYTESAMPLER_BPS}
+                        "bits_per_byte": s.bits_per_byte}
         print(f"[{name}] score {label}: {n / secs:.0f} B/s, {(blm.lm.calls - calls0) / n:.3f} calls/B, "
               f"{s.bits_per_byte:.3f} bpb", flush=True)
     res["score"] = score
@@ -115,19 +127,116 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
     # ---- streaming ----------------------------------------------------------------------
     stream_text = held_out("en", 120 if quick else 300, skip=40_000).encode()
     streams = {}
-    for k in (0, 8):
-        st = blm.stream(b"It was a", speculate=k)
-        calls0, start = blm.lm.calls, time.time()
+    for k in (0, 4, 8):
+        st = blm.stream(STREAM_PROMPT, speculate=k)
+        calls0, fed0, start = blm.lm.calls, blm.lm.tokens_fed, time.time()
         for b in stream_text:
             st.logprobs()
             st.advance(b)
         secs = time.time() - start
-        streams[k] = {"bytes_per_s": len(stream_text) / secs, "calls_per_byte": (blm.lm.calls - calls0) / len(stream_text),
-                      "x_bytesampler": len(stream_text) / secs / BYTESAMPLER_BPS}
-        print(f"[{name}] stream speculate={k}: {streams[k]['bytes_per_s']:.1f} B/s, {streams[k]['calls_per_byte']:.2f} calls/B",
-              flush=True)
+        streams[k] = {"bytes": len(stream_text), "bytes_per_s": len(stream_text) / secs,
+                      "calls_per_byte": (blm.lm.calls - calls0) / len(stream_text),
+                      "tokens_fed_per_byte": (blm.lm.tokens_fed - fed0) / len(stream_text)}
+        print(f"[{name}] stream speculate={k}: {streams[k]['bytes_per_s']:.1f} B/s, {streams[k]['calls_per_byte']:.2f} calls/B, "
+              f"{streams[k]['tokens_fed_per_byte']:.2f} tokens fed/B", flush=True)
     res["stream"] = streams
+
+    # ---- construction beyond loading the model: cold (empty cache folder) and warm ----------
+    import tempfile
+
+    construct = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = os.environ.get("TOKENSURGERY_CACHE")
+        os.environ["TOKENSURGERY_CACHE"] = tmp
+        try:
+            for label in ("cold", "warm"):
+                start = time.time()
+                ByteLM(model, vocab, name=name)
+                construct[label] = time.time() - start
+        finally:
+            if saved is None:
+                del os.environ["TOKENSURGERY_CACHE"]
+            else:
+                os.environ["TOKENSURGERY_CACHE"] = saved
+    res["construct_seconds"] = construct
+    print(f"[{name}] ByteLM(model, vocab): cold {construct['cold']:.1f} s, warm {construct['warm']:.2f} s", flush=True)
     return res, blm
+
+
+# next-byte distributions compared with ByteSampler: mid-word, mid-character, whitespace runs
+# (digits and NBSP after them), newlines, code, numbers, URLs, JSON, other scripts
+SIDE_PREFIXES = [b"The capital of France is", b"The capital of Fr", b"Hello wor", b"Hello world.\n\n",
+                 b"Hello world.\n\n\xf0\x9f", b"Die Hauptstadt von Deutschl", b"Gr\xc3\xbc\xc3", b"\xe4\xb8\xad\xe6",
+                 "中文的".encode(), b"values:\n    1, 2", b"x =  1", b"a  ", b"    ", b"def f(x):\n    ret",
+                 b"def f(x):\n    return x\n\n", b"import numpy as", b"https://www.exa", b'{"key": "val', b'{"a": [1, 2',
+                 b"3.1415", b"In 1999, the", b"price: $1,0", b"tab\tsep", b"line one\r\n", b"The  quick",
+                 "naïve caf".encode(), "x\u00a0".encode(), b"C'est l'", b"they're", "emoji \U0001F44B ok".encode()]
+
+
+def side_by_side(blm: ByteLM, folder: Path, python: str, rev: str, quick: bool) -> dict:
+    """ByteSampler (its own venv, `bytesampler_worker.py`) and ByteLM on the same bytes:
+    streaming steps/s and the distributions at every step, cold single-prefix calls."""
+    import tempfile
+
+    from tokensurgery.byte_models import ZeroProbability
+
+    stream_text = held_out("en", 120 if quick else 300, skip=40_000).encode()
+    job = {"model_dir": str(folder), "start_token": blm.vocab.tokens[blm.start], "prompt": STREAM_PROMPT.decode("latin-1"),
+           "stream_text": stream_text.decode("latin-1"), "prefixes": [p.decode("latin-1") for p in SIDE_PREFIXES]}
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "job.json").write_text(json.dumps(job))
+        print(f"[bytesampler] running {python} {Path(__file__).parent / 'bytesampler_worker.py'}", flush=True)
+        subprocess.run([python, str(Path(__file__).parent / "bytesampler_worker.py"), str(Path(tmp, "job.json")),
+                        str(Path(tmp, "out.json"))], check=True)
+        theirs = json.loads(Path(tmp, "out.json").read_text())
+    blm.stream(STREAM_PROMPT).logprobs()  # warm-up, as the worker does
+    st = blm.stream(STREAM_PROMPT)
+    ours, start = [], time.time()
+    for b in stream_text:
+        ours.append(st.logprobs())
+        st.advance(b)
+    ours_s = time.time() - start
+
+    def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
+        """Over the next byte given that the text goes on (bytes 0..255 renormalised: ByteSampler's
+        end entry is the mass of every special token, ours that of the end-of-text token):
+        total variation, and max |difference of log-probabilities| where either is above 1e-4
+        (below that float32 logits leave log-probabilities noisy); then both end probabilities."""
+        la, lb = a[:256] - np.logaddexp.reduce(a[:256]), b[:256] - np.logaddexp.reduce(b[:256])
+        pa, pb = np.exp(la), np.exp(lb)
+        keep = np.maximum(pa, pb) > 1e-4
+        dlog = float(np.abs(la[keep] - lb[keep]).max()) if keep.any() else 0.0
+        return float(0.5 * np.abs(pa - pb).sum()), dlog, float(np.exp(a[256])), float(np.exp(b[256]))
+
+    steps = [compare(o, np.array(t)) for o, t in zip(ours, theirs["stream"])]
+    prefixes, ours_times = [], []
+    for p, t in zip(SIDE_PREFIXES, theirs["prefixes"]):
+        start = time.time()
+        try:
+            o = blm.next_byte_logprobs(p)
+        except ZeroProbability as e:
+            prefixes.append({"prefix": p.decode("utf-8", "backslashreplace"), "error": str(e)})
+            ours_times.append(time.time() - start)
+            continue
+        ours_times.append(time.time() - start)
+        tv, dlog, eo, et = compare(o, np.array(t))
+        prefixes.append({"prefix": p.decode("utf-8", "backslashreplace"), "total_variation": tv, "max_abs_dlogp": dlog,
+                         "ours_top": int(np.argmax(o[:256])), "bytesampler_top": int(np.argmax(t[:256])),
+                         "end_ours": eo, "end_bytesampler": et})
+    out = {"bytesampler_rev": rev, "bytesampler_transformers": theirs["transformers"], "stream_bytes": len(stream_text),
+           "ours_steps_per_s": len(stream_text) / ours_s, "bytesampler_steps_per_s": len(stream_text) / theirs["stream_seconds"],
+           "stream_max_total_variation": max(s[0] for s in steps), "stream_max_abs_dlogp": max(s[1] for s in steps),
+           "stream_steps_dlogp_above_1e-3": sum(s[1] >= 1e-3 for s in steps),
+           "stream_worst_steps": [{"offset": i, "next": stream_text[i : i + 1].decode("latin-1"),
+                                   "before": stream_text[max(0, i - 12) : i].decode("utf-8", "backslashreplace"),
+                                   "total_variation": steps[i][0], "max_abs_dlogp": steps[i][1]}
+                                  for i in sorted(range(len(steps)), key=lambda i: -steps[i][1])[:5]],
+           "prefix_seconds_ours": ours_times, "prefix_seconds_bytesampler": theirs["prefix_seconds"], "prefixes": prefixes}
+    out["x_bytesampler_stream"] = out["ours_steps_per_s"] / out["bytesampler_steps_per_s"]
+    print(f"[bytesampler] stream: ours {out['ours_steps_per_s']:.1f} steps/s, ByteSampler {out['bytesampler_steps_per_s']:.1f} "
+          f"({out['x_bytesampler_stream']:.2f}x); max TV {out['stream_max_total_variation']:.2e}; prefixes: ours "
+          f"{sum(ours_times):.1f} s, ByteSampler {sum(theirs['prefix_seconds']):.1f} s", flush=True)
+    return out
 
 
 def cut_points(text: str, n: int, seed: int) -> list[tuple[str, str]]:
@@ -201,22 +310,66 @@ def bench_ensemble(lms: list[ByteLM], quick: bool) -> dict:
 
 
 def write_markdown(results: dict, path: Path, command: str) -> None:
-    lines = ["# Byte-level probabilities (ByteLM)", "", f"Command: `{command}`", "",
-             f"2-core CPU, float32. ByteSampler reference: {BYTESAMPLER_BPS} bytes/s streaming with SmolLM2-135M "
-             "(figure from the issue; not re-run).", ""]
-    lines += ["## Speed", "", "| model | mode | batch | bytes/s | calls/byte | vs reference |", "|---|---|---|---|---|---|"]
+    side = next((r["bytesampler"] for r in results["models"] if "bytesampler" in r), None)
+    ref = side["bytesampler_steps_per_s"] if side else BYTESAMPLER_BPS
+    runs = results.get("runs", [])
+    lines = ["# Byte-level probabilities (ByteLM)", "", f"Command: `{command}`", ""]
+    if runs:
+        last = runs[-1]
+        lines += [f"Last run: commit {last['commit']}, {last['date']}, {last['cpu_model']}, {last['cpus']} CPUs, torch "
+                  f"{last['torch']}, transformers {last['transformers']}, load average at start "
+                  f"{last['load_average_at_start']}.", ""]
+    lines += ["Float32. " + (f"ByteSampler reference: {ref:.1f} steps/s streaming with SmolLM2-135M, measured side by side "
+                             f"in this run (below)." if side else
+                             f"ByteSampler reference: {BYTESAMPLER_BPS} bytes/s streaming with SmolLM2-135M (figure "
+                             "from the issue; not re-run)."), ""]
+    lines += ["## Speed", "", "| model | mode | batch | bytes/s | calls/byte | tokens fed/byte | vs reference |",
+              "|---|---|---|---|---|---|---|"]
     for r in results["models"]:
         for b, g in r["generate"].items():
             lines.append(f"| {r['model']} | plain `model.generate` (greedy) | {b} | {g['plain_bytes_per_s']:.1f} | "
-                         f"{g['plain_calls_per_byte']:.3f} | |")
+                         f"{g['plain_calls_per_byte']:.3f} | | |")
             lines.append(f"| {r['model']} | ByteLM.generate (greedy) | {b} | {g['ours_bytes_per_s']:.1f} | "
-                         f"{g['ours_calls_per_byte']:.3f} | {g['ratio']:.2f}x plain |")
-        for label, s in r["score"].items():
-            lines.append(f"| {r['model']} | score ({label}, {s['bytes']} B) | 1 | {s['bytes_per_s']:.0f} | "
-                         f"{s['calls_per_byte']:.3f} | {s['x_bytesampler']:.1f}x ByteSampler |")
-        for k, s in r["stream"].items():
-            lines.append(f"| {r['model']} | stream (look-ahead {k}) | 1 | {s['bytes_per_s']:.1f} | "
-                         f"{s['calls_per_byte']:.2f} | {s['x_bytesampler']:.2f}x ByteSampler |")
+                         f"{g['ours_calls_per_byte']:.3f} | | {g['ratio']:.2f}x plain |")
+        for label, sc in r["score"].items():
+            lines.append(f"| {r['model']} | score ({label}, {sc['bytes']} B) | 1 | {sc['bytes_per_s']:.0f} | "
+                         f"{sc['calls_per_byte']:.3f} | | {sc['bytes_per_s'] / ref:.1f}x ByteSampler |")
+        for k, st in r["stream"].items():
+            fed = f"{st['tokens_fed_per_byte']:.2f}" if "tokens_fed_per_byte" in st else ""
+            lines.append(f"| {r['model']} | stream (look-ahead {k}) | 1 | {st['bytes_per_s']:.1f} | "
+                         f"{st['calls_per_byte']:.2f} | {fed} | {st['bytes_per_s'] / ref:.2f}x ByteSampler |")
+    built = [r for r in results["models"] if "construct_seconds" in r]
+    if built:
+        lines += ["", "`ByteLM(model, vocab)` beyond loading the model (validity tables: cold = empty cache folder, "
+                  "computed and written; warm = read back): " + "; ".join(
+                      f"{r['model']} cold {r['construct_seconds']['cold']:.1f} s, warm {r['construct_seconds']['warm']:.2f} s"
+                      for r in built) + "."]
+    if side:
+        ok = [p for p in side["prefixes"] if "error" not in p and p["max_abs_dlogp"] < 1e-3]
+        lines += ["", "## Side by side with ByteSampler (SmolLM2-135M)", "",
+                  f"ByteSampler at commit {side['bytesampler_rev']} in its own venv (transformers "
+                  f"{side['bytesampler_transformers']}), same model weights, same start token, same bytes.", "",
+                  f"- Streaming {side['stream_bytes']} bytes after `{STREAM_PROMPT.decode()}`: ours "
+                  f"{side['ours_steps_per_s']:.1f} steps/s, ByteSampler {side['bytesampler_steps_per_s']:.1f} "
+                  f"({side['x_bytesampler_stream']:.2f}x). Distributions at every step: max total variation "
+                  f"{side['stream_max_total_variation']:.1e}, max |Δ log p| (entries above 1e-4) "
+                  f"{side['stream_max_abs_dlogp']:.1e}; steps with |Δ log p| >= 1e-3: {side['stream_steps_dlogp_above_1e-3']}.",
+                  f"- {len(side['prefixes'])} prefixes, each a cold call (`next_byte_logprobs` / a new sampler): ours "
+                  f"{sum(side['prefix_seconds_ours']):.1f} s, ByteSampler {sum(side['prefix_seconds_bytesampler']):.1f} s; "
+                  f"agree to |Δ log p| < 1e-3 on {len(ok)} of {len(side['prefixes'])}.", "",
+                  "Next-byte distributions given that the text goes on (bytes renormalised; the end probability is "
+                  "compared apart: ByteSampler's counts every special token, ours the end-of-text token). Worst stream "
+                  "steps: " + "; ".join(f"`{w['before']!r}` + `{w['next']!r}` (TV {w['total_variation']:.1e}, "
+                                       f"|Δ log p| {w['max_abs_dlogp']:.1e})" for w in side.get("stream_worst_steps", [])[:3]) + ".",
+                  "", "| prefix | total variation | max abs Δ log p | top byte ours / ByteSampler | P(end) ours / ByteSampler |",
+                  "|---|---|---|---|---|"]
+        for p in side["prefixes"]:
+            shown = p["prefix"].replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r").replace("|", "\\|")
+            if "error" in p:
+                lines.append(f"| `{shown}` | ours raised: {p['error']} | | | |")
+            else:
+                lines.append(f"| `{shown}` | {p['total_variation']:.1e} | {p['max_abs_dlogp']:.1e} | "
+                             f"{p['ours_top']} / {p['bytesampler_top']} | {p['end_ours']:.1e} / {p['end_bytesampler']:.1e} |")
     lines += ["", "## Prompt boundaries (prompts cut inside a word)", "",
               "| model | text | n | loglik exact | loglik naive | greedy match exact | naive | token_healing |",
               "|---|---|---|---|---|---|---|---|"]
@@ -242,22 +395,32 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="Smaller texts and fewer cut points (a smoke run).")
     ap.add_argument("--models", default="smollm2-135m,gemma3-270m")
     ap.add_argument("--out", default="results/byte_lm", type=Path, help="Writes OUT.json and OUT.md.")
-    ap.add_argument("--parts", default="speed,boundary,ensemble",
+    ap.add_argument("--parts", default="speed,boundary,ensemble,bytesampler",
                     help="Which parts to run; the others are kept from an existing OUT.json.")
+    ap.add_argument("--bytesampler-python", default=None,
+                    help="Python of a venv with ByteSampler installed (see bytesampler_worker.py); without it the "
+                         "side-by-side part is skipped.")
+    ap.add_argument("--bytesampler-rev", default="unknown", help="ByteSampler's commit, recorded with the results.")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
+    if not args.bytesampler_python:
+        parts.discard("bytesampler")
     torch.manual_seed(0)
-    command = "python " + " ".join(sys.argv)
+    record = run_record()
+    command = record["command"]
     print(command, flush=True)
     old = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").exists() else {}
-    results, lms = {"command": command, "models": []}, []
+    results, lms = {"command": command, "runs": old.get("runs", []) + [record], "models": []}, []
     for i, name in enumerate(args.models.split(",")):
         r, blm = bench_model(name, args.quick, parts)
+        if "bytesampler" in parts and name == "smollm2-135m":
+            r["bytesampler"] = side_by_side(blm, open_model(name, progress=False), args.bytesampler_python,
+                                            args.bytesampler_rev, args.quick)
         previous = next((m for m in old.get("models", []) if m["model"] == name), {})
         results["models"].append({**previous, **r})
         lms.append(blm)
     results["ensemble"] = bench_ensemble(lms, args.quick) if len(lms) > 1 and "ensemble" in parts else old.get("ensemble", {})
-    if parts != {"speed", "boundary", "ensemble"}:
+    if not {"speed", "boundary", "ensemble"} <= parts and old:
         results["command"] = old.get("command", command) + f"; then {command}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))

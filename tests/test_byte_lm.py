@@ -359,6 +359,25 @@ def test_validity_tables_cached_on_disk(tiny_byte_lms, tmp_path, monkeypatch):
         tails = [(int(a),) for a in ids] + [tuple(vocab.decompose(b"x" + w))[1:] for w in (b"  ", b"\n\n ")]
         for tail in tails:
             np.testing.assert_array_equal(read.invalid_after(tail), computed.invalid_after(tail))
+        if computed._lookahead:  # the general check's invalid sets (whitespace runs) are kept per tail, read back
+            import hashlib
+
+            def kept_file(tail):
+                name = hashlib.sha256(np.asarray(tail, dtype=np.int64).tobytes()).hexdigest()[:32] + ".npy"
+                return tmp_path / "canonical" / f"{c._tables_key(vocab)}-rule{c.RULE_VERSION}" / name
+
+            spaces = [t for t in tails if kept_file(t).exists()]
+            assert spaces and any(len(t) > 1 for t in spaces)  # a whitespace run over several tokens among them
+            later = c.canonical_for(vocab)
+            monkeypatch.setattr(type(later), "_check", lambda *a: pytest.fail("recomputed a kept invalid set"))
+            for tail in spaces:
+                np.testing.assert_array_equal(later._compute_invalid(tail), computed.invalid_after(tail))
+            monkeypatch.undo()
+            monkeypatch.setenv("TOKENSURGERY_CACHE", str(tmp_path))
+            kept_file(spaces[0]).write_bytes(b"not an npy file")
+            fresh_rule = c.canonical_for(vocab)  # the broken file is recomputed and rewritten
+            np.testing.assert_array_equal(fresh_rule._compute_invalid(spaces[0]), computed.invalid_after(spaces[0]))
+            assert np.load(kept_file(spaces[0]), allow_pickle=False).ndim == 1
         path.write_bytes(b"not an npz file")
         assert c._read_tables(path) is None
         again = c.canonical_for(vocab)

@@ -105,7 +105,7 @@ class ByteLM(CoverEngine):
     """
 
     def __init__(self, model, vocab: Vocabulary, start: int | str | None = "auto", eos: int | None = None,
-                 settle_bytes: int = 96, speculate: int = 8, name: str = ""):
+                 settle_bytes: int = 96, speculate: int = 4, name: str = ""):
         super().__init__(model, vocab, start=start, eos=eos, settle_bytes=settle_bytes, name=name)
         self.speculate = speculate
 

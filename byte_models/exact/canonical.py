@@ -62,6 +62,7 @@ class Canonical:
         self.is_fallback = np.array([k == TokenKind.BYTE_FALLBACK for k in vocab.kinds])
         self.continuable = t["continuable"]
         self._invalid = lru_cache(maxsize=4096)(self._compute_invalid)
+        self.invalid_dir = None  # where the general check's results are kept across processes (`canonical_for`)
         # regex pre-tokenizers look ahead at whitespace: `\\s+(?!\\S)` splits "\\n\\n\\n\\nL" as
         # "\\n\\n\\n" + "\\n" + "L", so a step ending in whitespace is judged with the next
         # characters `probes` after it too, and a whitespace run is judged as a whole
@@ -146,7 +147,27 @@ class Canonical:
     def _compute_invalid(self, tail: Tail) -> np.ndarray:
         if not tail:
             return np.zeros(0, dtype=np.int64)
-        return self._check(tail, np.flatnonzero(self.continuable))
+        return self._stored(tail, lambda: self._check(tail, np.flatnonzero(self.continuable)))
+
+    def _stored(self, tail: Tail, compute) -> np.ndarray:
+        """`compute()` for this tail, kept on disk in `invalid_dir` when set (the general check
+        encodes every candidate after the tail: most of a second for a 49k vocabulary, paid
+        once per tail and machine instead of once per process); an unreadable file is
+        recomputed and rewritten."""
+        if self.invalid_dir is None:
+            return compute()
+        import hashlib
+
+        path = self.invalid_dir / (hashlib.sha256(np.asarray(tail, dtype=np.int64).tobytes()).hexdigest()[:32] + ".npy")
+        try:
+            found = np.load(path, allow_pickle=False)
+            if found.ndim == 1 and found.dtype.kind == "i":
+                return found.astype(np.int64)
+        except (OSError, ValueError, EOFError):
+            pass
+        out = compute()
+        _write_atomic(path, lambda f: np.save(f, out.astype(np.int64)))
+        return out
 
     def _check(self, tail: Tail, candidates: np.ndarray) -> np.ndarray:
         """The candidates that may not follow `tail`, by `valid_next`; for byte-level BPE the
@@ -455,6 +476,7 @@ def json_types_of(vocab: Vocabulary) -> set[str]:
 
 
 TABLES_VERSION = 1  # bump when `tables` changes what it computes: cached files of older versions are ignored
+RULE_VERSION = 1  # bump when the general check changes what it forbids: the invalid sets kept on disk are per version
 
 
 def canonical_for(vocab: Vocabulary, cache: bool = True) -> Canonical:
@@ -464,7 +486,9 @@ def canonical_for(vocab: Vocabulary, cache: bool = True) -> Canonical:
 
     With `cache`, the rule's tables for a Hugging Face tokenizer are kept in
     `$TOKENSURGERY_CACHE/canonical/`, keyed by a hash of its tokenizer.json (Gemma-3's take
-    seconds to compute, a fraction of a second to read); an unreadable file is recomputed."""
+    seconds to compute, a fraction of a second to read), and so are the general check's
+    invalid sets, one file per tail (whitespace runs: most of a second each for SmolLM2);
+    an unreadable file is recomputed."""
     key = _tables_key(vocab) if cache else None
     path = None
     if key is not None:
@@ -473,7 +497,9 @@ def canonical_for(vocab: Vocabulary, cache: bool = True) -> Canonical:
         path = cache_dir() / "canonical" / f"{key}.npz"
         tables = _read_tables(path)
         if tables is not None:
-            return (MergeCanonical if bool(tables["merge_rule"]) else Canonical)(vocab, tables)
+            rule = (MergeCanonical if bool(tables["merge_rule"]) else Canonical)(vocab, tables)
+            rule.invalid_dir = path.parent / f"{key}-rule{RULE_VERSION}"
+            return rule
     cls = Canonical
     ranks = _merge_ranks(vocab)
     if ranks:
@@ -483,9 +509,11 @@ def canonical_for(vocab: Vocabulary, cache: bool = True) -> Canonical:
                 or (types == {"ByteLevel"} and pre.get("use_regex", True)):
             cls = MergeCanonical
     tables = cls.tables(vocab) | {"merge_rule": np.array(cls is MergeCanonical)}
+    rule = cls(vocab, tables)
     if path is not None:
         _write_tables(path, tables)
-    return cls(vocab, tables)
+        rule.invalid_dir = path.parent / f"{key}-rule{RULE_VERSION}"
+    return rule
 
 
 def _tables_key(vocab: Vocabulary) -> str | None:
@@ -509,8 +537,12 @@ def _read_tables(path) -> dict[str, np.ndarray] | None:
 
 
 def _write_tables(path, tables: dict[str, np.ndarray]) -> None:
-    """Write atomically (a temporary file renamed into place), so a reader never sees half a
-    file and concurrent writers of the same key do not clash; a failure to write is not an error."""
+    _write_atomic(path, lambda f: np.savez(f, **tables))
+
+
+def _write_atomic(path, write) -> None:
+    """`write(file)` to a temporary file renamed into place, so a reader never sees half a file
+    and concurrent writers of the same key do not clash; a failure to write is not an error."""
     import os
     import tempfile
 
@@ -519,7 +551,7 @@ def _write_tables(path, tables: dict[str, np.ndarray]) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **tables)
+                write(f)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

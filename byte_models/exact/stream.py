@@ -29,7 +29,7 @@ class ByteStream:
 
     COMPACT_MIN = 512  # slots in the KV cache before dead branches are dropped
 
-    def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 8, keep_kv: bool = True):
+    def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 4, keep_kv: bool = True):
         self.blm = blm
         self.speculate = speculate
         context, region = blm.split_prompt(prompt)
