@@ -215,14 +215,15 @@ def side_by_side(blm: ByteLM, folder: Path, python: str, rev: str, quick: bool) 
         try:
             o = blm.next_byte_logprobs(p)
         except ZeroProbability as e:
-            prefixes.append({"prefix": p.decode("utf-8", "backslashreplace"), "error": str(e)})
+            prefixes.append({"prefix": p.decode("utf-8", "backslashreplace"), "raw": p.hex(), "error": str(e)})
             ours_times.append(time.time() - start)
             continue
         ours_times.append(time.time() - start)
         tv, dlog, eo, et = compare(o, np.array(t))
-        prefixes.append({"prefix": p.decode("utf-8", "backslashreplace"), "total_variation": tv, "max_abs_dlogp": dlog,
-                         "ours_top": int(np.argmax(o[:256])), "bytesampler_top": int(np.argmax(t[:256])),
-                         "end_ours": eo, "end_bytesampler": et})
+        prefixes.append({"prefix": p.decode("utf-8", "backslashreplace"), "raw": p.hex(), "total_variation": tv,
+                         "max_abs_dlogp": dlog, "ours_top": int(np.argmax(o[:256])), "bytesampler_top": int(np.argmax(t[:256])),
+                         "end_ours": eo, "end_bytesampler": et, "ours_logprobs": [round(float(x), 10) for x in o],
+                         "bytesampler_logprobs": [round(float(x), 10) for x in t]})
     out = {"bytesampler_rev": rev, "bytesampler_transformers": theirs["transformers"], "stream_bytes": len(stream_text),
            "ours_steps_per_s": len(stream_text) / ours_s, "bytesampler_steps_per_s": len(stream_text) / theirs["stream_seconds"],
            "stream_max_total_variation": max(s[0] for s in steps), "stream_max_abs_dlogp": max(s[1] for s in steps),

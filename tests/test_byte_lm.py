@@ -7,8 +7,6 @@ forward passes of the reference agree far below the 1e-6 tolerance.
 from __future__ import annotations
 
 import math
-import unicodedata
-from functools import lru_cache
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from brute_force import COMPLETIONS, NEXT_CHARACTERS, BruteForce, last_character, unfinished_character
 from tokensurgery.byte_models import ByteLM, ZeroProbability
 from tokensurgery.errors import TokenSurgeryError
 
@@ -26,116 +25,6 @@ def tiny_byte_lms(tiny_model_dirs):
     byte fallback and BOS."""
     return {"byte_level_bpe": ByteLM.from_pretrained(tiny_model_dirs["tied"], dtype="float64"),
             "sentencepiece_bpe": ByteLM.from_pretrained(tiny_model_dirs["bos"], dtype="float64")}
-
-
-# Every printable ASCII character and a spread of assigned characters from all over the BMP
-# and beyond (letters, marks, digits, symbols, spaces of many scripts): the next characters
-# brute force tries after whitespace (independent of canonical.LOOKAHEAD_PROBES).
-NEXT_CHARACTERS = tuple(sorted({chr(c).encode() for c in [*range(0x20, 0x7F), *range(0xA0, 0x3100, 23),
-                                                          *range(0x4E00, 0xA000, 997), *range(0xAC00, 0xD7A4, 1499),
-                                                          0x1F600, 0x1F44B, 0x2028, 0x3000, 0xFEFF, 0x9, 0xA, 0xD]
-                                if unicodedata.category(chr(c)) not in ("Cn", "Cs", "Co")}))
-
-
-# characters that can finish an unfinished UTF-8 sequence, by the bytes already there
-COMPLETIONS: dict[bytes, list[bytes]] = {}
-for _c in [*range(0x80, 0x3100), *range(0x3100, 0x10000, 61), *range(0x1F300, 0x1FB00, 7)]:
-    if unicodedata.category(chr(_c)) not in ("Cn", "Cs", "Co"):
-        _b = chr(_c).encode()
-        for _k in range(1, len(_b)):
-            COMPLETIONS.setdefault(_b[:_k], []).append(_b)
-
-
-def unfinished_character(data: bytes) -> bytes:
-    """The bytes of a character the data ends inside (b"" when it ends on a boundary)."""
-    for k in range(1, min(3, len(data)) + 1):
-        lead = data[-k]
-        if lead >= 0xC0:
-            need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
-            return data[-k:] if k < need and all(0x80 <= b < 0xC0 for b in data[len(data) - k + 1:]) else b""
-        if lead < 0x80:
-            return b""
-    return b""
-
-
-def last_character(data: bytes) -> str:
-    """The whole character the bytes end with ("" when they end inside one)."""
-    for k in range(1, 5):
-        try:
-            return data[-k:].decode("utf-8")[-1]
-        except (UnicodeDecodeError, IndexError):
-            continue
-    return ""
-
-
-class BruteForce:
-    """Next-byte distributions by enumerating token sequences. A sequence counts when every
-    prefix of it starts the tokenizer's own encoding of that prefix's bytes, or of them plus
-    some next character (the regex looks one character ahead; `NEXT_CHARACTERS` are tried);
-    checked on whole prefixes with `Vocabulary.decompose`, not pair by pair."""
-
-    def __init__(self, blm: ByteLM):
-        self.blm, self.vocab = blm, blm.vocab
-        self.model = blm.lm.model
-        self.text_ids = [i for i in range(len(self.vocab)) if blm.canonical.continuable[i]]
-        self.logprobs = lru_cache(maxsize=None)(self._logprobs)
-
-    def _logprobs(self, seq: tuple) -> np.ndarray:
-        ids = torch.tensor([[self.blm.start, *seq]])
-        with torch.no_grad():
-            return self.model(ids).logits[0, -1].double().log_softmax(-1).numpy()
-
-    def canonical(self, seq: tuple) -> bool:
-        data = self.vocab.decode_bytes(seq)
-        cut = unfinished_character(data)
-        # text that ends inside a character goes on with its rest: try ways to finish it
-        whole = [data[: len(data) - len(cut)] + c for c in COMPLETIONS.get(cut, ())] if cut else [data]
-        for text in whole or [data]:
-            last = last_character(text)
-            probes = (b"",) + NEXT_CHARACTERS if last.isspace() and last not in "\x1c\x1d\x1e\x1f" else (b"",)
-            if any(self.vocab.decompose(text + z)[: len(seq)] == list(seq) for z in probes):
-                return True
-        return False
-
-    def next_byte(self, prefix: bytes) -> np.ndarray:
-        mass = np.zeros(257)
-
-        def walk(seq: tuple, pos: int, logp: float) -> None:
-            lp = self.logprobs(seq)
-            if pos == len(prefix):
-                mass[256] += math.exp(logp + lp[self.blm.eos])
-            for v in self.text_ids:
-                s = self.vocab.surface[v]
-                need = prefix[pos:]
-                if len(s) <= len(need):
-                    if need.startswith(s) and self.canonical(seq + (v,)):
-                        walk(seq + (v,), pos + len(s), logp + lp[v])
-                elif s.startswith(need) and self.canonical(seq + (v,)):
-                    mass[s[len(need)]] += math.exp(logp + lp[v])
-
-        walk((), 0, 0.0)
-        return mass / mass.sum()
-
-    def best_cover(self, prefix: bytes) -> tuple[float, bytes]:
-        """The most likely cover of `prefix`: a valid sequence whose last token runs past the
-        prefix's end or starts right at it (or EOS there); (log-probability, bytes past the end)."""
-        best = (-math.inf, b"")
-
-        def walk(seq: tuple, pos: int, logp: float) -> None:
-            nonlocal best
-            lp = self.logprobs(seq)
-            if pos == len(prefix):
-                best = max(best, (logp + lp[self.blm.eos], b""))
-            for v in self.text_ids:
-                s, need = self.vocab.surface[v], prefix[pos:]
-                if len(s) <= len(need) and need:
-                    if need.startswith(s) and self.canonical(seq + (v,)):
-                        walk(seq + (v,), pos + len(s), logp + lp[v])
-                elif s.startswith(need) and self.canonical(seq + (v,)):
-                    best = max(best, (logp + lp[v], s[len(need):]))
-
-        walk((), 0, 0.0)
-        return best
 
 
 PREFIXES = {
@@ -296,6 +185,31 @@ def test_generate_heal_and_errors(tiny_byte_lms):
         blm.fill_in_middle("def f(", "):")
     with pytest.raises(TokenSurgeryError, match="str or bytes"):
         blm.score(123)
+
+
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
+def test_batched_generate_resolves_every_prompt_together_and_never_prefills_again(tiny_byte_lms, family, monkeypatch):
+    """A batch of prompts (cut mid-word, mid-character, after a special token; of different
+    lengths) gives each prompt's one-by-one greedy output; the prompts' ends are resolved in
+    packed calls, and `generate` starts from the handed-over KV cache: its first forward call
+    feeds one token per row, not the prompts again."""
+    blm = tiny_byte_lms[family]
+    prompts = [b"The qu", b"and th", b"Der Ha", b"x", "caf\u00e9 \u4e2d".encode()[:-1], b"the cat sat on the m"]
+    single = [blm.generate(p, max_new_bytes=12, temperature=0, as_bytes=True) for p in prompts]
+    model, widths = blm.lm.model, []
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        widths.append(tuple(ids.shape))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    batched = blm.generate(prompts, max_new_bytes=12, temperature=0, as_bytes=True)
+    assert batched == single
+    first = next(i for i, w in enumerate(widths) if w[0] == len(prompts))  # `generate`'s first step
+    assert widths[first] == (len(prompts), 1), widths
+    assert first <= 2 and all(w[0] == 1 for w in widths[:first])  # contexts, then every cover tree: one call each
 
 
 @pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])

@@ -205,19 +205,17 @@ class ByteLM(CoverEngine):
         prompts = [self._bytes(p) for p in (prompt if batch else [prompt])]
         sampling = Sampling(temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
-        rows, outs, tails, cache = [], [], [], None
-        for p in prompts:
-            stream = ByteStream(self, p, speculate=0, keep_kv=False)
+        rows, outs, tails, ends = [], [], [], []
+        for stream in ByteStream.many(self, prompts):  # every prompt's end resolved in packed calls
             node, token, out = stream.resolve(rng, sampling)
-            if not batch and token is not None:  # hand the KV cache of context + node over to `generate`
-                self.evaluate([], commit=node)
-                cache = self.lm.cache
             rows.append(None if token is None else stream.context + node.path() + [token])
             tails.append(None if token is None else self.canonical.tail(node.tail, token))
+            ends.append(node)
             outs.append(out)
         live = [r for r, row in enumerate(rows) if row is not None]
         budget = max_new_bytes - min((len(outs[r]) for r in live), default=0)
         if live and budget > 0:
+            cache = self._handover([ends[r] for r in live], [rows[r] for r in live])
             new = self._continue([rows[r] for r in live], [tails[r] for r in live], budget, sampling, seed, stop, cache)
             for r, data in zip(live, new):
                 outs[r] += data
@@ -257,11 +255,39 @@ class ByteLM(CoverEngine):
                 data = data[: data.index(s)]
         return data if as_bytes else data.decode("utf-8", "replace")
 
+    def _handover(self, nodes: list[Node], rows: list[list[int]]):
+        """A left-padded KV cache of every row but its last token, gathered from the slots of
+        each node's path (context included), for `generate` to go on from without a prefill;
+        None when a path is not fully cached."""
+        from transformers import DynamicCache
+
+        width = max(map(len, rows))
+        paths = []
+        for node, row in zip(nodes, rows):
+            path, s = [], node.slot
+            while s >= 0:
+                path.append(s)
+                s = self.lm.slot_parent[s]
+            path.reverse()
+            if node.slot < 0 or [self.lm.slot_token[s] for s in path] != row[:-1]:
+                return None
+            paths.append(path)
+        cache = DynamicCache()
+        for i, layer in enumerate(self.lm.cache.layers):
+            keys = layer.keys.new_zeros(len(rows), *layer.keys.shape[1:2], width - 1, layer.keys.shape[-1])
+            values = layer.values.new_zeros(len(rows), *layer.values.shape[1:2], width - 1, layer.values.shape[-1])
+            for r, path in enumerate(paths):
+                idx = torch.tensor(path, device=layer.keys.device)
+                keys[r, :, width - 1 - len(path):] = layer.keys[0].index_select(-2, idx)
+                values[r, :, width - 1 - len(path):] = layer.values[0].index_select(-2, idx)
+            cache.update(keys, values, i)
+        return cache
+
     def _continue(self, rows: list[list[int]], tails: list, max_new_bytes: int, sampling: Sampling, seed, stop,
                   cache=None) -> list[bytes]:
         """Token sampling with transformers' `generate` from token rows (left-padded), masked
-        to valid continuations; returns each row's new bytes. `cache` (one row) holds the KV
-        of all but the row's last token."""
+        to valid continuations; returns each row's new bytes. `cache` (from `_handover`) holds
+        the KV of every row but its last token."""
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         blm, width = self, max(map(len, rows))
@@ -307,14 +333,9 @@ class ByteLM(CoverEngine):
         else:
             options.update(temperature=None, top_k=None, top_p=None)
         if cache is not None:
-            if len(self.lm) != width - 1 or not self.lm.chain() or self.lm.slot_token != rows[0][:-1]:
-                cache = None  # not the row's prefix after all: let `generate` prefill
-            else:
-                options[self.lm._cache_arg] = cache
+            options[self.lm._cache_arg] = cache
         model = self.lm.model
         out = model.generate(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device), **options)
-        if cache is not None:
-            self.lm.reset([])  # `generate` grew the cache behind TreeLM's back: start clean next time
         self.lm.calls += out.shape[1] - width
         return [self.vocab.decode_bytes(t for t in row if t != self.eos) for row in out[:, width:].tolist()]
 

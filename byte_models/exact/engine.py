@@ -146,6 +146,22 @@ class CoverEngine:
         self._set(root, logprobs)
         return root
 
+    def roots(self, contexts: Sequence[list[int]]) -> list[Node]:
+        """New trees after each of several contexts (batched prompts): the cache starts over
+        with every context as its own chain, fed in packed calls; every node evaluated later
+        keeps its KV slot."""
+        self.lm.reset([])
+        slots, logprobs = self.lm.feed_chains(contexts)
+        self.keep_kv, self._context_slots = True, len(self.lm)
+        self._slot_nodes = [None] * len(self.lm)
+        out = []
+        for slot, lp in zip(slots, logprobs):
+            root = Node(None, None, 0, 0.0, (), slot=slot)
+            self._slot_nodes[slot] = root
+            self._set(root, lp)
+            out.append(root)
+        return out
+
     def _set(self, node: Node, logprobs: torch.Tensor) -> None:
         """Store the node's next-token distribution (invalid continuations at 0) and give its
         existing children their log-probabilities."""

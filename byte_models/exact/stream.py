@@ -30,28 +30,53 @@ class ByteStream:
     COMPACT_MIN = 512  # slots in the KV cache before dead branches are dropped
 
     def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 4, keep_kv: bool = True):
-        self.blm = blm
-        self.speculate = speculate
         context, region = blm.split_prompt(prompt)
-        self.context = context
-        self.data = bytearray(region)
+        self._start(blm, context, region, speculate)
         root = blm.root(context, keep_kv=keep_kv)
+        nodes, top, near = self._plan(root)
+        blm.evaluate(nodes, commit=top, full=lambda n: id(n) in near)
+        self._finish(nodes)
+
+    @classmethod
+    def many(cls, blm: CoverEngine, prompts: Sequence[bytes], speculate: int = 0) -> list["ByteStream"]:
+        """One stream per prompt, their contexts and cover trees evaluated together in packed
+        calls (every node keeps its KV slot; batched generation hands those on)."""
+        streams = [cls.__new__(cls) for _ in prompts]
+        splits = [blm.split_prompt(p) for p in prompts]
+        for s, (context, region) in zip(streams, splits):
+            s._start(blm, context, region, speculate)
+        roots = blm.roots([context for context, _ in splits])
+        plans = [s._plan(root) for s, root in zip(streams, roots)]
+        near = set().union(*(p[2] for p in plans))
+        blm.evaluate([n for p in plans for n in p[0]], full=lambda n: id(n) in near)
+        for s, p in zip(streams, plans):
+            s._finish(p[0])
+        return streams
+
+    def _start(self, blm: CoverEngine, context: list[int], region: bytes, speculate: int) -> None:
+        self.blm, self.speculate, self.context, self.data = blm, speculate, context, bytearray(region)
+        self._compact_at = self.COMPACT_MIN
+
+    def _plan(self, root: Node) -> tuple[list[Node], Node, set[int]]:
+        """The nodes to evaluate along the prompt's free region, their top, and the ids of those
+        that may be live (they need full distributions)."""
+        blm, region = self.blm, bytes(self.data)
         nodes = blm.tree(root, region)
         reach = [n for n in nodes if n.end == len(region) or blm.index.range(region[n.end:])[1] > blm.index.range(region[n.end:])[0]]
         # Only nodes in `reach` can be live. Their common ancestor's probability is a common
         # factor, so only its subtree is evaluated (the path to it joins the trunk); inside
         # it, nodes outside `reach` just pass log-probabilities on to their children.
         top = _common_ancestor(reach) if reach else root
-        nodes = [n for n in nodes if _descends(n, top)]
-        near = {id(n) for n in reach}
-        blm.evaluate(nodes, commit=top, full=lambda n: id(n) in near)
-        self._compact_at = self.COMPACT_MIN
+        return [n for n in nodes if _descends(n, top)], top, {id(n) for n in reach}
+
+    def _finish(self, nodes: list[Node]) -> None:
         self.live = [n for n in nodes if n.evaluated and self._is_live(n)]
+        live = {id(n) for n in self.live}
         for n in nodes:
-            if not any(n is m for m in self.live):
+            if id(n) not in live:
                 n.forget()
         if not self.live:
-            raise ZeroProbability(f"the prompt cannot be spelled by any valid token sequence of {blm.name}")
+            raise ZeroProbability(f"the prompt cannot be spelled by any valid token sequence of {self.blm.name}")
         self._look_ahead()
 
     def _is_live(self, node: Node) -> bool:

@@ -13,6 +13,7 @@ rotary position already, so slots can be moved freely.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -73,9 +74,33 @@ class TreeLM:
             out = self.forward(q)[-1]
         return out
 
-    def chain(self) -> bool:
-        """Are the slots one chain (slot s the parent of s+1), as a plain KV cache would be?"""
-        return all(p == s - 1 for s, p in enumerate(self.slot_parent))
+    def feed_chains(self, chains: Sequence[list[int]]) -> tuple[list[int], list[torch.Tensor]]:
+        """Feed each (non-empty) chain of tokens as its own sequence from position 0, packed
+        into as few calls as `max_query` allows; returns each chain's last slot and the
+        log-probabilities after it."""
+        last, out = [-1] * len(chains), [None] * len(chains)
+        todo = [(c, 0) for c in range(len(chains))]  # (chain, tokens of it already fed)
+        while todo:
+            q, owners, rest = Query([], [], [], keep=-1), [], []
+            for c, done in todo:
+                room = self.max_query - len(q.tokens)
+                if room <= 0:
+                    rest.append((c, done))
+                    continue
+                part = chains[c][done : done + room]
+                for i, tok in enumerate(part):
+                    q.tokens.append(tok)
+                    q.parents.append(len(q.tokens) - 2 if i else -1)
+                    q.anchor.append(-1 if i else last[c])
+                owners.append((c, len(q.tokens) - 1))
+                if done + len(part) < len(chains[c]):
+                    rest.append((c, done + len(part)))
+            base = len(self)
+            logprobs = self.forward(q)
+            for c, i in owners:
+                last[c], out[c] = base + i, logprobs[i]
+            todo = rest
+        return last, out
 
     def _masks(self, q: Query):
         S, m = len(self), len(q.tokens)

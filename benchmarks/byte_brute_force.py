@@ -1,0 +1,109 @@
+"""Who is right where ByteLM and ByteSampler disagree: brute-force next-byte distributions on
+the real SmolLM2-135M (float32) for the prefixes of `results/byte_lm.json`'s side-by-side part.
+
+Brute force (tests/brute_force.py) enumerates every token sequence that covers the prefix,
+judges each by the tokenizer's own encoding of its whole text (not by either method's
+pairwise rule), and sums the model's probabilities from plain forward passes. It is slow on a
+49k vocabulary (every token is judged after each sequence that ends at the prefix's end), so
+prefixes that end in whitespace (each judgement then tries ~100 next characters) are left
+out, and each prefix gets `--budget` seconds.
+
+    .venv/bin/python benchmarks/byte_brute_force.py [--side results/byte_lm.json] [--out results/byte_brute_force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from brute_force import BruteForce  # noqa: E402  (tests/brute_force.py)
+from run_record import run_record  # noqa: E402
+
+from tokensurgery.byte_models import ByteLM  # noqa: E402
+
+
+def conditional(logprobs: np.ndarray) -> np.ndarray:
+    """Next-byte probabilities given that the text goes on (bytes renormalised, end dropped)."""
+    lp = np.asarray(logprobs, dtype=np.float64)[:256]
+    return np.exp(lp - np.logaddexp.reduce(lp))
+
+
+def distance(p: np.ndarray, q: np.ndarray) -> dict:
+    keep = np.maximum(p, q) > 1e-4
+    with np.errstate(divide="ignore"):
+        dlog = np.abs(np.log(p[keep]) - np.log(q[keep]))
+    return {"total_variation": float(0.5 * np.abs(p - q).sum()), "max_abs_dlogp": float(dlog.max()) if keep.any() else 0.0}
+
+
+class Timeout(Exception):
+    pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", type=Path, default=Path("results/byte_lm.json"))
+    ap.add_argument("--out", type=Path, default=Path("results/byte_brute_force"))
+    ap.add_argument("--budget", type=float, default=240.0, help="Seconds of brute force per prefix.")
+    args = ap.parse_args()
+    record = run_record()
+    side = next(m["bytesampler"] for m in json.loads(args.side.read_text())["models"] if "bytesampler" in m)
+    blm = ByteLM.from_pretrained("smollm2-135m", progress=False)
+    brute = BruteForce(blm)
+    rows = []
+
+    def alarm(*_):
+        raise Timeout
+
+    signal.signal(signal.SIGALRM, alarm)
+    for entry in side["prefixes"]:
+        if "ours_logprobs" not in entry:
+            continue
+        prefix = bytes.fromhex(entry["raw"])
+        row = {"prefix": entry["prefix"]}
+        if prefix[-1:].isspace() or prefix.endswith(b"\xc2\xa0"):
+            rows.append({**row, "skipped": "ends in whitespace"})
+            continue
+        start = time.time()
+        signal.setitimer(signal.ITIMER_REAL, args.budget)
+        try:
+            ref = brute.next_byte(prefix)[:256]
+        except Timeout:
+            rows.append({**row, "skipped": f"over {args.budget:.0f} s"})
+            print(f"{entry['prefix']!r}: over budget", flush=True)
+            continue
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        ref = ref / ref.sum()
+        row.update(seconds=time.time() - start, ours=distance(conditional(entry["ours_logprobs"]), ref),
+                   bytesampler=distance(conditional(entry["bytesampler_logprobs"]), ref))
+        rows.append(row)
+        print(f"{entry['prefix']!r}: ours {row['ours']}, ByteSampler {row['bytesampler']} ({row['seconds']:.0f} s)", flush=True)
+    out = {"record": record, "side_from": str(args.side), "budget_seconds": args.budget, "prefixes": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(out, indent=2))
+    lines = ["# Brute force where ByteLM and ByteSampler disagree (SmolLM2-135M, float32)", "",
+             f"Command: `{record['command']}` at commit {record['commit']}, {record['date']}; distributions of both "
+             f"methods from `{args.side}`. Next byte given that the text goes on; |Δ log p| over entries above 1e-4.", "",
+             "| prefix | ours TV | ours max abs Δ log p | ByteSampler TV | ByteSampler max abs Δ log p | seconds |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        shown = r["prefix"].replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r").replace("|", "\\|")
+        if "skipped" in r:
+            lines.append(f"| `{shown}` | skipped: {r['skipped']} | | | | |")
+        else:
+            lines.append(f"| `{shown}` | {r['ours']['total_variation']:.1e} | {r['ours']['max_abs_dlogp']:.1e} | "
+                         f"{r['bytesampler']['total_variation']:.1e} | {r['bytesampler']['max_abs_dlogp']:.1e} | {r['seconds']:.0f} |")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
