@@ -234,8 +234,53 @@ def hypernet_quality() -> str:
     return _table(["tokenizer (vocab)", "text", "SmolLM2 own", "**hypernet**", "predict all rows", "FVT", "mean", "OMP"], out)
 
 
+def byte_lm_speed() -> str:
+    """`byte_lm.py`: bytes/s, model calls and tokens fed per byte per mode and model, against
+    plain `generate` and against ByteSampler's streaming rate measured in the same run."""
+    r = load("byte_lm")
+    side = next((m["bytesampler"] for m in r["models"] if "bytesampler" in m), None)
+    ref = side["bytesampler_steps_per_s"] if side else None
+    rows = []
+    for m in r["models"]:
+        name = m["model"]
+        g1, g8 = m["generate"]["1"], m["generate"]["8"]
+        rows.append([name, "plain `model.generate`, greedy, batch 1 / 8", f"{g1['plain_bytes_per_s']:.1f} / {g8['plain_bytes_per_s']:.1f}",
+                     f"{g1['plain_calls_per_byte']:.2f} / {g8['plain_calls_per_byte']:.2f}", "", ""])
+        rows.append([name, "`ByteLM.generate`, greedy, batch 1 / 8", f"{g1['ours_bytes_per_s']:.1f} / {g8['ours_bytes_per_s']:.1f}",
+                     f"{g1['ours_calls_per_byte']:.2f} / {g8['ours_calls_per_byte']:.2f}", "",
+                     f"{g1['ratio']:.2f}x / {g8['ratio']:.2f}x plain"])
+        sc = m["score"]
+        cells = [sc[k] for k in ("cold_en", "warm_de", "py")]
+        rows.append([name, "`ByteLM.score`, English / German / Python (~3,000 B each)",
+                     " / ".join(f"{c['bytes_per_s']:.0f}" for c in cells), f"{max(c['calls_per_byte'] for c in cells):.3f}", "",
+                     " / ".join(f"{c['bytes_per_s'] / ref:.0f}x" for c in cells) + " ByteSampler's streaming" if ref else ""])
+        for k, st in m["stream"].items():
+            rows.append([name, f"`ByteLM.stream`, look-ahead {k}", f"{st['bytes_per_s']:.1f}", f"{st['calls_per_byte']:.2f}",
+                         f"{st.get('tokens_fed_per_byte', float('nan')):.2f}", f"{st['bytes_per_s'] / ref:.2f}x ByteSampler" if ref else ""])
+        if "construct_seconds" in m:
+            c = m["construct_seconds"]
+            rows.append([name, "`ByteLM(model, vocab)` beyond loading the model, validity tables cold / warm",
+                         f"{c['cold']:.1f} s / {c['warm']:.2f} s", "", "", ""])
+    return _table(["model", "mode", "bytes/s", "calls/byte", "tokens fed/byte", "vs"], rows)
+
+
+def byte_lm_bytesampler() -> str:
+    """`byte_lm.py`'s side by side with ByteSampler: streaming, cold single prefixes, agreement."""
+    side = next(m["bytesampler"] for m in load("byte_lm")["models"] if "bytesampler" in m)
+    ok = [p for p in side["prefixes"] if "error" not in p and p["max_abs_dlogp"] < 1e-3]
+    rows = [["streaming, steps/s (" + str(side["stream_bytes"]) + " bytes of held-out English)",
+             f"{side['ours_steps_per_s']:.1f}", f"{side['bytesampler_steps_per_s']:.1f}", f"{side['x_bytesampler_stream']:.2f}x"],
+            [f"{len(side['prefixes'])} cold single-prefix calls, seconds in all", f"{sum(side['prefix_seconds_ours']):.1f}",
+             f"{sum(side['prefix_seconds_bytesampler']):.1f}",
+             f"{sum(side['prefix_seconds_bytesampler']) / sum(side['prefix_seconds_ours']):.2f}x"],
+            ["prefixes whose next-byte distributions agree to abs Δ log p < 1e-3", f"{len(ok)} of {len(side['prefixes'])}", "", ""]]
+    return _table(["SmolLM2-135M, float32", "ByteLM", f"ByteSampler ({side['bytesampler_rev']})", "ByteLM vs ByteSampler"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "hypernet_quality": hypernet_quality,
+    "byte_lm_speed": byte_lm_speed,
+    "byte_lm_bytesampler": byte_lm_bytesampler,
     "dynamic_curve": dynamic_curve,
     "heal_light": heal_light,
     "heal_light_train": lambda: heal_multilingual("heal_light_train", ("heal_light_lr1e-3_stopped",)),
