@@ -207,6 +207,12 @@ def test_batched_generate_resolves_every_prompt_together_and_never_prefills_agai
     monkeypatch.setattr(model, "forward", recording)
     batched = blm.generate(prompts, max_new_bytes=12, temperature=0, as_bytes=True)
     assert batched == single
+    budgets = [12, 5, 0, 9, 1, 3]  # one per prompt: each row stops at its own
+    assert blm.generate(prompts, max_new_bytes=budgets, temperature=0, as_bytes=True) == [s[:n] for s, n in zip(single, budgets)]
+    with pytest.raises(TokenSurgeryError, match="one per prompt"):
+        blm.generate(prompts, max_new_bytes=[3, 4])
+    widths.clear()
+    batched = blm.generate(prompts, max_new_bytes=12, temperature=0, as_bytes=True)
     first = next(i for i, w in enumerate(widths) if w[0] == len(prompts))  # `generate`'s first step
     assert widths[first] == (len(prompts), 1), widths
     assert first <= 2 and all(w[0] == 1 for w in widths[:first])  # contexts, then every cover tree: one call each

@@ -192,17 +192,22 @@ class ByteLM(CoverEngine):
         """A live cover tree after `prompt`: read `.logprobs()`, `.advance(byte)`, repeat."""
         return ByteStream(self, self._bytes(prompt), self.speculate if speculate is None else speculate)
 
-    def generate(self, prompt: str | bytes | Sequence[str | bytes] = b"", max_new_bytes: int = 128, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, stop: Iterable[str | bytes] = (), seed: int | None = None,
-                 as_bytes: bool = False):
+    def generate(self, prompt: str | bytes | Sequence[str | bytes] = b"", max_new_bytes: int | Sequence[int] = 128,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop: Iterable[str | bytes] = (),
+                 seed: int | None = None, as_bytes: bool = False):
         """Continue `prompt` (or each prompt of a list, batched), which may end mid-token or
         mid-character. The prompt's end is resolved by drawing one covering token from the
         exact byte-level distribution; then ordinary token sampling goes on (transformers'
         `generate`, batched over prompts) with every step restricted to tokens the canonical
-        rule allows. Sampling options act on each token (temperature 0: greedy). Returns the
+        rule allows. Sampling options act on each token (temperature 0: greedy). A list of
+        `max_new_bytes` gives each prompt its own budget (a row stops at its own). Returns the
         new text (a list for a list of prompts)."""
         batch = isinstance(prompt, (list, tuple))
         prompts = [self._bytes(p) for p in (prompt if batch else [prompt])]
+        limits = [max_new_bytes] * len(prompts) if isinstance(max_new_bytes, int) else list(max_new_bytes)
+        if len(limits) != len(prompts) or any(not isinstance(n, int) or n < 0 for n in limits):
+            raise TokenSurgeryError(f"max_new_bytes must be a count of bytes (0 or more) or one per prompt "
+                                    f"({len(prompts)}), got {max_new_bytes!r}")
         sampling = Sampling(temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
         rows, outs, tails, ends = [], [], [], []
@@ -212,11 +217,11 @@ class ByteLM(CoverEngine):
             tails.append(None if token is None else self.canonical.tail(node.tail, token))
             ends.append(node)
             outs.append(out)
-        live = [r for r, row in enumerate(rows) if row is not None]
-        budget = max_new_bytes - min((len(outs[r]) for r in live), default=0)
-        if live and budget > 0:
+        live = [r for r, row in enumerate(rows) if row is not None and limits[r] > len(outs[r])]
+        if live:
             cache = self._handover([ends[r] for r in live], [rows[r] for r in live])
-            new = self._continue([rows[r] for r in live], [tails[r] for r in live], budget, sampling, seed, stop, cache)
+            new = self._continue([rows[r] for r in live], [tails[r] for r in live], [limits[r] - len(outs[r]) for r in live],
+                                 sampling, seed, stop, cache)
             for r, data in zip(live, new):
                 outs[r] += data
         stops = [self._bytes(s) for s in stop]
@@ -224,7 +229,7 @@ class ByteLM(CoverEngine):
             for s in stops:
                 if s in out:
                     out = out[: out.index(s)]
-            outs[r] = out[:max_new_bytes] if as_bytes else out[:max_new_bytes].decode("utf-8", "replace")
+            outs[r] = out[: limits[r]] if as_bytes else out[: limits[r]].decode("utf-8", "replace")
         return outs if batch else outs[0]
 
     def generate_bytes(self, prompt: str | bytes = b"", max_new_bytes: int = 128, temperature: float = 1.0,
@@ -283,10 +288,11 @@ class ByteLM(CoverEngine):
             cache.update(keys, values, i)
         return cache
 
-    def _continue(self, rows: list[list[int]], tails: list, max_new_bytes: int, sampling: Sampling, seed, stop,
+    def _continue(self, rows: list[list[int]], tails: list, budgets: list[int], sampling: Sampling, seed, stop,
                   cache=None) -> list[bytes]:
         """Token sampling with transformers' `generate` from token rows (left-padded), masked
-        to valid continuations; returns each row's new bytes. `cache` (from `_handover`) holds
+        to valid continuations, each row until it has its budget of bytes; returns each row's
+        new bytes. `cache` (from `_handover`) holds
         the KV of every row but its last token."""
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -313,9 +319,9 @@ class ByteLM(CoverEngine):
         class Budget(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 done = []
-                for row in input_ids[:, width:].tolist():
+                for row, budget in zip(input_ids[:, width:].tolist(), budgets):
                     data = blm.vocab.decode_bytes(t for t in row if t != blm.eos)
-                    done.append(len(data) >= max_new_bytes or any(s in data for s in stops) or blm.eos in row)
+                    done.append(len(data) >= budget or any(s in data for s in stops) or blm.eos in row)
                 return torch.tensor(done, device=input_ids.device)
 
         ids = torch.full((len(rows), width), self.eos, dtype=torch.long)
@@ -325,7 +331,7 @@ class ByteLM(CoverEngine):
             mask[r, width - len(row):] = 1
         if seed is not None:
             torch.manual_seed(seed)
-        options = dict(do_sample=sampling.temperature > 0, max_new_tokens=max_new_bytes, pad_token_id=self.eos,
+        options = dict(do_sample=sampling.temperature > 0, max_new_tokens=max(budgets), pad_token_id=self.eos,
                        eos_token_id=self.eos, logits_processor=LogitsProcessorList([ValidOnly()]),
                        stopping_criteria=StoppingCriteriaList([Budget()]))
         if sampling.temperature > 0:
