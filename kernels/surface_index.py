@@ -22,28 +22,55 @@ def _after_prefix(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
+def _span_ends(matrix: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """For sorted rows, the first row after each that does not start with its bytes: the first
+    q > r whose common prefix with its predecessor is shorter than row r (a prefix's
+    extensions follow it contiguously), found for every r at once by binary lifting over a
+    table of running minimums."""
+    n = len(lens)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    same = np.cumprod(matrix[1:] == matrix[:-1], axis=1)  # byte k equal and all before it
+    lcp = np.concatenate([[-1], same.sum(axis=1)])  # lcp[q]: common prefix of rows q-1 and q
+    lcp = np.append(lcp, -1)  # a sentinel at n that ends every span
+    mins = [lcp]  # mins[j][q] = min(lcp[q : q + 2**j])
+    while (1 << len(mins)) <= n + 1:
+        prev, half = mins[-1], 1 << (len(mins) - 1)
+        mins.append(np.minimum(prev[:-half], prev[half:]))
+    pos = np.arange(1, n + 1)  # every span starts right after its row
+    for j in range(len(mins) - 1, -1, -1):
+        table = mins[j]
+        ok = pos < len(table)
+        step = np.zeros(n, dtype=bool)
+        step[ok] = table[pos[ok]] >= lens[ok]
+        pos = np.where(step, pos + (1 << j), pos)
+    return pos.astype(np.int64)
+
+
 class SurfaceIndex:
     """Token ids sorted by surface bytes, with the byte at each offset as a matrix.
 
     `ids[r]` is the token at sorted position `r`; `next_byte[r, k]` is byte `k` of its
-    surface, or -1 past its end; `span_end[r]`: rows r..span_end[r]-1 are the tokens whose
-    surface starts with token r's. Only ids in `members` are indexed.
+    surface, or -1 past its end; `span_end[r]`: rows r..span_end[r]-1 are the tokens from row r on
+    whose surface starts with token r's. Only ids in `members` are indexed.
     """
 
     def __init__(self, surface: Sequence[bytes], members: Sequence[int]):
-        order = sorted((surface[i], i) for i in members if surface[i])
-        self.surfaces: list[bytes] = [s for s, _ in order]
-        self.ids = np.array([i for _, i in order], dtype=np.int64)
-        self.max_len = max((len(s) for s in self.surfaces), default=0)
-        self.next_byte = np.full((len(order), self.max_len + 1), -1, dtype=np.int16)
-        for r, s in enumerate(self.surfaces):
-            self.next_byte[r, : len(s)] = np.frombuffer(s, dtype=np.uint8)
-        self.span_end = np.full(len(order), len(order), dtype=np.int64)
-        open_rows: list[int] = []  # rows whose surface is a prefix of the current one
-        for r, s in enumerate(self.surfaces):
-            while open_rows and not s.startswith(self.surfaces[open_rows[-1]]):
-                self.span_end[open_rows.pop()] = r
-            open_rows.append(r)
+        # vectorised (Gemma-3 has 262k tokens): the byte matrix first, sorted by its columns
+        # (-1 past the end sorts a prefix before its extensions, as bytes compare), ties by id
+        ids = np.array([i for i in members if surface[i]], dtype=np.int64)
+        raw = [surface[i] for i in ids.tolist()]
+        lens = np.array([len(b) for b in raw], dtype=np.int64)
+        self.max_len = int(lens.max()) if len(lens) else 0
+        matrix = np.full((len(ids), self.max_len + 1), -1, dtype=np.int16)
+        if len(ids):
+            rows = np.repeat(np.arange(len(ids)), lens)
+            cols = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+            matrix[rows, cols] = np.frombuffer(b"".join(raw), dtype=np.uint8)
+        order = np.lexsort((ids, *(matrix[:, k] for k in range(self.max_len, -1, -1))))
+        self.ids, self.next_byte = ids[order], matrix[order]
+        self.surfaces: list[bytes] = [raw[k] for k in order.tolist()]
+        self.span_end = _span_ends(self.next_byte, lens[order])
         self.position = np.full(max(members, default=-1) + 1, -1, dtype=np.int64)
         self.position[self.ids] = np.arange(len(self.ids))
 

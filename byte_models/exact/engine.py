@@ -75,10 +75,12 @@ class CoverEngine:
     # ---- construction helpers ---------------------------------------------------------
 
     def _special_id(self, content: str) -> int | None:
-        for i, t in enumerate(self.vocab.tokens):
-            if t == content and self.vocab.kinds[i] == TokenKind.SPECIAL:
-                return i
-        return None
+        if not hasattr(self, "_special_ids"):  # first special token of each content, built once
+            self._special_ids: dict[str, int] = {}
+            for i, kind in enumerate(self.vocab.kinds):
+                if kind == TokenKind.SPECIAL:
+                    self._special_ids.setdefault(self.vocab.tokens[i], i)
+        return self._special_ids.get(content)
 
     def _start_token(self, start) -> int:
         if isinstance(start, int):
