@@ -277,10 +277,25 @@ def byte_lm_bytesampler() -> str:
     return _table(["SmolLM2-135M, float32", "ByteLM", f"ByteSampler ({side['bytesampler_rev']})", "ByteLM vs ByteSampler"], rows)
 
 
+def byte_brute_force() -> str:
+    """`byte_brute_force.py`: distance of each method's next-byte distribution from brute force
+    on the prefixes where the two methods disagree."""
+    rows = []
+    for r in load("byte_brute_force")["prefixes"]:
+        if "skipped" in r:
+            continue
+        shown = r["prefix"].replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r").replace("|", "\\|")
+        note = " (ends inside a character: the reference samples the ways to finish it)" if "note" in r else ""
+        rows.append([f"`{shown}`{note}", f"{r['ours']['total_variation']:.0e}", f"{r['ours']['max_abs_dlogp']:.0e}",
+                     f"{r['bytesampler']['total_variation']:.0e}", f"{r['bytesampler']['max_abs_dlogp']:.0e}"])
+    return _table(["prefix", "ByteLM: TV", "max abs Δ log p", "ByteSampler: TV", "max abs Δ log p"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "hypernet_quality": hypernet_quality,
     "byte_lm_speed": byte_lm_speed,
     "byte_lm_bytesampler": byte_lm_bytesampler,
+    "byte_brute_force": byte_brute_force,
     "dynamic_curve": dynamic_curve,
     "heal_light": heal_light,
     "heal_light_train": lambda: heal_multilingual("heal_light_train", ("heal_light_lr1e-3_stopped",)),
