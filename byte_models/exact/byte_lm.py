@@ -269,11 +269,7 @@ class ByteLM(CoverEngine):
         width = max(map(len, rows))
         paths = []
         for node, row in zip(nodes, rows):
-            path, s = [], node.slot
-            while s >= 0:
-                path.append(s)
-                s = self.lm.slot_parent[s]
-            path.reverse()
+            path = self.lm.path(node.slot)
             if node.slot < 0 or [self.lm.slot_token[s] for s in path] != row[:-1]:
                 return None
             paths.append(path)
@@ -292,8 +288,7 @@ class ByteLM(CoverEngine):
                   cache=None) -> list[bytes]:
         """Token sampling with transformers' `generate` from token rows (left-padded), masked
         to valid continuations, each row until it has its budget of bytes; returns each row's
-        new bytes. `cache` (from `_handover`) holds
-        the KV of every row but its last token."""
+        new bytes. `cache` (from `_handover`) holds the KV of every row but its last token."""
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         blm, width = self, max(map(len, rows))

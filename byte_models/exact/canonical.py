@@ -498,7 +498,7 @@ def canonical_for(vocab: Vocabulary, cache: bool = True) -> Canonical:
         tables = _read_tables(path)
         if tables is not None:
             rule = (MergeCanonical if bool(tables["merge_rule"]) else Canonical)(vocab, tables)
-            rule.invalid_dir = path.parent / f"{key}-rule{RULE_VERSION}"
+            rule.invalid_dir = _invalid_dir(path, key)
             return rule
     cls = Canonical
     ranks = _merge_ranks(vocab)
@@ -512,8 +512,13 @@ def canonical_for(vocab: Vocabulary, cache: bool = True) -> Canonical:
     rule = cls(vocab, tables)
     if path is not None:
         _write_tables(path, tables)
-        rule.invalid_dir = path.parent / f"{key}-rule{RULE_VERSION}"
+        rule.invalid_dir = _invalid_dir(path, key)
     return rule
+
+
+def _invalid_dir(tables_path, key: str):
+    """Where the general check's invalid sets of this tokenizer and rule version are kept."""
+    return tables_path.parent / f"{key}-rule{RULE_VERSION}"
 
 
 def _tables_key(vocab: Vocabulary) -> str | None:

@@ -83,13 +83,15 @@ class Node:
         return out[::-1]
 
 
+def _NOTHING_INVALID() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
 def set_distribution(node: Node, probs: np.ndarray, eos: float, invalid: Callable[[], np.ndarray] | None = None) -> None:
     """Give `node` its next-token distribution; `invalid()` gives the SurfaceIndex positions
     of tokens that may not follow it, zeroed when the distribution is first read."""
-    node._probs, node.eos, node._invalid = probs, eos, invalid
-    node._cum = None
-    if invalid is None:
-        node._cum = np.concatenate([[0.0], np.cumsum(probs)])
+    node._probs, node.eos, node._cum = probs, eos, None
+    node._invalid = invalid if invalid is not None else _NOTHING_INVALID
 
 
 def node_groups(index: SurfaceIndex, node: Node, rest: bytes) -> np.ndarray | None:

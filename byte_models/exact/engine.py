@@ -47,14 +47,18 @@ class CoverEngine:
             raise TokenSurgeryError(f"the model has {rows} output rows but the tokenizer has {len(vocab)} tokens")
         self.lm = TreeLM(model)
         self.keep_kv, self._context_slots, self._slot_nodes = False, 0, []
-        self.start = self._start_token(start)
-        self.eos = eos if eos is not None else self._document_end()
-        self.settle_bytes = settle_bytes
-        # tokens the tokenizer matches in text before anything else (specials, added tokens)
-        self._specials = {}
+        # tokens the tokenizer matches in text before anything else (specials, added tokens), by
+        # surface; and the special tokens by name (start, end, fill-in-the-middle)
+        self._specials: dict[bytes, int] = {}
+        self._special_ids: dict[str, int] = {}
         for i, k in enumerate(vocab.kinds):
             if k in (TokenKind.SPECIAL, TokenKind.ADDED, TokenKind.UNUSED) and vocab.surface[i]:
                 self._specials.setdefault(vocab.surface[i], i)
+            if k == TokenKind.SPECIAL:
+                self._special_ids.setdefault(vocab.tokens[i], i)
+        self.start = self._start_token(start)
+        self.eos = eos if eos is not None else self._document_end()
+        self.settle_bytes = settle_bytes
         longest_first = sorted(self._specials, key=len, reverse=True)
         self._special_re = re.compile(b"|".join(map(re.escape, longest_first))) if longest_first else None
         # SentencePiece conversions that add a word-start space (Llama-2, Mistral v1-v3) spell
@@ -75,11 +79,6 @@ class CoverEngine:
     # ---- construction helpers ---------------------------------------------------------
 
     def _special_id(self, content: str) -> int | None:
-        if not hasattr(self, "_special_ids"):  # first special token of each content, built once
-            self._special_ids: dict[str, int] = {}
-            for i, kind in enumerate(self.vocab.kinds):
-                if kind == TokenKind.SPECIAL:
-                    self._special_ids.setdefault(self.vocab.tokens[i], i)
         return self._special_ids.get(content)
 
     def _start_token(self, start) -> int:

@@ -102,6 +102,14 @@ class TreeLM:
             todo = rest
         return last, out
 
+    def path(self, slot: int) -> list[int]:
+        """The slots from the first token of `slot`'s sequence down to `slot` itself."""
+        out = []
+        while slot >= 0:
+            out.append(slot)
+            slot = self.slot_parent[slot]
+        return out[::-1]
+
     def _masks(self, q: Query):
         S, m = len(self), len(q.tokens)
         allowed = torch.zeros(m, S + m, dtype=torch.bool)
