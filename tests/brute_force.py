@@ -13,6 +13,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from tokensurgery.vocabulary import TokenKind
+
 
 # Every printable ASCII character and a spread of assigned characters from all over the BMP
 # and beyond (letters, marks, digits, symbols, spaces of many scripts): the next characters
@@ -23,10 +25,28 @@ NEXT_CHARACTERS = tuple(sorted({chr(c).encode() for c in [*range(0x20, 0x7F), *r
                                 if unicodedata.category(chr(c)) not in ("Cn", "Cs", "Co")}))
 
 
-# characters that can finish an unfinished UTF-8 sequence, by the bytes already there
+# characters that can finish an unfinished UTF-8 sequence, by the bytes already there: every
+# 2-byte character, a spread over the BMP, planes 1-2 and the emoji block, and the first
+# character of every run of 64 code points (above U+07FF) that share all but their last byte (an assigned one
+# where the run has one, else its first code point: private use, unassigned), so that every
+# unfinished character has some way to finish (a 4-byte lead like F0 9D starts mathematical
+# letters, F3 A0 tags, F4 only private use)
+def _first_of_runs() -> list[int]:
+    out = []
+    for start in range(0x800, 0x110000, 64):
+        if 0xD800 <= start <= 0xDFFF:
+            continue
+        run = range(start, start + 64)
+        out.append(next((c for c in run if unicodedata.category(chr(c)) not in ("Cn", "Co")), start))
+    return out
+
+
 COMPLETIONS: dict[bytes, list[bytes]] = {}
-for _c in [*range(0x80, 0x3100), *range(0x3100, 0x10000, 61), *range(0x1F300, 0x1FB00, 7)]:
-    if unicodedata.category(chr(_c)) not in ("Cn", "Cs", "Co"):
+for _c in dict.fromkeys([*(c for c in [*range(0x80, 0x3100), *range(0x3100, 0x10000, 61), *range(0x10000, 0x32000, 97),
+                                       *range(0x1F300, 0x1FB00, 7)]
+                           if unicodedata.category(chr(c)) not in ("Cn", "Cs", "Co")),
+                         *_first_of_runs()]):
+    if not 0xD800 <= _c <= 0xDFFF:
         _b = chr(_c).encode()
         for _k in range(1, len(_b)):
             COMPLETIONS.setdefault(_b[:_k], []).append(_b)
@@ -76,6 +96,8 @@ class BruteForce:
         cut = unfinished_character(data)
         # text that ends inside a character goes on with its rest: try ways to finish it
         whole = [data[: len(data) - len(cut)] + c for c in COMPLETIONS.get(cut, ())] if cut else [data]
+        if cut and self.vocab.kinds[seq[-1]] == TokenKind.BYTE_FALLBACK:
+            whole.append(data + b"\x00")  # byte tokens may also leave it unfinished: not UTF-8
         for text in whole or [data]:
             last = last_character(text)
             probes = (b"",) + NEXT_CHARACTERS if last.isspace() and last not in "\x1c\x1d\x1e\x1f" else (b"",)

@@ -16,6 +16,7 @@ encoding.
 
 from __future__ import annotations
 
+import unicodedata
 from functools import lru_cache
 
 import numpy as np
@@ -109,7 +110,21 @@ class Canonical:
         if self._lookahead and prev and len(prev) < 16 and self._may_be_space[token] and \
                 _whitespace_so_far(b"".join(surface[t] for t in prev) + surface[token]):
             return prev + (token,)  # a regex reads a whitespace run (NBSP split over tokens too) as one piece
-        if self.is_fallback[token] and prev and self.is_fallback[prev[-1]]:
+        if self._lookahead and prev and 0x80 <= (surface[token][:1] or b"\0")[0] < 0xC0 and \
+                unfinished_character(b"".join(surface[t] for t in prev)):
+            # the token goes on with a character earlier tokens started: the regex sees the whole
+            # character, and after a symbol (emoji, CJK punctuation) it joins the punctuation
+            # that follows ("😀'" is one piece), so such a character is the context; after a
+            # letter or digit the token alone is, as for any other token
+            k = len(prev) - 1
+            while k > 0 and not any(b >= 0xC0 for b in surface[prev[k]]):
+                k -= 1
+            data = b"".join(surface[t] for t in prev[k:]) + surface[token]
+            lead = max(i for i in range(len(surface[prev[k]])) if surface[prev[k]][i] >= 0xC0)
+            char = data[lead: lead + utf8_length(data[lead])].decode("utf-8", "ignore")
+            if len(char) != 1 or unicodedata.category(char)[0] not in "LN":
+                return prev[k:] + (token,)  # unfinished, or a finished symbol
+            return (token,)
             run = bytes(self.vocab.surface[t][0] for t in prev)
             if len(run) < utf8_length(run[0]) and 0x80 <= self.vocab.surface[token][0] < 0xC0:
                 return prev + (token,)  # the same character goes on
@@ -119,15 +134,17 @@ class Canonical:
         """May `token` follow a sequence whose context is `tail`?"""
         if not self.continuable[token]:
             return False
-        if not tail:
-            return True
         data = b"".join(self.vocab.surface[t] for t in tail) + self.vocab.surface[token]
         want = list(tail) + [token]
         cut = unfinished_character(data) if self._lookahead else b""
         if cut and completions(cut):
             # the text goes on with the rest of the character (the regex only sees whole
-            # characters): valid when some way to finish it keeps the split
+            # characters): valid when some way to finish it keeps the split, at the start too
+            # (a byte-fallback lead is not judged so: byte tokens may spell text that is not
+            # UTF-8, see the module docstring)
             return any(self._keeps(data + rest, want) for rest in completions(cut))
+        if not tail:
+            return True
         if self.vocab.decompose(data) == want:
             return True
         return self._lookahead and _ends_in_space(data) and self._keeps(data, want)
@@ -146,8 +163,17 @@ class Canonical:
 
     def _compute_invalid(self, tail: Tail) -> np.ndarray:
         if not tail:
-            return np.zeros(0, dtype=np.int64)
+            return self._at_start()
         return self._stored(tail, lambda: self._check(tail, np.flatnonzero(self.continuable)))
+
+    def _at_start(self) -> np.ndarray:
+        """First tokens that end inside a character no way of finishing would start with them
+        (any other token may start a text)."""
+        if not self._lookahead:
+            return np.zeros(0, dtype=np.int64)
+        ends_inside = [i for i in np.flatnonzero(self.continuable & self._may_end_inside)
+                       if unfinished_character(self.vocab.surface[i])]
+        return self._stored((), lambda: np.array([i for i in ends_inside if not self.valid_next((), i)], dtype=np.int64))
 
     def _stored(self, tail: Tail, compute) -> np.ndarray:
         """`compute()` for this tail, kept on disk in `invalid_dir` when set (the general check
@@ -283,6 +309,8 @@ class MergeCanonical(Canonical):
         self._mstart, self._merges = t["merge_start"], t["merges"]
         self._regex = bool(t["regex"])
         self._fallback_ids, self._punct_start = t["fallback_ids"], t["punct_start"]
+        self._continues = np.array([i for i in np.flatnonzero(self.continuable)
+                                    if 0x80 <= (vocab.surface[i][:1] or b"\0")[0] < 0xC0], dtype=np.int64)
 
     @staticmethod
     def tables(vocab: Vocabulary) -> dict[str, np.ndarray]:
@@ -321,15 +349,19 @@ class MergeCanonical(Canonical):
 
     def _compute_invalid(self, tail: Tail) -> np.ndarray:
         if not tail:
-            return np.zeros(0, dtype=np.int64)
+            return self._at_start()
         a = tail[-1]
         if self.is_fallback[a]:  # nothing merges across a byte-fallback character
             return self._check(tail, self._fallback_ids)
         if self.vocab.kinds[a] != TokenKind.NORMAL:
             return super()._compute_invalid(tail)
         surface = self.vocab.surface[a]
-        if not self._has_right[a] or (self._regex and (_space(surface, first=False) or b"'" in surface)):
-            return super()._compute_invalid(tail)  # whitespace look-ahead, contractions: check every pair
+        inside = len(tail) > 1 and bool(unfinished_character(b"".join(self.vocab.surface[t] for t in tail)))
+        if not self._has_right[a] or (self._regex and (_space(surface, first=False) or b"'" in surface
+                                                       or len(tail) > 1 and not inside)):
+            # whitespace look-ahead (a run, or a space character split over tokens: " \xc2" +
+            # "\xa0" is NBSP), contractions: check every pair
+            return super()._compute_invalid(tail)
         found = []
         if self._regex and _punct(surface, first=False):
             found.append(self._check(tail, self._punct_start))
@@ -345,6 +377,10 @@ class MergeCanonical(Canonical):
                     found.append(self._lb[lo:hi][sel])
         if len(self._fallback_ids):
             found.append(self._check(tail, self._fallback_ids))
+        if inside:
+            # inside a character earlier tokens started: what goes on with it is checked with the
+            # whole character (the merges alone judge the rest, which is not UTF-8 after it)
+            found = [np.setdiff1d(f, self._continues) for f in found] + [self._check(tail, self._continues)]
         return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 
@@ -395,26 +431,30 @@ def unfinished_character(data: bytes) -> bytes:
 
 
 @lru_cache(maxsize=4096)
-def completions(cut: bytes, most: int = 32) -> tuple[bytes, ...]:
+def completions(cut: bytes, most: int = 64) -> tuple[bytes, ...]:
     """Up to `most` ways to finish the character `cut` starts (the missing bytes), spread
-    over the assigned characters that start so: scripts, symbols, emoji, spaces."""
+    over the assigned characters that start so (scripts, symbols, emoji) plus every space
+    among them; where none is assigned (private-use planes, unassigned blocks), over the
+    code points there. () when no character starts with `cut`."""
     import unicodedata
 
-    lead = cut[0]
-    if utf8_length(lead) == 1:
+    n = utf8_length(cut[0])
+    if n == 1 or len(cut) >= n:
         return ()
-    try:  # the code points whose encoding starts with `cut`
-        lo = (cut + b"\x80" * (utf8_length(lead) - len(cut))).decode("utf-8")
-        hi = (cut + b"\xbf" * (utf8_length(lead) - len(cut))).decode("utf-8")
-    except UnicodeDecodeError:
-        return ()
-    found = [chr(c).encode()[len(cut):] for c in range(ord(lo), ord(hi) + 1)
-             if unicodedata.category(chr(c)) not in ("Cn", "Cs", "Co")]
-    if len(found) <= most:
-        return tuple(found)
-    step = len(found) / most
-    spaces = [chr(c).encode()[len(cut):] for c in range(ord(lo), ord(hi) + 1) if _is_space(chr(c))]
-    return tuple(dict.fromkeys(spaces + [found[int(i * step)] for i in range(most)]))
+    # the code points whose encoding starts with `cut`, from the bits (not by decoding padded
+    # bytes: E0, ED, F0 and F4 allow only part of the continuation range after them)
+    lo = hi = cut[0] & (0x7F >> n)
+    for b in cut[1:]:
+        lo = hi = (lo << 6) | (b & 0x3F)
+    pad = n - len(cut)
+    lo, hi = lo << 6 * pad, (hi << 6 * pad) | ((1 << 6 * pad) - 1)
+    lo, hi = max(lo, {2: 0x80, 3: 0x800, 4: 0x10000}[n]), min(hi, 0x10FFFF)
+    points = [c for c in range(lo, hi + 1) if not 0xD800 <= c <= 0xDFFF and chr(c).encode().startswith(cut)]
+    found = [c for c in points if unicodedata.category(chr(c)) not in ("Cn", "Co")] or points
+    if len(found) > most:
+        step = len(found) / most
+        found = [c for c in points if _is_space(chr(c))] + [found[int(i * step)] for i in range(most)]
+    return tuple(dict.fromkeys(chr(c).encode()[len(cut):] for c in found))
 
 
 _RUNS = [b" ", b"  ", b"   ", b"\n", b"\n\n", b" \n", b"\n ", b"\n  ", b"\t", b"\t\t", b"\r\n", "\u00a0".encode(),
@@ -476,7 +516,7 @@ def json_types_of(vocab: Vocabulary) -> set[str]:
 
 
 TABLES_VERSION = 1  # bump when `tables` changes what it computes: cached files of older versions are ignored
-RULE_VERSION = 1  # bump when the general check changes what it forbids: the invalid sets kept on disk are per version
+RULE_VERSION = 2  # bump when the general check changes what it forbids: the invalid sets kept on disk are per version
 
 
 def canonical_for(vocab: Vocabulary, cache: bool = True) -> Canonical:

@@ -194,18 +194,23 @@ class CoverEngine:
             tokens, parents, anchor, nodes, at = [], [], [], [], {}
             for node in chain:
                 self._pack(node, tokens, parents, anchor, nodes, at)
-            rest = []
+            rest, partial = [], False
             for t in pending:
                 path, n = [], t
                 while n.slot < 0 and id(n) not in at:
                     path.append(n)
                     n = n.parent
-                if len(tokens) + len(path) > self.lm.max_query and len(tokens) > len(chain):
+                room = self.lm.max_query - len(tokens)
+                if len(path) > room:
                     rest.append(t)
-                    continue
+                    if len(tokens) > len(chain) or room < 1:
+                        continue
+                    # a path longer than one call holds: its first part now, kept as the
+                    # context of the rest, which goes in the next call
+                    path, partial = path[-room:], True
                 for node in reversed(path):
                     self._pack(node, tokens, parents, anchor, nodes, at)
-            keep = len(tokens) if self.keep_kv else len(chain)
+            keep = len(tokens) if self.keep_kv or partial else len(chain)
             out = self.lm.forward(Query(tokens, parents, anchor, keep=keep))
             base = len(self.lm) - keep
             for i, node in enumerate(nodes[:keep]):
