@@ -625,9 +625,7 @@ def gemma_tokenizer_byte_lm(gemma_vocab):
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("which", ["smollm2", pytest.param("gemma", marks=pytest.mark.xfail(
-    strict=True, reason="open (issue 17): after a newline ('\\n', '\\n1') Gemma-3's next-byte distribution "
-                        "disagrees with brute force's; not yet diagnosed"))])
+@pytest.mark.parametrize("which", ["smollm2", "gemma"])
 def test_score_sweep_on_real_tokenizers_never_finds_a_zero_and_matches_brute_force(which, request):
     """Hypothesis over short texts mixing whitespace runs, digits, NBSP, CJK and emoji: `score`
     never raises ZeroProbability on text the tokenizer can encode, its per-byte figures are

@@ -117,6 +117,8 @@ class CoverEngine:
         ids, pos, hidden = [self.start], 0, self._hidden_start
         if self._special_re is not None:
             for m in self._special_re.finditer(data):  # longest match first, left to right
+                if m.end() == len(data) and any(len(s) > len(m.group()) and s.startswith(m.group()) for s in self._specials):
+                    break  # the text may go on into a longer one (Gemma's "\n" and "\n\n"): not settled
                 section = data[pos : m.start()]
                 ids += (self.vocab.decompose(hidden + section) if section else []) + [self._specials[m.group()]]
                 pos, hidden = m.end(), self._hidden_after_special
