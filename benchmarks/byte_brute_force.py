@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=100.0, help="Seconds of brute force per prefix.")
     ap.add_argument("--include-whitespace", action="store_true",
                     help="Also prefixes that end in whitespace (minutes each: every judgement tries ~100 next characters).")
+    ap.add_argument("--ours-now", action="store_true",
+                    help="Compute ByteLM's distributions with the code at this commit instead of reading them from --side "
+                         "(ByteSampler's still come from --side).")
     args = ap.parse_args()
     record = run_record()
     side = next(m["bytesampler"] for m in json.loads(args.side.read_text())["models"] if "bytesampler" in m)
@@ -78,7 +81,7 @@ def main() -> None:
             rows.append({**row, "skipped": "ends in whitespace (--include-whitespace)"})
             continue
         if unfinished_character(prefix):
-            row["note"] = "ends inside a character: brute force finishes it with a sample of characters only"
+            row["note"] = "ends inside a character: brute force finishes it with a sample of characters only (at least one per run of 64 code points)"
         start = time.time()
         signal.setitimer(signal.ITIMER_REAL, args.budget)
         try:
@@ -90,16 +93,19 @@ def main() -> None:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         ref = ref / ref.sum()
-        row.update(seconds=time.time() - start, ours=distance(conditional(entry["ours_logprobs"]), ref),
+        ours = blm.next_byte_logprobs(prefix) if args.ours_now else entry["ours_logprobs"]
+        row.update(seconds=time.time() - start, ours=distance(conditional(ours), ref),
                    bytesampler=distance(conditional(entry["bytesampler_logprobs"]), ref))
         rows.append(row)
         print(f"{entry['prefix']!r}: ours {row['ours']}, ByteSampler {row['bytesampler']} ({row['seconds']:.0f} s)", flush=True)
-    out = {"record": record, "side_from": str(args.side), "budget_seconds": args.budget, "prefixes": rows}
+    out = {"record": record, "side_from": str(args.side), "ours_now": args.ours_now, "budget_seconds": args.budget, "prefixes": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=2))
     lines = ["# Brute force where ByteLM and ByteSampler disagree (SmolLM2-135M, float32)", "",
-             f"Command: `{record['command']}` at commit {record['commit']}, {record['date']}; distributions of both "
-             f"methods from `{args.side}`. Next byte given that the text goes on; |Δ log p| over entries above 1e-4.", "",
+             f"Command: `{record['command']}` at commit {record['commit']}, {record['date']}; "
+             + (f"ByteLM's distributions computed in this run, ByteSampler's from `{args.side}`. " if args.ours_now else
+                f"distributions of both methods from `{args.side}`. ")
+             + "Next byte given that the text goes on; |Δ log p| over entries above 1e-4.", "",
              "| prefix | ours TV | ours max abs Δ log p | ByteSampler TV | ByteSampler max abs Δ log p | seconds |",
              "|---|---|---|---|---|---|"]
     for r in rows:
