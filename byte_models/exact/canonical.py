@@ -125,6 +125,7 @@ class Canonical:
             if len(char) != 1 or unicodedata.category(char)[0] not in "LN":
                 return prev[k:] + (token,)  # unfinished, or a finished symbol
             return (token,)
+        if self.is_fallback[token] and prev and self.is_fallback[prev[-1]]:
             run = bytes(self.vocab.surface[t][0] for t in prev)
             if len(run) < utf8_length(run[0]) and 0x80 <= self.vocab.surface[token][0] < 0xC0:
                 return prev + (token,)  # the same character goes on
