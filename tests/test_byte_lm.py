@@ -657,3 +657,23 @@ def test_score_sweep_on_real_tokenizers_never_finds_a_zero_and_matches_brute_for
 
     check()
     assert any(c.isspace() for t in seen for c in t[:-1])  # the sweep did reach whitespace runs
+
+
+@pytest.mark.real
+def test_byte_fallback_spelling_of_a_character_with_a_token_is_not_valid(gemma_tokenizer_byte_lm):
+    """Gemma-3 has a token for 中, so <0xE4><0xB8><0xAD> is not its own encoding, while the
+    byte-fallback spelling of a character with no token is: the whole byte-fallback run is the
+    context of the check, not its last byte alone (judged as brute force judges it; on a random
+    model such paths carry too little mass for a distribution to show it)."""
+    blm = gemma_tokenizer_byte_lm
+    vocab, rule = blm.vocab, blm.canonical
+    brute = BruteForce(blm)
+    byte = {b: vocab.tokens.index(f"<0x{b:02X}>") for b in "中".encode()}
+    x = vocab.encode("x")
+    assert len(vocab.encode("中")) == 1
+    for seq in [x + [byte[b] for b in "中".encode()], [byte[b] for b in "中".encode()]]:
+        assert not brute.canonical(tuple(seq)) and not rule.is_valid(seq), [vocab.tokens[t] for t in seq]
+        tail = ()
+        for t in seq[:-1]:
+            tail = rule.tail(tail, t)
+        assert seq[-1] in set(rule.invalid_after(tail).tolist())

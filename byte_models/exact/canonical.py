@@ -517,7 +517,7 @@ def json_types_of(vocab: Vocabulary) -> set[str]:
 
 
 TABLES_VERSION = 1  # bump when `tables` changes what it computes: cached files of older versions are ignored
-RULE_VERSION = 2  # bump when the general check changes what it forbids: the invalid sets kept on disk are per version
+RULE_VERSION = 3  # bump when the general check changes what it forbids: the invalid sets kept on disk are per version
 
 
 def canonical_for(vocab: Vocabulary, cache: bool = True) -> Canonical:
