@@ -31,12 +31,14 @@ def plain(model, path: list[int]) -> torch.Tensor:
         return model(torch.tensor([path])).logits[0, -1].double().log_softmax(-1)
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["trunk_first", "trunk_deferred"])
 @pytest.mark.parametrize("name", ["llama", "gemma3_sliding"])
-def test_slots_kept_cropped_and_compacted_match_plain_forward(models, name):
+def test_slots_kept_cropped_and_compacted_match_plain_forward(models, name, defer):
     model, rng = models[name], random.Random(1)
     lm = TreeLM(model)
     trunk = [rng.randrange(5, 45) for _ in range(4)]
-    lm.reset(trunk)
+    first = lm.reset(trunk, defer=defer)
+    assert (first is None) == defer and lm.calls == (0 if defer else 1)
     paths = {s: trunk[: s + 1] for s in range(len(trunk))}  # slot -> its token path
     checked = 0
     for step in range(6):
@@ -53,8 +55,12 @@ def test_slots_kept_cropped_and_compacted_match_plain_forward(models, name):
                 tokens.append(tok), parents.append(-1), anchor.append(a)
                 new_paths.append(paths[a] + [tok])
         keep = len(tokens) if step % 2 == 0 else 0  # keep every token, or crop them all
-        base = len(lm)
+        base = len(lm) + (len(trunk) if defer and step == 0 else 0)  # a deferred trunk's slots come first
         out = lm.forward(Query(tokens, parents, anchor, keep=-1 if keep else 0))
+        if step == 0:  # the trunk was fed by now, in this very call when deferred
+            assert lm.calls == 1 + (not defer)
+            after = first if not defer else lm.trunk_logprobs
+            assert torch.allclose(after, plain(model, trunk), atol=1e-10)
         for i, path in enumerate(new_paths):
             assert torch.allclose(out[i], plain(model, path), atol=1e-10), (step, i)
             checked += 1
@@ -80,3 +86,18 @@ def test_compact_refuses_a_slot_without_its_parent(models):
     lm.reset([5, 6, 7])
     with pytest.raises(ValueError, match="parent"):
         lm.compact([0, 2])
+
+
+@pytest.mark.parametrize("extra", [2, 3])
+def test_a_deferred_trunk_goes_in_the_next_call_only_when_both_fit(models, extra):
+    model = models["llama"]
+    lm = TreeLM(model, max_query=6)
+    trunk = [5, 6, 7, 8]
+    lm.reset(trunk, defer=True)
+    tokens = [9 + i for i in range(extra)]
+    out = lm.forward(Query(tokens, [-1] + list(range(extra - 1)), [3] + [-1] * (extra - 1), keep=-1))
+    assert lm.calls == (1 if len(trunk) + extra <= 6 else 2)
+    assert torch.allclose(lm.trunk_logprobs, plain(model, trunk), atol=1e-10)
+    for i in range(extra):
+        assert torch.allclose(out[i], plain(model, trunk + tokens[: i + 1]), atol=1e-10)
+    assert lm.slot_token == trunk + tokens and lm.slot_parent == [-1, 0, 1, 2, 3, 4, 5][: len(trunk) + extra]

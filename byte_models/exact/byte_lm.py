@@ -183,8 +183,9 @@ class ByteLM(CoverEngine):
         return result
 
     def next_byte_logprobs(self, prefix: str | bytes, context: str | bytes = b"") -> np.ndarray:
-        """Log-probabilities of the next byte (0..255) and of EOS (index 256) after `prefix`."""
-        return self.stream(self._bytes(context) + self._bytes(prefix)).logprobs()
+        """Log-probabilities of the next byte (0..255) and of EOS (index 256) after `prefix`.
+        One-shot: no look-ahead (use `stream` to go on byte by byte)."""
+        return self.stream(self._bytes(context) + self._bytes(prefix), speculate=0).logprobs()
 
     # ---- public API: unknown continuation -----------------------------------------------------
 

@@ -137,16 +137,20 @@ class CoverEngine:
 
     # ---- evaluating nodes -------------------------------------------------------------
 
-    def root(self, context: list[int], keep_kv: bool = False) -> Node:
+    def root(self, context: list[int], keep_kv: bool = False, defer: bool = False) -> Node:
         """A new tree after `context` (the cache starts over with it). With `keep_kv`, every
         node evaluated later keeps its KV slot, so no token is fed twice (streaming; `compact`
         drops dead branches); without, only committed chains do (known text, where each node
-        is evaluated once)."""
-        logprobs = self.lm.reset(context)
+        is evaluated once). With `defer` the context is fed with the first `evaluate` call
+        (one call instead of two); until then the root is not evaluated and its children
+        have no log-probability."""
+        logprobs = self.lm.reset(context, defer=defer)
         self.keep_kv, self._context_slots = keep_kv, len(context)
         root = Node(None, None, 0, 0.0, (), slot=len(context) - 1)
         self._slot_nodes: list[Node | None] = [None] * (len(context) - 1) + [root]
-        self._set(root, logprobs)
+        self._deferred = root if defer else None
+        if not defer:
+            self._set(root, logprobs)
         return root
 
     def roots(self, contexts: Sequence[list[int]]) -> list[Node]:
@@ -154,6 +158,7 @@ class CoverEngine:
         with every context as its own chain, fed in packed calls; every node evaluated later
         keeps its KV slot."""
         self.lm.reset([])
+        self._deferred = None
         slots, logprobs = self.lm.feed_chains(contexts)
         self.keep_kv, self._context_slots = True, len(self.lm)
         self._slot_nodes = [None] * len(self.lm)
@@ -214,18 +219,32 @@ class CoverEngine:
                     self._pack(node, tokens, parents, anchor, nodes, at)
             keep = len(tokens) if self.keep_kv or partial else len(chain)
             out = self.lm.forward(Query(tokens, parents, anchor, keep=keep))
+            self._settle_deferred(full)
             base = len(self.lm) - keep
             for i, node in enumerate(nodes[:keep]):
                 node.slot = base + i
                 self._slot_nodes.append(node)
             for i, node in enumerate(nodes):  # parents come before children
                 if not node.evaluated:
-                    if full is None or full(node):
-                        self._set(node, out[i])
-                    else:
-                        for child in node.children.values():
-                            child.logp = node.logp + float(out[i][child.token])
+                    self._give(node, out[i], full)
             chain, pending = [], rest
+        if self._deferred is not None:  # nothing was fed: the context alone
+            self.lm.forward(Query([], [], []))
+            self._settle_deferred(full)
+
+    def _give(self, node: Node, logprobs: torch.Tensor, full) -> None:
+        if full is None or full(node):
+            self._set(node, logprobs)
+        else:
+            for child in node.children.values():
+                child.logp = node.logp + float(logprobs[child.token])
+
+    def _settle_deferred(self, full) -> None:
+        """After a call that fed a deferred context: the root's distribution, before any
+        node below it (their log-probabilities start from it)."""
+        if self._deferred is not None and self.lm.trunk_logprobs is not None:
+            root, self._deferred = self._deferred, None
+            self._give(root, self.lm.trunk_logprobs, full)
 
     @staticmethod
     def _pack(node: Node, tokens, parents, anchor, nodes, at) -> None:

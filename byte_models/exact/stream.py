@@ -32,7 +32,7 @@ class ByteStream:
     def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 4, keep_kv: bool = True):
         context, region = blm.split_prompt(prompt)
         self._start(blm, context, region, speculate)
-        root = blm.root(context, keep_kv=keep_kv)
+        root = blm.root(context, keep_kv=keep_kv, defer=True)  # the context goes in the tree's call
         nodes, top, near = self._plan(root)
         blm.evaluate(nodes, commit=top, full=lambda n: id(n) in near)
         self._finish(nodes)
@@ -66,11 +66,18 @@ class ByteStream:
         # Only nodes in `reach` can be live. Their common ancestor's probability is a common
         # factor, so only its subtree is evaluated (the path to it joins the trunk); inside
         # it, nodes outside `reach` just pass log-probabilities on to their children.
+        # Nodes that are neither in `reach` nor above a node in it carry no mass to the end of
+        # the region: they are not evaluated at all.
         top = _common_ancestor(reach) if reach else root
-        return [n for n in nodes if _descends(n, top)], top, {id(n) for n in reach}
+        above: set[int] = set()
+        for n in reach:
+            while n is not None and id(n) not in above:
+                above.add(id(n))
+                n = n.parent
+        return [n for n in nodes if id(n) in above and _descends(n, top)], top, {id(n) for n in reach}
 
     def _finish(self, nodes: list[Node]) -> None:
-        self.live = [n for n in nodes if n.evaluated and self._is_live(n)]
+        self.live = [n for n in nodes if n.evaluated and n.logp > -math.inf and self._is_live(n)]
         live = {id(n) for n in self.live}
         for n in nodes:
             if id(n) not in live:

@@ -49,7 +49,9 @@ class TreeLM:
         import inspect
 
         # transformers 5.x renames `past_key_values` to `cache`
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._logits_rows = "logits_to_keep" in params  # logits for the rows asked for only
         self.calls = 0
         self.tokens_fed = 0
         self.reset([])
@@ -57,9 +59,12 @@ class TreeLM:
     def __len__(self) -> int:
         return len(self.slot_token)
 
-    def reset(self, trunk: list[int]) -> torch.Tensor | None:
+    def reset(self, trunk: list[int], defer: bool = False) -> torch.Tensor | None:
         """Start over with `trunk` as slots 0..len-1 (a chain); returns the log-probabilities
-        after its last token (None for an empty trunk)."""
+        after its last token (None for an empty trunk). With `defer` nothing is run now: the
+        trunk goes in front of the next `forward` call's query when both fit in one call (a
+        cold prompt then costs one call, not two), and `trunk_logprobs` holds the
+        log-probabilities after its last token once it has been fed."""
         from transformers import DynamicCache
 
         self.cache = DynamicCache()
@@ -67,11 +72,16 @@ class TreeLM:
         self.slot_parent: list[int] = []
         self.slot_pos: list[int] = []
         self._anc = torch.zeros(0, 0, dtype=torch.bool)  # _anc[s, t]: slot t is s itself or an ancestor of s
+        self._trunk: list[int] = list(trunk) if defer else []
+        self.trunk_logprobs: torch.Tensor | None = None
+        return None if defer else self._feed_trunk(list(trunk))
+
+    def _feed_trunk(self, trunk: list[int]) -> torch.Tensor | None:
         out = None
         for start in range(0, len(trunk), self.max_query):
             part = trunk[start : start + self.max_query]
             q = Query(part, [-1] + list(range(len(part) - 1)), [len(self) - 1] * len(part), keep=-1)
-            out = self.forward(q)[-1]
+            out = self._run(q, rows=[len(part) - 1])[0]
         return out
 
     def feed_chains(self, chains: Sequence[list[int]]) -> tuple[list[int], list[torch.Tensor]]:
@@ -138,15 +148,36 @@ class TreeLM:
             mask = full
         return mask, pos, allowed[:, S:]
 
-    @torch.no_grad()
     def forward(self, q: Query) -> torch.Tensor:
-        """Float64 log-probabilities (len(q.tokens) x vocab) after each query token."""
+        """Float64 log-probabilities (len(q.tokens) x vocab) after each query token. A trunk
+        deferred by `reset` is fed first, in the same call when both fit."""
         if len(q.tokens) > self.max_query:
             raise ValueError(f"query of {len(q.tokens)} tokens exceeds max_query={self.max_query}")
+        trunk, self._trunk = self._trunk, []
+        if not trunk:
+            return self._run(q)
+        if len(trunk) + len(q.tokens) > self.max_query:
+            self.trunk_logprobs = self._feed_trunk(trunk)
+            return self._run(q) if q.tokens else torch.zeros(0, self.vocab_rows, dtype=torch.float64)
+        # The cache is empty, so every anchored query token hangs from a trunk slot, which is
+        # the same index in the merged query.
+        T = len(trunk)
+        parents = [-1] + list(range(T - 1))
+        parents += [p + T if p >= 0 else q.anchor[i] for i, p in enumerate(q.parents)]
+        merged = Query(trunk + q.tokens, parents, [-1] * len(parents), keep=-1 if q.keep < 0 else T + q.keep)
+        out = self._run(merged, rows=list(range(T - 1, T + len(q.tokens))))
+        self.trunk_logprobs = out[0]
+        return out[1:]
+
+    @torch.no_grad()
+    def _run(self, q: Query, rows: list[int] | None = None) -> torch.Tensor:
+        """One model call; log-probabilities after the query tokens `rows` (all when None)."""
         mask, pos, own = self._masks(q)
         ids = torch.tensor([q.tokens], device=self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos[None].to(self.device), use_cache=True,
-                         **{self._cache_arg: self.cache})
+        extra = {self._cache_arg: self.cache}
+        if rows is not None and self._logits_rows:
+            extra["logits_to_keep"] = torch.tensor(rows, device=self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos[None].to(self.device), use_cache=True, **extra)
         self.calls += 1
         self.tokens_fed += len(q.tokens)
         keep = len(q.tokens) if q.keep < 0 else q.keep
@@ -154,6 +185,8 @@ class TreeLM:
             self.cache.crop(-(len(q.tokens) - keep))
         self._add_slots(q, pos, own, keep)
         logits = out.logits[0]
+        if rows is not None and not self._logits_rows:
+            logits = logits[rows]
         return torch.cat([logits[i : i + 64].double().log_softmax(-1) for i in range(0, len(logits), 64)]).cpu()
 
     def _add_slots(self, q: Query, pos: torch.Tensor, own: torch.Tensor, keep: int) -> None:
