@@ -2,8 +2,8 @@
 
 One run, both bundled models, float32, this machine:
   * generation: transformers' greedy `generate` vs `ByteLM.generate` on the same prompts,
-    batch 1 (prompts one after another) and batch 8 (one batched call), ours asked for the
-    bytes plain made for each prompt;
+    batch 1 (prompts one after another) and batch 8 (one batched call), both stopping each
+    prompt at the same count of new bytes (256; a batch runs until its slowest row is done);
   * scoring a known text (`ByteLM.score`, per-byte conditionals of every prefix);
   * streaming next-byte distributions (`ByteLM.stream`), without and with look-ahead (calls
     and tokens fed per byte);
@@ -57,17 +57,30 @@ def held_out(lang: str, n: int, skip: int = 30_000) -> str:
     return text[:n].decode("utf-8", "ignore")
 
 
-def plain_generate(model, tok_ids: list[list[int]], new_tokens: int, pad: int) -> tuple[list[list[int]], float]:
+def plain_generate(model, vocab, tok_ids: list[list[int]], budget: int, eos: int) -> tuple[list[bytes], int, float]:
+    """transformers' greedy `generate` on left-padded token prompts, each row stopped once its
+    new tokens spell `budget` bytes (or at EOS), as `ByteLM.generate(max_new_bytes=budget)`
+    stops: both make the same bytes per prompt, and a batch runs until its slowest row is done.
+    Returns each row's bytes (cut at the budget), the steps run and the seconds."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
     width = max(map(len, tok_ids))
-    ids = torch.full((len(tok_ids), width), pad)
+    ids = torch.full((len(tok_ids), width), eos)
     mask = torch.zeros_like(ids)
     for r, row in enumerate(tok_ids):
         ids[r, width - len(row):] = torch.tensor(row)
         mask[r, width - len(row):] = 1
+
+    class ByteBudget(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([eos in row or len(vocab.decode_bytes(row)) >= budget for row in input_ids[:, width:].tolist()])
+
     start = time.time()
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                         pad_token_id=pad)
-    return out[:, width:].tolist(), time.time() - start
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=budget, do_sample=False, pad_token_id=eos,
+                         eos_token_id=eos, stopping_criteria=StoppingCriteriaList([ByteBudget()]))
+    secs = time.time() - start
+    rows = [vocab.decode_bytes(t for t in row if t != eos)[:budget] for row in out[:, width:].tolist()]
+    return rows, out.shape[1] - width, secs
 
 
 def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
@@ -77,7 +90,7 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
     load_s = time.time() - t0
     model, vocab = blm.lm.model, blm.vocab
     res = {"model": name, "load_seconds": load_s}
-    n_new = 32 if quick else 64  # tokens for plain generate; ours gets the same number of bytes it produced
+    budget = 128 if quick else 256  # new bytes per prompt, plain and ours alike
 
     if "boundary" in parts:
         res["boundary"] = boundary(blm, folder, 6 if quick else 20)
@@ -89,25 +102,24 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
     rows = [[blm.start] + vocab.encode(p) for p in PROMPTS]
     blm.generate(PROMPTS[0], max_new_bytes=8, temperature=0)  # warm-up (lazy validity rows, threads)
     for batch in (1, 8):
-        outs, secs = [], 0.0
+        plain, steps, secs = [], 0, 0.0
         for chunk in ([[r] for r in rows] if batch == 1 else [rows]):
-            o, s = plain_generate(model, chunk, n_new, blm.eos)
-            outs += o
-            secs += s
-        per_prompt = [len(vocab.decode_bytes(t for t in o if t != blm.eos)) for o in outs]
-        plain_bytes = sum(per_prompt)
-        calls0, start = blm.lm.calls, time.time()  # ours makes the same bytes per prompt as plain made
+            o, n, s = plain_generate(model, vocab, chunk, budget, blm.eos)
+            plain, steps, secs = plain + o, steps + n, secs + s
+        plain_bytes = sum(map(len, plain))
+        calls0, start = blm.lm.calls, time.time()
         if batch == 1:
-            ours = [blm.generate(p, max_new_bytes=n, temperature=0, as_bytes=True) for p, n in zip(PROMPTS, per_prompt)]
+            ours = [blm.generate(p, max_new_bytes=budget, temperature=0, as_bytes=True) for p in PROMPTS]
         else:
-            ours = blm.generate(PROMPTS, max_new_bytes=per_prompt, temperature=0, as_bytes=True)
+            ours = blm.generate(PROMPTS, max_new_bytes=budget, temperature=0, as_bytes=True)
         ours_s, ours_calls = time.time() - start, blm.lm.calls - calls0
         ours_bytes = sum(map(len, ours))
-        gen[batch] = {"plain_bytes_per_s": plain_bytes / secs, "plain_calls_per_byte": n_new * (len(PROMPTS) if batch == 1 else 1) / plain_bytes,
-                      "ours_bytes_per_s": ours_bytes / ours_s, "ours_calls_per_byte": ours_calls / ours_bytes,
+        gen[batch] = {"bytes_per_prompt": budget, "plain_bytes": plain_bytes, "plain_steps": steps,
+                      "plain_bytes_per_s": plain_bytes / secs, "plain_calls_per_byte": steps / plain_bytes,
+                      "ours_bytes": ours_bytes, "ours_bytes_per_s": ours_bytes / ours_s, "ours_calls_per_byte": ours_calls / ours_bytes,
                       "ratio": (ours_bytes / ours_s) / (plain_bytes / secs)}
-        print(f"[{name}] generate batch {batch}: plain {gen[batch]['plain_bytes_per_s']:.1f} B/s, ours "
-              f"{gen[batch]['ours_bytes_per_s']:.1f} B/s ({gen[batch]['ratio']:.2f}x)", flush=True)
+        print(f"[{name}] generate batch {batch}: plain {gen[batch]['plain_bytes_per_s']:.1f} B/s ({steps} steps), ours "
+              f"{gen[batch]['ours_bytes_per_s']:.1f} B/s ({ours_calls} calls) ({gen[batch]['ratio']:.2f}x)", flush=True)
     res["generate"] = gen
 
     # ---- scoring ----------------------------------------------------------------------
@@ -329,7 +341,8 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
               "|---|---|---|---|---|---|---|"]
     for r in results["models"]:
         for b, g in r["generate"].items():
-            lines.append(f"| {r['model']} | plain `model.generate` (greedy) | {b} | {g['plain_bytes_per_s']:.1f} | "
+            each = f"{g['bytes_per_prompt']} B per prompt" if "bytes_per_prompt" in g else "plain's bytes per prompt"
+            lines.append(f"| {r['model']} | plain `model.generate` (greedy, {each}) | {b} | {g['plain_bytes_per_s']:.1f} | "
                          f"{g['plain_calls_per_byte']:.3f} | | |")
             lines.append(f"| {r['model']} | ByteLM.generate (greedy) | {b} | {g['ours_bytes_per_s']:.1f} | "
                          f"{g['ours_calls_per_byte']:.3f} | | {g['ratio']:.2f}x plain |")
