@@ -1,6 +1,9 @@
 """Who is right where ByteLM and ByteSampler disagree: brute-force next-byte distributions on
 the real SmolLM2-135M (float32) for the prefixes of `results/byte_lm.json`'s side-by-side part.
 
+Also the side-by-side stream steps where the two differed most (the prefix is the stream's
+prompt plus the bytes before the step; with `--ours-now` the stream is replayed).
+
 Brute force (tests/brute_force.py) enumerates every token sequence that covers the prefix,
 judges each by the tokenizer's own encoding of its whole text (not by either method's
 pairwise rule), and sums the model's probabilities from plain forward passes. It is slow on a
@@ -26,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from brute_force import BruteForce, unfinished_character  # noqa: E402  (tests/brute_force.py)
+from byte_lm import STREAM_PROMPT  # noqa: E402
 from run_record import run_record  # noqa: E402
 
 from tokensurgery.byte_models import ByteLM  # noqa: E402
@@ -42,6 +46,18 @@ def distance(p: np.ndarray, q: np.ndarray) -> dict:
     with np.errstate(divide="ignore"):
         dlog = np.abs(np.log(p[keep]) - np.log(q[keep]))
     return {"total_variation": float(0.5 * np.abs(p - q).sum()), "max_abs_dlogp": float(dlog.max()) if keep.any() else 0.0}
+
+
+def ours_now(blm: ByteLM, entry: dict) -> np.ndarray:
+    """ByteLM's distribution after the entry's prefix with this commit's code: a cold call, or
+    for a stream step the stream replayed byte by byte from the side-by-side's prompt."""
+    prefix = bytes.fromhex(entry["raw"])
+    if not entry.get("stream"):
+        return blm.next_byte_logprobs(prefix)
+    stream = blm.stream(STREAM_PROMPT)
+    for b in prefix[len(STREAM_PROMPT):]:
+        stream.advance(b)
+    return stream.logprobs()
 
 
 class Timeout(Exception):
@@ -69,11 +85,14 @@ def main() -> None:
         raise Timeout
 
     signal.signal(signal.SIGALRM, alarm)
-    for entry in side["prefixes"]:
+    # the side-by-side prefixes, then the stream steps where the two differed most (their
+    # distributions are stored by byte_lm.py since this script learnt to read them)
+    steps = [{**w, "prefix": f"…{w['before']}", "stream": True} for w in side.get("stream_worst_steps", []) if "raw" in w]
+    for entry in side["prefixes"] + steps:
         if "ours_logprobs" not in entry:
             continue
         prefix = bytes.fromhex(entry["raw"])
-        row = {"prefix": entry["prefix"]}
+        row = {"prefix": entry["prefix"], **({"stream_step": entry["offset"]} if entry.get("stream") else {})}
         if entry["max_abs_dlogp"] < 1e-3:
             rows.append({**row, "skipped": "the two agree (abs Δ log p < 1e-3)"})
             continue
@@ -93,7 +112,7 @@ def main() -> None:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         ref = ref / ref.sum()
-        ours = blm.next_byte_logprobs(prefix) if args.ours_now else entry["ours_logprobs"]
+        ours = (ours_now(blm, entry) if args.ours_now else entry["ours_logprobs"])
         row.update(seconds=time.time() - start, ours=distance(conditional(ours), ref),
                    bytesampler=distance(conditional(entry["bytesampler_logprobs"]), ref))
         rows.append(row)
@@ -114,6 +133,8 @@ def main() -> None:
             lines.append(f"| `{shown}` | skipped: {r['skipped']} | | | | |")
         else:
             note = f" ({r['note']})" if "note" in r else ""
+            if "stream_step" in r:
+                note += f" (stream step {r['stream_step']} after `{STREAM_PROMPT.decode()}`)"
             lines.append(f"| `{shown}`{note} | {r['ours']['total_variation']:.1e} | {r['ours']['max_abs_dlogp']:.1e} | "
                          f"{r['bytesampler']['total_variation']:.1e} | {r['bytesampler']['max_abs_dlogp']:.1e} | {r['seconds']:.0f} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -243,7 +243,10 @@ def side_by_side(blm: ByteLM, folder: Path, python: str, rev: str, quick: bool) 
            "stream_steps_dlogp_above_1e-3": sum(s[1] >= 1e-3 for s in steps),
            "stream_worst_steps": [{"offset": i, "next": stream_text[i : i + 1].decode("latin-1"),
                                    "before": stream_text[max(0, i - 12) : i].decode("utf-8", "backslashreplace"),
-                                   "total_variation": steps[i][0], "max_abs_dlogp": steps[i][1]}
+                                   "total_variation": steps[i][0], "max_abs_dlogp": steps[i][1],
+                                   "raw": (STREAM_PROMPT + stream_text[:i]).hex(),  # the whole prefix, for brute force
+                                   "ours_logprobs": [round(float(x), 10) for x in ours[i]],
+                                   "bytesampler_logprobs": [round(float(x), 10) for x in theirs["stream"][i]]}
                                   for i in sorted(range(len(steps)), key=lambda i: -steps[i][1])[:5]],
            "prefix_seconds_ours": ours_times, "prefix_seconds_bytesampler": theirs["prefix_seconds"], "prefixes": prefixes}
     out["x_bytesampler_stream"] = out["ours_steps_per_s"] / out["bytesampler_steps_per_s"]
