@@ -40,7 +40,9 @@ def test_next_byte_matches_brute_force(tiny_byte_lms, family):
     blm = tiny_byte_lms[family]
     brute = BruteForce(blm)
     for prefix in PREFIXES[family]:
+        calls = blm.lm.calls
         ours = np.exp(blm.next_byte_logprobs(prefix))
+        assert blm.lm.calls == calls + 1, prefix  # the context goes in the tree's call; no look-ahead
         ref = brute.next_byte(prefix)
         assert abs(ours.sum() - 1) < 1e-9, prefix
         assert np.abs(ours - ref).max() < 1e-6, (prefix, np.abs(ours - ref).max())
