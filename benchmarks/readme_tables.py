@@ -244,9 +244,10 @@ def byte_lm_speed() -> str:
     for m in r["models"]:
         name = m["model"]
         g1, g8 = m["generate"]["1"], m["generate"]["8"]
-        rows.append([name, "plain `model.generate`, greedy, batch 1 / 8", f"{g1['plain_bytes_per_s']:.1f} / {g8['plain_bytes_per_s']:.1f}",
+        each = f", {g1['bytes_per_prompt']} B per prompt" if "bytes_per_prompt" in g1 else ""
+        rows.append([name, f"plain `model.generate`, greedy, batch 1 / 8{each}", f"{g1['plain_bytes_per_s']:.1f} / {g8['plain_bytes_per_s']:.1f}",
                      f"{g1['plain_calls_per_byte']:.2f} / {g8['plain_calls_per_byte']:.2f}", "", ""])
-        rows.append([name, "`ByteLM.generate`, greedy, batch 1 / 8", f"{g1['ours_bytes_per_s']:.1f} / {g8['ours_bytes_per_s']:.1f}",
+        rows.append([name, f"`ByteLM.generate`, greedy, batch 1 / 8{each}", f"{g1['ours_bytes_per_s']:.1f} / {g8['ours_bytes_per_s']:.1f}",
                      f"{g1['ours_calls_per_byte']:.2f} / {g8['ours_calls_per_byte']:.2f}", "",
                      f"{g1['ratio']:.2f}x / {g8['ratio']:.2f}x plain"])
         sc = m["score"]
@@ -286,6 +287,8 @@ def byte_brute_force() -> str:
             continue
         shown = r["prefix"].replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r").replace("|", "\\|")
         note = " (ends inside a character: the reference samples the ways to finish it)" if "note" in r else ""
+        if "stream_step" in r:
+            note += f" (streaming step {r['stream_step']})"
         rows.append([f"`{shown}`{note}", f"{r['ours']['total_variation']:.0e}", f"{r['ours']['max_abs_dlogp']:.0e}",
                      f"{r['bytesampler']['total_variation']:.0e}", f"{r['bytesampler']['max_abs_dlogp']:.0e}"])
     return _table(["prefix", "ByteLM: TV", "max abs Δ log p", "ByteSampler: TV", "max abs Δ log p"], rows)
