@@ -46,6 +46,7 @@ class CoverEngine:
         if rows < len(vocab):
             raise TokenSurgeryError(f"the model has {rows} output rows but the tokenizer has {len(vocab)} tokens")
         self.lm = TreeLM(model)
+        self._deferred: Node | None = None  # a root whose context goes in the next call (`root(defer=True)`)
         self.keep_kv, self._context_slots, self._slot_nodes = False, 0, []
         # tokens the tokenizer matches in text before anything else (specials, added tokens), by
         # surface; and the special tokens by name (start, end, fill-in-the-middle)
