@@ -112,7 +112,7 @@ def main() -> None:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         ref = ref / ref.sum()
-        ours = (ours_now(blm, entry) if args.ours_now else entry["ours_logprobs"])
+        ours = ours_now(blm, entry) if args.ours_now else entry["ours_logprobs"]
         row.update(seconds=time.time() - start, ours=distance(conditional(ours), ref),
                    bytesampler=distance(conditional(entry["bytesampler_logprobs"]), ref))
         rows.append(row)
