@@ -25,7 +25,7 @@ from run_record import ROOT, run_record  # this script's folder is on sys.path
 from tokensurgery.assets import text_paths
 from tokensurgery.corpus import Corpus
 from tokensurgery.evaluate import load_causal_lm, score_files
-from tokensurgery.heal import HealConfig, Healer
+from tokensurgery.heal import HealConfig, Healer, autocast_dtype
 from tokensurgery.inputs import open_model
 from tokensurgery.transplant import transplant
 from transplant_quality import PAIRS
@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--corpus", default="bundled,multilingual-dev")
     ap.add_argument("--mix", default=HealConfig.mix, choices=["chars", "source"], help="see Corpus.window")
     ap.add_argument("--device", default="cpu", help="cuda on a GPU machine: the same run, one flag")
+    ap.add_argument("--autocast", default=HealConfig.autocast, choices=["auto", "bfloat16", "off"],
+                    help="bfloat16 products in the training step (auto: where they are fast)")
     ap.add_argument("--suffix", default="", help="added to the result files' stem, e.g. _trains")
     ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "heal")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
@@ -89,7 +91,8 @@ def main() -> None:
         """The result files as they stand (rewritten after every row, so a stopped run keeps its rows)."""
         lines = [f"Pair `{args.pair}`: {donor}'s tokenizer on {base} (transplant defaults), healed on "
                  f"{args.corpus} ({corpus.n_chars:,} characters, windows drawn by {args.mix}); batch {args.batch_size} x {args.seq_len} tokens; "
-                 f"first {args.max_bytes} bytes of each held-out text; bits per byte.", "",
+                 f"first {args.max_bytes} bytes of each held-out text; bits per byte; training-step products in "
+                 f"{autocast_dtype(args.autocast, args.device) or 'float32'} (--autocast {args.autocast}).", "",
                  "| variant | minutes | steps | " + " | ".join(n.removesuffix(".txt") for n in names) + " | gap closed |",
                  "|---" * (len(names) + 4) + "|"]
         for r in rows:
@@ -103,7 +106,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         meta = {**record, "pair": args.pair, "base": base, "donor": donor, "langs": args.langs, "max_bytes": args.max_bytes,
                 "minutes": minutes, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
-                "corpus": args.corpus, "mix": args.mix}
+                "corpus": args.corpus, "mix": args.mix, "autocast": args.autocast,
+                "autocast_resolved": str(autocast_dtype(args.autocast, args.device))}
         (args.out / f"heal_{args.pair}{args.suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
                                                                     ensure_ascii=False) + "\n")
         (args.out / f"heal_{args.pair}{args.suffix}.md").write_text(f"Command: `{record['command']}` (commit {record['commit']}, "
@@ -121,7 +125,7 @@ def main() -> None:
         for i, m in enumerate(minutes):
             config = HealConfig(steps=10**6, max_minutes=m - done, lr=lr, loss=loss, train=train,
                                 batch_size=args.batch_size, seq_len=args.seq_len, save_every=10**6, mix=args.mix,
-                                device=args.device)
+                                device=args.device, autocast=args.autocast)
             healer = Healer(student, corpus, out, config, teacher=base, resume=i > 0,  # lm: only its vocabulary
                             progress=False)
             res = healer.run()

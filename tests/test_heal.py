@@ -166,6 +166,43 @@ def test_cli_offers_every_loss():
     assert heal_cli.LOSSES == LOSSES
 
 
+@pytest.mark.parametrize("kind", ["tied", "bos"])  # no BOS (first id unscored) and BOS
+def test_token_logprobs_of_a_padded_batch_equal_one_forward_per_row(tiny_model_dirs, kind):
+    from tokensurgery.evaluate import load_model
+    from tokensurgery.heal import next_token_logits, token_logprobs
+
+    model, vocab = load_model(tiny_model_dirs[kind]), vocabulary_of_folder(tiny_model_dirs[kind])
+    rows = [vocab.encode(t) for t in ("the cat sat on the mat", "a", "", "bonjour tout le monde, ça va ?")]
+    with torch.no_grad():
+        logits, shift = next_token_logits(model, vocab, rows)
+        got = token_logprobs(logits, shift, rows)
+        for row, lp in zip(rows, got):
+            seq = ([vocab.bos_added] if vocab.bos_added is not None else []) + row
+            assert len(lp) == max(len(row), shift)
+            if len(seq) < 2:
+                assert lp.isnan().all()
+                continue
+            ref = model(input_ids=torch.tensor([seq])).logits[0, :-1].log_softmax(-1)  # alone, unpadded
+            want = ref.gather(1, torch.tensor(seq[1:])[:, None])[:, 0]
+            assert lp[:shift].isnan().all()
+            torch.testing.assert_close(lp[shift:], want, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_autocast_changes_the_step_loss_only_by_rounding(tiny_model_dirs, tmp_path):
+    from tokensurgery.heal import autocast_dtype
+
+    assert autocast_dtype("off", "cpu") is None and autocast_dtype("bfloat16", "cpu") == torch.bfloat16
+    losses = {}
+    for setting in ("off", "bfloat16"):
+        h = Healer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / setting, tiny_config(loss="lm", autocast=setting),
+                   teacher=tiny_model_dirs["bos"], progress=False)
+        losses[setting] = float(h.loss(0, 0)["loss"])
+    assert losses["off"] != losses["bfloat16"]  # the products did run in bfloat16
+    assert abs(losses["off"] - losses["bfloat16"]) < 0.02 * losses["off"], losses
+    with pytest.raises(TokenSurgeryError, match="autocast"):
+        tiny_config(autocast="fp8").check()
+
+
 def test_lm_step_lowers_the_loss_without_teacher(tiny_model_dirs, tmp_path):
     h = Healer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "o", tiny_config(steps=1, loss="lm", lr=1e-2),
                progress=False)

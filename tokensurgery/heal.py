@@ -49,12 +49,14 @@ import torch.nn.functional as F
 from .alignment import align, cut_to_fit, token_ends
 from .corpus import Corpus
 from .errors import TokenSurgeryError
+from .kernels.omp import fast_bfloat16
 from .training import LoopConfig, TrainLoop
 from .vocab_map import VocabMap
 from .vocabulary import Vocabulary
 
 LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")
 TRAINABLE = ("new", "embeddings", "lora")
+AUTOCAST = ("auto", "bfloat16", "off")
 TRAINED_FILE = "trained.safetensors"  # the trained tensors, in a checkpoint folder
 
 
@@ -74,6 +76,7 @@ class HealConfig(LoopConfig):
     alm_temperature: float = 1.0
     lora_rank: int = 8
     mix: str = "source"  # how training windows are drawn (Corpus.window); source beat chars in results/heal_light_mix.md
+    autocast: str = "auto"  # matrix products in bfloat16 (weights stay float32): auto = where bf16 is fast
 
     def check(self) -> None:
         if self.loss not in LOSSES:
@@ -91,6 +94,8 @@ class HealConfig(LoopConfig):
             raise TokenSurgeryError(f"max_minutes must be positive, got {self.max_minutes}")
         if self.mix not in ("chars", "source"):
             raise TokenSurgeryError(f"mix must be 'chars' or 'source', got {self.mix!r}")
+        if self.autocast not in AUTOCAST:
+            raise TokenSurgeryError(f"autocast must be one of {', '.join(AUTOCAST)}, got {self.autocast!r}")
         if self.alm_temperature <= 0:
             raise TokenSurgeryError(f"alm_temperature must be positive, got {self.alm_temperature}")
         if self.weight_decay and self.train == "new":
@@ -125,19 +130,25 @@ def next_token_logits(model, vocab: Vocabulary, rows: list[list[int]]) -> tuple[
     for i, s in enumerate(seqs):  # right padding: positions are 0.. for every row
         x[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+    # the last position predicts nothing, but slicing it off would cost a full-size zero
+    # gradient in the backward pass; token_logprobs ignores it
+    logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits.float()
     return logits, 0 if bos is not None else 1
 
 
 def token_logprobs(logits: torch.Tensor, shift: int, rows: list[list[int]]) -> list[torch.Tensor]:
     """Natural-log probability of each id of each row (NaN for an id without context), from
     `next_token_logits`."""
-    out = []
+    # one cross-entropy over the padded batch: slicing `logits` per row would make autograd
+    # allocate (and zero) a full-size gradient for every row (~1 s a step with a 49k vocabulary)
+    width = logits.shape[1]
+    target = torch.full((len(rows), width), -100, dtype=torch.long)
+    n = [max(len(row) - shift, 0) for row in rows]
     for r, row in enumerate(rows):
-        target = torch.tensor(row[shift:], dtype=torch.long, device=logits.device)
-        lp = -F.cross_entropy(logits[r, : len(target)], target, reduction="none")
-        out.append(torch.cat([lp.new_full((shift,), float("nan")), lp]))
-    return out
+        target[r, : n[r]] = torch.tensor(row[shift:], dtype=torch.long)
+    lp = -F.cross_entropy(logits.flatten(0, 1), target.flatten().to(logits.device), reduction="none",
+                          ignore_index=-100).view(len(rows), width)
+    return [torch.cat([lp.new_full((shift,), float("nan")), lp[r, : n[r]]]) for r in range(len(rows))]
 
 
 def shared_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_cols: torch.Tensor,
@@ -200,6 +211,15 @@ class _SwappedHead:
             self.model.set_output_embeddings(self.saved)
 
 
+def autocast_dtype(setting: str, device: str) -> torch.dtype | None:
+    """The dtype of a healing step's matrix products under `torch.autocast` (None: float32):
+    bfloat16 for 'bfloat16', and for 'auto' where bf16 products are fast (CUDA; CPUs with
+    AVX512-BF16 or AMX: 2.4x float32 on a 2-core AMD EPYC, ~1.6x per heal step). Weights,
+    gradients and optimizer state stay float32; evaluation never uses it."""
+    dev = torch.device(device)
+    return torch.bfloat16 if setting == "bfloat16" or (setting == "auto" and fast_bfloat16(dev)) else None
+
+
 # ---- the trainer -----------------------------------------------------------------------------
 
 def _rng(config: HealConfig, step: int, rank: int, micro: int) -> random.Random:
@@ -227,6 +247,7 @@ class Healer:
         self.config, self.corpus, self.out, self.progress = self.loop.config, corpus, Path(out), progress
         self.config.check()
         self.rank = self.loop.rank
+        self.amp = autocast_dtype(self.config.autocast, self.config.device)
         self.svocab = vocabulary_of_folder(self.student_dir, name=str(student))
         self.model = load_model(self.student_dir, device=self.config.device)
         if not hasattr(self.model, "get_output_embeddings") or self.model.get_output_embeddings() is None:
@@ -235,7 +256,7 @@ class Healer:
         if self.teacher_dir is not None:  # loss lm uses only its vocabulary (which rows are new)
             self.tvocab = vocabulary_of_folder(self.teacher_dir, name=str(teacher))
         if self.teacher_dir is not None and self.config.loss != "lm":
-            # float32 on CPU: most CPUs emulate bfloat16 products (see kernels/omp.fast_bfloat16)
+            # float32 on CPU (its products run in bfloat16 under autocast where that is fast)
             dtype = "bfloat16" if self.config.device.startswith("cuda") else "float32"
             self.teacher = load_model(self.teacher_dir, dtype=dtype, device=self.config.device)
             for p in self.teacher.parameters():
@@ -345,7 +366,8 @@ class Healer:
         c = self.config
         batch = self.batch(step, micro)
         s_rows = [s for s, _, _, _ in batch]
-        with _SwappedHead(self._hf_student(), self.student_head):
+        amp = torch.autocast(torch.device(c.device).type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
+        with amp, _SwappedHead(self._hf_student(), self.student_head):
             s_logits, s_shift = next_token_logits(self.loop.ddp, self.svocab, s_rows)
         logs, s_cols = {}, self.shared_cols[0] if self.shared_cols is not None else None
         if self.student_head is None:
@@ -360,7 +382,7 @@ class Healer:
             return {"loss": lm, **logs}
         t_rows = [t for _, t, _, _ in batch]
         t_cols = self.shared_cols[1] if self.shared_cols is not None else None
-        with torch.no_grad(), _SwappedHead(self.teacher, self.teacher_head):
+        with torch.no_grad(), amp, _SwappedHead(self.teacher, self.teacher_head):
             t_logits, t_shift = next_token_logits(self.teacher, self.tvocab, t_rows)
             if self.teacher_head is None:
                 t_lp = token_logprobs(t_logits, t_shift, t_rows)
@@ -438,6 +460,7 @@ class Healer:
                 "loss": c.loss, "train": c.train, "steps_done": res.steps_done, "minutes": round(res.seconds / 60, 2),
                 "stopped_at_time_limit": res.stopped_early, "corpus_chars": self.corpus.n_chars,
                 "corpus": sorted({n.split(":")[0] for n, _ in self.corpus.texts})[:20],
+                "autocast": str(self.amp).removeprefix("torch.") if self.amp else "off",
                 "trained_tensors": res.trained_tensors, "trained_rows": res.trained_rows,
                 "bits_per_byte_before": res.before, "bits_per_byte_after": res.after,
                 "bits_per_byte_teacher": res.teacher, "world_size": self.loop.world, "config": asdict(c)}

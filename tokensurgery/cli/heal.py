@@ -17,7 +17,7 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
     Data=["corpus", "mix"],
     Schedule=["steps", "max_minutes", "batch_size", "seq_len", "grad_accum", "lr"],
     Evaluation=["texts", "langs", "max_bytes"],
-    Run=["resume", "force", "save_every", "seed", "device", "json_out"]))
+    Run=["resume", "force", "save_every", "seed", "device", "autocast", "json_out"]))
 @click.argument("model")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--teacher", help="The transplant's BASE: the model the kd/alm losses distill, and what says which "
@@ -48,11 +48,15 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
 @click.option("--save-every", default=50, show_default=True, help="Checkpoint every N steps.")
 @options.seed
 @options.device
+@click.option("--autocast", type=click.Choice(["auto", "bfloat16", "off"]), default="auto", show_default=True,
+              help="Run the training step's matrix products in bfloat16 (weights stay float32). auto: where "
+                   "that is fast (CUDA; CPUs with AVX512-BF16 or AMX), else off.")
 @options.json_out
 def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature: float, train: str, lora_rank: int,
          corpus: tuple[str, ...], mix: str, steps: int, max_minutes: float | None, batch_size: int, seq_len: int,
          grad_accum: int, lr: float, texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int | None,
-         resume: bool, force: bool, save_every: int, seed: int, device: str, json_out: Path | None) -> None:
+         resume: bool, force: bool, save_every: int, seed: int, device: str, autocast: str,
+         json_out: Path | None) -> None:
     """Train MODEL (e.g. a `transplant` output) so it recovers its base's quality; write it to OUT.
 
     --teacher BASE says which rows are new; the kd/alm losses also distill BASE through its
@@ -67,7 +71,8 @@ def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature:
     files = options.text_files(texts, langs)
     config = HealConfig(steps=steps, max_minutes=max_minutes, batch_size=batch_size, seq_len=seq_len,
                         grad_accum=grad_accum, lr=lr, loss=loss, train=train, alm_temperature=alm_temperature,
-                        lora_rank=lora_rank, mix=mix, save_every=save_every, seed=seed, device=device)
+                        lora_rank=lora_rank, mix=mix, save_every=save_every, seed=seed, device=device,
+                        autocast=autocast)
     config.check()
     res = heal_fn(model, out, Corpus.from_paths(list(corpus)), config, teacher=teacher, eval_files=files,
                   max_bytes=max_bytes, resume=resume, force=force)
