@@ -231,6 +231,19 @@ def test_train_new_moves_only_new_rows_and_writes_a_loadable_checkpoint(tiny_mod
     assert set(old_w) == set(new_w)
 
 
+def test_new_plus_bytes_adds_the_rows_the_teacher_has_as_byte_fallback_tokens(smollm2_vocab, gemma_vocab):
+    import re
+
+    from tokensurgery.heal import trainable_rows
+
+    vm = VocabMap.build(gemma_vocab, smollm2_vocab)  # teacher Gemma-3 (SentencePiece, <0xXX>), student SmolLM2
+    assert trainable_rows(vm, "new") == sorted(vm.new)
+    extra = set(trainable_rows(vm, "new+bytes")) - set(vm.new)
+    want = {t for t, s in vm.shared.items() if re.fullmatch(r"<0x[0-9A-F]{2}>", gemma_vocab.tokens[s])}
+    assert extra == want and 100 < len(want) <= 256
+    assert all(len(smollm2_vocab.surface[t]) == 1 for t in extra)  # one byte each, e.g. b"\xab"
+
+
 def test_resume_gives_the_same_weights(tiny_model_dirs, tmp_path):
     student, teacher = tiny_model_dirs["untied"], tiny_model_dirs["bos"]
     heal(student, tmp_path / "a", tiny_corpus(), tiny_config(steps=4), teacher=teacher, progress=False)

@@ -28,8 +28,9 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
                    "plain next-token loss (no teacher); a+b: their sum.")
 @click.option("--alm-temperature", default=1.0, show_default=True,
               help="ALM: chunk probabilities are compared as p^(1/T) (higher T weighs unlikely chunks more).")
-@click.option("--train", type=click.Choice(["new", "embeddings", "lora"]), default="new", show_default=True,
-              help="new: only the rows of tokens the teacher lacks; embeddings: every embedding row; lora: every "
+@click.option("--train", type=click.Choice(["new", "new+bytes", "embeddings", "lora"]), default="new", show_default=True,
+              help="new: only the rows of tokens the teacher lacks; new+bytes: also the rows of tokens the teacher "
+                   "has only as byte-fallback tokens (<0xAB>); embeddings: every embedding row; lora: every "
                    "embedding row plus LoRA adapters on attention/MLP, merged into the weights on save.")
 @click.option("--lora-rank", default=8, show_default=True, help="Rank of the LoRA adapters (--train lora).")
 @options.corpus_option(("bundled", "multilingual-train"))
