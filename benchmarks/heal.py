@@ -8,6 +8,8 @@ score); each stage's checkpoint is scored as a user would load it (OUT folder,
 `load_causal_lm`). "Gap closed" = (transplant - healed) / (transplant - base), overall.
 The learning-rate schedule is held at its peak after warm-up (`steps` is set far beyond what
 the minutes allow), so a stage's model is what a longer run would have passed through.
+With `--schedule budget` each variant is instead one run of the last `--minutes` value whose
+learning rate follows a cosine over that time budget, as `tokensurgery heal --max-minutes M` does.
 
 Run: .venv/bin/python benchmarks/heal.py --pair light --variants "alm:embeddings;lm:embeddings" --minutes 5,10
 """
@@ -65,6 +67,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cuda on a GPU machine: the same run, one flag")
     ap.add_argument("--autocast", default=HealConfig.autocast, choices=["auto", "bfloat16", "off"],
                     help="bfloat16 products in the training step (auto: where they are fast)")
+    ap.add_argument("--schedule", choices=["stages", "budget"], default="stages",
+                    help="stages: heal to each --minutes value in turn (resumed), the learning rate held at its peak; "
+                         "budget: one run per variant lasting the last --minutes value, the learning rate on a cosine "
+                         "over that budget (what `heal --max-minutes M` does), scored at its end")
     ap.add_argument("--suffix", default="", help="added to the result files' stem, e.g. _trains")
     ap.add_argument("--work", type=Path, default=ROOT / ".bench" / "heal")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
@@ -106,7 +112,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         meta = {**record, "pair": args.pair, "base": base, "donor": donor, "langs": args.langs, "max_bytes": args.max_bytes,
                 "minutes": minutes, "lr": args.lr, "batch_size": args.batch_size, "seq_len": args.seq_len,
-                "corpus": args.corpus, "mix": args.mix, "autocast": args.autocast,
+                "corpus": args.corpus, "mix": args.mix, "autocast": args.autocast, "schedule": args.schedule,
                 "autocast_resolved": str(autocast_dtype(args.autocast, args.device))}
         (args.out / f"heal_{args.pair}{args.suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2,
                                                                     ensure_ascii=False) + "\n")
@@ -122,15 +128,17 @@ def main() -> None:
         out = args.work / f"heal_{args.pair}_{loss}_{train}"
         shutil.rmtree(out, ignore_errors=True)
         done = 0.0
-        for i, m in enumerate(minutes):
-            config = HealConfig(steps=10**6, max_minutes=m - done, lr=lr, loss=loss, train=train,
+        budget = args.schedule == "budget"
+        for i, m in enumerate(minutes[-1:] if budget else minutes):
+            config = HealConfig(steps=10**6, max_minutes=m - done, lr_by_time=budget, lr=lr, loss=loss, train=train,
                                 batch_size=args.batch_size, seq_len=args.seq_len, save_every=10**6, mix=args.mix,
                                 device=args.device, autocast=args.autocast)
             healer = Healer(student, corpus, out, config, teacher=base, resume=i > 0,  # lm: only its vocabulary
                             progress=False)
             res = healer.run()
             done = m
-            row = {"variant": f"{loss} / {train} / lr {lr:g}", "minutes": m, "steps": res.steps_done,
+            row = {"variant": f"{loss} / {train} / lr {lr:g}" + (", cosine over the budget" if budget else ""),
+                   "minutes": m, "steps": res.steps_done,
                    "tokens_per_step": args.batch_size * args.seq_len, **scores(out, files, args.max_bytes),
                    "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
             row["gap_closed"] = round((start_bpb - row["overall"]) / (start_bpb - base_bpb), 4)

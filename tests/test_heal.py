@@ -299,6 +299,20 @@ def test_cli_heal_reports_before_and_after(tiny_model_dirs, tmp_path):
     assert "held.txt" in (tmp_path / "o" / "README.md").read_text()
 
 
+def test_cli_max_minutes_without_steps_runs_for_the_time_budget(tiny_model_dirs, tmp_path):
+    common = ["heal", str(tiny_model_dirs["tied"]), "--teacher", str(tiny_model_dirs["bos"]), "--batch-size", "2",
+              "--seq-len", "24", "--max-minutes", "0.02"]
+    r = CliRunner().invoke(cli, common[:2] + [str(tmp_path / "t")] + common[2:])
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "t" / "training.json").read_text())["config"]
+    assert config["lr_by_time"] is True and config["steps"] > 10**6  # the clock ends it, the cosine spans it
+    assert json.loads((tmp_path / "t" / "training.json").read_text())["stopped_at_time_limit"] is True
+    r = CliRunner().invoke(cli, common[:2] + [str(tmp_path / "s")] + common[2:] + ["--steps", "2"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((tmp_path / "s" / "training.json").read_text())["config"]
+    assert config["lr_by_time"] is False and config["steps"] == 2
+
+
 @pytest.mark.parametrize("args, message", [
     (["--corpus", "{tmp}/missing.txt"], "corpus path not found"),
     (["--corpus", "{tmp}/empty.txt"], "training corpus is empty"),

@@ -71,7 +71,7 @@ class HealConfig(LoopConfig):
     weight_decay: float = 0.0  # AdamW's decay would shrink rows that get no gradient (train=new)
     save_every: int = 50
     loss: str = "lm"  # lm beat kd+lm at equal minutes (results/heal_light_train.md); kd alone made text worse
-    train: str = "new"
+    train: str = "new+bytes"  # beat new at equal minutes: results/heal_light_bytes.md vs heal_light_bf16.md
     batch_size: int = 4  # sequences per micro-batch
     seq_len: int = 256  # tokens per sequence (each tokenization)
     alm_temperature: float = 1.0
@@ -287,7 +287,7 @@ class Healer:
             self.teacher_head = RowsHead(self.teacher.get_output_embeddings().weight, self.shared_cols[1])
         if self.config.train.startswith("new") and not self.rows:
             why = "the teacher's vocabulary has every student token" if self.tvocab else "no --teacher was given"
-            raise TokenSurgeryError(f"train=new trains the rows of tokens the teacher lacks, but {why}")
+            raise TokenSurgeryError(f"train={self.config.train} trains the rows of tokens the teacher lacks, but {why}")
         self.trainable = self._make_trainable()
         # loss kd alone needs the student's logits over the shared tokens only, too (no lm term);
         # a view of the same output matrix, so its gradient (and train=new's mask) is unchanged

@@ -224,7 +224,9 @@ class TrainLoop:
         start, stopped = time.perf_counter(), False
         self.model.train()
         steps = range(self.step, end)
-        for step in bar(steps, self.desc, total=len(steps), enabled=self.progress and self.rank == 0, unit="step"):
+        by_time = c.lr_by_time and c.max_minutes  # the clock ends the run, not a step count
+        for step in bar(steps, self.desc, total=None if by_time else len(steps), enabled=self.progress and self.rank == 0,
+                        unit="step"):
             if on_phase is not None:
                 on_phase(step)
             lr = self.lr_at(step, total, start)

@@ -28,7 +28,7 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
                    "plain next-token loss (no teacher); a+b: their sum.")
 @click.option("--alm-temperature", default=1.0, show_default=True,
               help="ALM: chunk probabilities are compared as p^(1/T) (higher T weighs unlikely chunks more).")
-@click.option("--train", type=click.Choice(["new", "new+bytes", "embeddings", "lora"]), default="new", show_default=True,
+@click.option("--train", type=click.Choice(["new", "new+bytes", "embeddings", "lora"]), default="new+bytes", show_default=True,
               help="new: only the rows of tokens the teacher lacks; new+bytes: also the rows of tokens the teacher "
                    "has only as byte-fallback tokens (<0xAB>); embeddings: every embedding row; lora: every "
                    "embedding row plus LoRA adapters on attention/MLP, merged into the weights on save.")
@@ -60,7 +60,8 @@ def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature:
          json_out: Path | None) -> None:
     """Train MODEL (e.g. a `transplant` output) so it recovers its base's quality; write it to OUT.
 
-    --teacher BASE says which rows are new; the kd/alm losses also distill BASE through its
+    With --max-minutes and no --steps the run lasts the time budget (learning rate on a cosine
+    over the minutes). --teacher BASE says which rows are new; the kd/alm losses also distill BASE through its
     own tokenizer (the default, lm, measured better per minute: results/heal_light_train.md). The
     --text/--lang texts (default: none) are scored before and after (and by the teacher with
     a kd/alm loss); the figures go into OUT's model card and training.json. Runs under torchrun (DDP).
@@ -70,8 +71,11 @@ def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature:
     from ..heal import heal as heal_fn
 
     files = options.text_files(texts, langs)
-    config = HealConfig(steps=steps, max_minutes=max_minutes, batch_size=batch_size, seq_len=seq_len,
-                        grad_accum=grad_accum, lr=lr, loss=loss, train=train, alm_temperature=alm_temperature,
+    # --max-minutes without --steps: the run lasts the time budget and the learning rate's
+    # cosine spans it (a step count would end it early, or stop it before the schedule's end)
+    by_time = max_minutes is not None and click.get_current_context().get_parameter_source("steps").name == "DEFAULT"
+    config = HealConfig(steps=10**9 if by_time else steps, lr_by_time=by_time, max_minutes=max_minutes,
+                        batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum, lr=lr, loss=loss, train=train, alm_temperature=alm_temperature,
                         lora_rank=lora_rank, mix=mix, save_every=save_every, seed=seed, device=device,
                         autocast=autocast)
     config.check()
