@@ -165,14 +165,16 @@ def heal_light() -> str:
 def heal_multilingual(name: str, extra: tuple[str, ...] = ()) -> str:
     """`heal.py` runs on the bundled corpus plus the multilingual set's train part: bits per
     byte on some texts (all of them are in the result files), the gap closed and the greedy
-    continuation of the German prompt; `extra` result files add their healed rows."""
+    continuation of the German prompt; `extra` result files (or (file, label suffix) pairs) add
+    their healed rows."""
     texts = ["en.txt", "de.txt", "argparse.py", "devanagari.txt", "south-indian.txt", "thai.txt", "chinese.txt",
              "overall"]
-    runs = list(load(name)["rows"]) + [r for e in extra for r in load(e)["rows"] if r["minutes"]]
-    runs.sort(key=lambda r: (bool(r["minutes"]), r["variant"], r["minutes"]))
+    extra = [e if isinstance(e, tuple) else (e, "") for e in extra]  # (result file, label suffix)
+    runs = [(r, "") for r in load(name)["rows"]] + [(r, tag) for e, tag in extra for r in load(e)["rows"] if r["minutes"]]
+    runs.sort(key=lambda rt: (bool(rt[0]["minutes"]), rt[0]["variant"], rt[1], rt[0]["minutes"]))
     rows = []
-    for r in runs:
-        label = r["variant"] + (" (no teacher)" if r["variant"].startswith("lm ") else "")
+    for r, tag in runs:
+        label = r["variant"] + (" (no teacher)" if r["variant"].startswith("lm ") else "") + tag
         rows.append([label, f"{r['minutes']:g}" if r["minutes"] else "", r.get("steps", ""),
                      *[f"{r[t]:.3f}" for t in texts], f"{100 * r['gap_closed']:.1f}%" if "gap_closed" in r else "",
                      "`" + r["continuation"].strip().replace("\n", " ").replace("|", "\\|")[:32] + "`"])
@@ -303,7 +305,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "heal_light": heal_light,
     "heal_light_bf16": lambda: heal_multilingual("heal_light_bf16", ("heal_light_bytes", "heal_light_budget")),
     "heal_light_train": lambda: heal_multilingual("heal_light_train", ("heal_light_lr1e-3_stopped",)),
-    "heal_heavy_train": lambda: heal_multilingual("heal_heavy_train"),
+    "heal_heavy_train": lambda: heal_multilingual("heal_heavy_train", (("heal_heavy_bf16", ", bf16 autocast"),)),
     "bundled_bpb": bundled_bpb,
     "transplant_speed": transplant_speed,
     "light_multilingual": light_multilingual,
