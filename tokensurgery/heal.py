@@ -215,7 +215,7 @@ class _SwappedHead:
 def autocast_dtype(setting: str, device: str) -> torch.dtype | None:
     """The dtype of a healing step's matrix products under `torch.autocast` (None: float32):
     bfloat16 for 'bfloat16', and for 'auto' where bf16 products are fast (CUDA; CPUs with
-    AVX512-BF16 or AMX: 2.4x float32 on a 2-core AMD EPYC, ~1.6x per heal step). Weights,
+    AVX512-BF16 or AMX: 2.4x float32 on a 2-core AMD EPYC, ~1.8x per heal step). Weights,
     gradients and optimizer state stay float32; evaluation never uses it."""
     dev = torch.device(device)
     return torch.bfloat16 if setting == "bfloat16" or (setting == "auto" and fast_bfloat16(dev)) else None

@@ -21,14 +21,15 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
 @click.argument("model")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--teacher", help="The transplant's BASE: the model the kd/alm losses distill, and what says which "
-                                "rows are new (--train new).")
+                                "rows are new (--train new, new+bytes).")
 @click.option("--loss", type=click.Choice(list(LOSSES)), default="lm", show_default=True,
               help="alm: match the teacher's likelihood of every chunk both tokenizations share; kd: match its "
                    "next-token distribution over the shared tokens where both contexts end at the same byte; lm: "
                    "plain next-token loss (no teacher); a+b: their sum.")
 @click.option("--alm-temperature", default=1.0, show_default=True,
               help="ALM: chunk probabilities are compared as p^(1/T) (higher T weighs unlikely chunks more).")
-@click.option("--train", type=click.Choice(["new", "new+bytes", "embeddings", "lora"]), default="new+bytes", show_default=True,
+@click.option("--train", type=click.Choice(["new", "new+bytes", "embeddings", "lora"]), default="new+bytes",
+              show_default=True,
               help="new: only the rows of tokens the teacher lacks; new+bytes: also the rows of tokens the teacher "
                    "has only as byte-fallback tokens (<0xAB>); embeddings: every embedding row; lora: every "
                    "embedding row plus LoRA adapters on attention/MLP, merged into the weights on save.")
@@ -75,8 +76,8 @@ def heal(model: str, out: Path, teacher: str | None, loss: str, alm_temperature:
     # cosine spans it (a step count would end it early, or stop it before the schedule's end)
     by_time = max_minutes is not None and click.get_current_context().get_parameter_source("steps").name == "DEFAULT"
     config = HealConfig(steps=10**9 if by_time else steps, lr_by_time=by_time, max_minutes=max_minutes,
-                        batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum, lr=lr, loss=loss, train=train, alm_temperature=alm_temperature,
-                        lora_rank=lora_rank, mix=mix, save_every=save_every, seed=seed, device=device,
+                        batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum, lr=lr, loss=loss, train=train,
+                        alm_temperature=alm_temperature, lora_rank=lora_rank, mix=mix, save_every=save_every, seed=seed, device=device,
                         autocast=autocast)
     config.check()
     res = heal_fn(model, out, Corpus.from_paths(list(corpus)), config, teacher=teacher, eval_files=files,
