@@ -35,6 +35,7 @@ space) with the `alm` losses; encoder or encoder-decoder models.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -379,7 +380,7 @@ class Healer:
         c = self.config
         batch = self.batch(step, micro)
         s_rows = [s for s, _, _, _ in batch]
-        amp = torch.autocast(torch.device(c.device).type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
+        amp = torch.autocast(torch.device(c.device).type, dtype=self.amp) if self.amp else contextlib.nullcontext()
         with amp, _SwappedHead(self._hf_student(), self.student_head):
             s_logits, s_shift = next_token_logits(self.loop.ddp, self.svocab, s_rows)
         logs, s_cols = {}, self.shared_cols[0] if self.shared_cols is not None else None
