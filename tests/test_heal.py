@@ -166,6 +166,13 @@ def test_cli_offers_every_loss():
     assert heal_cli.LOSSES == LOSSES
 
 
+def test_cli_offers_every_trainable_set():
+    from tokensurgery.cli import heal as heal_cli
+    from tokensurgery.heal import TRAINABLE
+
+    assert heal_cli.TRAINABLE == TRAINABLE
+
+
 @pytest.mark.parametrize("kind", ["tied", "bos"])  # no BOS (first id unscored) and BOS
 def test_token_logprobs_of_a_padded_batch_equal_one_forward_per_row(tiny_model_dirs, kind):
     from tokensurgery.evaluate import load_model
@@ -266,6 +273,21 @@ def test_lora_is_merged_into_the_projections(tiny_model_dirs, tmp_path):
     assert set(old_w) == set(new_w)  # no adapter tensors: merged
     moved = {k for k in old_w if not torch.equal(old_w[k], new_w[k])}
     assert "model.embed_tokens.weight" in moved and any("q_proj" in k for k in moved) and any("down_proj" in k for k in moved)
+    assert not any("norm" in k for k in moved)
+
+
+def test_new_plus_lora_moves_new_rows_and_the_projections_only(tiny_model_dirs, tmp_path):
+    student, teacher = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
+    heal(student, tmp_path / "o", tiny_corpus(), tiny_config(train="new+lora", loss="lm", lora_rank=2, lr=1e-2),
+         teacher=teacher, progress=False)
+    new = VocabMap.build(vocabulary_of_folder(teacher), vocabulary_of_folder(student)).new
+    old_w, new_w = _weights(student), _weights(tmp_path / "o")
+    assert set(old_w) == set(new_w)  # adapters merged
+    emb = "model.embed_tokens.weight"
+    changed = (old_w[emb] != new_w[emb]).any(1).nonzero().squeeze(1).tolist()
+    assert changed and set(changed) <= set(new)  # shared rows stay as they were
+    moved = {k for k in old_w if not torch.equal(old_w[k], new_w[k])}
+    assert any("q_proj" in k for k in moved) and any("up_proj" in k for k in moved)
     assert not any("norm" in k for k in moved)
 
 

@@ -9,6 +9,7 @@ import click
 from . import options
 
 LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a test checks); no torch import here
+TRAINABLE = ("new", "new+bytes", "embeddings", "new+lora", "new+bytes+lora", "lora")  # = heal.TRAINABLE
 
 
 @click.command("heal", cls=options.grouped(
@@ -28,12 +29,12 @@ LOSSES = ("alm", "lm", "kd", "alm+lm", "kd+lm", "alm+kd")  # = heal.LOSSES (a te
                    "plain next-token loss (no teacher); a+b: their sum.")
 @click.option("--alm-temperature", default=1.0, show_default=True,
               help="ALM: chunk probabilities are compared as p^(1/T) (higher T weighs unlikely chunks more).")
-@click.option("--train", type=click.Choice(["new", "new+bytes", "embeddings", "lora"]), default="new+bytes",
-              show_default=True,
+@click.option("--train", type=click.Choice(list(TRAINABLE)), default="new+bytes+lora", show_default=True,
               help="new: only the rows of tokens the teacher lacks; new+bytes: also the rows of tokens the teacher "
-                   "has only as byte-fallback tokens (<0xAB>); embeddings: every embedding row; lora: every "
-                   "embedding row plus LoRA adapters on attention/MLP, merged into the weights on save.")
-@click.option("--lora-rank", default=8, show_default=True, help="Rank of the LoRA adapters (--train lora).")
+                   "has only as byte-fallback tokens (<0xAB>); embeddings: every embedding row; +lora: plus LoRA "
+                   "adapters on attention/MLP, merged into the weights on save (lora alone: every embedding row "
+                   "plus adapters).")
+@click.option("--lora-rank", default=8, show_default=True, help="Rank of the LoRA adapters (--train ...lora).")
 @options.corpus_option(("bundled", "multilingual-train"))
 @click.option("--mix", type=click.Choice(["chars", "source"]), default="source", show_default=True,
               help="How training windows are drawn: texts in proportion to their length, or each corpus source "
