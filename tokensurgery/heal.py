@@ -24,8 +24,9 @@ What trains (`train`): `new` = only the embedding rows of tokens the teacher lac
 and output), `new+bytes` = those and the rows of tokens the teacher has only as byte-fallback
 tokens (`trainable_rows`), `embeddings` = every embedding row; `+lora` adds LoRA adapters
 (peft) on the attention and MLP projections, merged into the weights on save (`lora` alone =
-every embedding row plus adapters). The default, `new+bytes+lora`, closed 47.9% of the light
-pair's gap in 10 minutes against 29.2% for `new+bytes` (results/heal_light_lora.md): the rows
+every embedding row plus adapters). The default, `new+bytes+lora`, closed 46.9% of the light
+pair's gap in 10 minutes against 29.2% for `new+bytes` (results/heal_light_lora.md vs
+heal_light_bytes.md), 55.7% in 20 against 35.8%: the rows
 learn what the new tokens mean, the adapters let the layers read the new segmentation (SmolLM2
 spells Cyrillic or Korean with far more, shorter tokens than the base ever saw).
 
