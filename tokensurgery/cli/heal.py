@@ -22,7 +22,7 @@ TRAINABLE = ("new", "new+bytes", "embeddings", "new+lora", "new+bytes+lora", "lo
 @click.argument("model")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--teacher", help="The transplant's BASE: the model the kd/alm losses distill, and what says which "
-                                "rows are new (--train new, new+bytes).")
+                                "rows are new (--train new..., the default included).")
 @click.option("--loss", type=click.Choice(list(LOSSES)), default="lm", show_default=True,
               help="alm: match the teacher's likelihood of every chunk both tokenizations share; kd: match its "
                    "next-token distribution over the shared tokens where both contexts end at the same byte; lm: "
