@@ -304,7 +304,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "dynamic_curve": dynamic_curve,
     "heal_light": heal_light,
     "heal_light_bf16": lambda: heal_multilingual("heal_light_bf16", ("heal_light_bytes", "heal_light_budget",
-                                                                     "heal_light_lora")),
+                                                                     "heal_light_lora", "heal_light_lora_budget")),
     "heal_light_train": lambda: heal_multilingual("heal_light_train", ("heal_light_lr1e-3_stopped",)),
     "heal_heavy_train": lambda: heal_multilingual("heal_heavy_train", (("heal_heavy_bf16", ", bf16 autocast"),
                                                                        ("heal_heavy_lora", ", bf16 autocast"))),
