@@ -241,3 +241,48 @@ def test_encode_pretokens_groups_the_encoding_by_pre_token(tiny_model_dirs, tekk
     groups = tekken.encode_pretokens(text)
     assert [i for g in groups for i in g] == tekken.encode(text)
     assert [tekken.decode_bytes(g) for g in groups] == [p.encode() for p in regex.findall(tekken._pattern, text)]
+
+
+# ---- the on-disk cache of parsed tokenizer.json files (vocab_cache.py) ----------------------
+
+def _fields(v: Vocabulary) -> tuple:
+    return (v.family, v.tokens, v.surface, v.kinds, v.roles, v.bos_added, v.prepends_space)
+
+
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe", "sentencepiece_unigram", "wordpiece"])
+def test_cached_vocabulary_equals_a_fresh_parse(family, tiny_tokenizers, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENSURGERY_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tiny_tokenizers[family].to_str())
+    fresh = Vocabulary.from_tokenizer_json(path)
+    assert fresh._hf_tok is not None and len(list((tmp_path / "cache" / "vocab").glob("*.npz"))) == 1
+    cached = Vocabulary.from_tokenizer_json(path)
+    assert cached._hf_tok is None  # came from the cache: the tokenizer is not parsed yet
+    assert _fields(cached) == _fields(fresh)
+    text = "Hello wörld,  12 345 \n\t中文 👋"
+    assert cached.encode(text) == tiny_tokenizers[family].encode(text, add_special_tokens=False).ids
+    assert cached._hf_tok is not None
+
+
+@pytest.mark.real
+def test_cached_real_vocabularies_equal_fresh_parses(smollm2_dir, gemma_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENSURGERY_CACHE", str(tmp_path))
+    for folder in (smollm2_dir, gemma_dir):
+        fresh = Vocabulary.from_tokenizer_json(folder / "tokenizer.json")
+        cached = Vocabulary.from_tokenizer_json(folder / "tokenizer.json")
+        assert cached._hf_tok is None and _fields(cached) == _fields(fresh)
+
+
+def test_vocabulary_cache_ignores_bad_entries_and_changed_files(tiny_tokenizers, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENSURGERY_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tiny_tokenizers["byte_level_bpe"].to_str())
+    fresh = Vocabulary.from_tokenizer_json(path)
+    (entry,) = (tmp_path / "cache" / "vocab").glob("*.npz")
+    entry.write_bytes(b"not an npz")
+    again = Vocabulary.from_tokenizer_json(path)
+    assert again._hf_tok is not None and _fields(again) == _fields(fresh)  # parsed again, and rewritten
+    assert Vocabulary.from_tokenizer_json(path)._hf_tok is None
+    path.write_text(tiny_tokenizers["wordpiece"].to_str())  # another tokenizer in the same file: another key
+    other = Vocabulary.from_tokenizer_json(path)
+    assert other.family == "wordpiece" and other._hf_tok is not None

@@ -111,7 +111,8 @@ class Vocabulary:
     name: str = ""
     bos_added: int | None = None  # id the tokenizer puts in front when encoding for a model
     prepends_space: bool = False  # encoding "hello" yields a word-start token (Llama-2/Mistral ▁, WordPiece)
-    _hf: object | None = field(default=None, repr=False)  # tokenizers.Tokenizer
+    _hf_tok: object | None = field(default=None, repr=False, compare=False)  # tokenizers.Tokenizer, see `_hf`
+    _hf_file: str | None = field(default=None, repr=False, compare=False)  # its tokenizer.json, read when first used
     _tiktoken: object | None = field(default=None, repr=False)  # tiktoken.Encoding
     _tiktoken_offset: int = 0
     _ranks: dict[bytes, int] | None = field(default=None, repr=False)
@@ -126,16 +127,26 @@ class Vocabulary:
 
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-            spec = json.loads(text)
-            hf = Tokenizer.from_str(text)
+            data = path.read_bytes()
         except FileNotFoundError:
             raise TokenSurgeryError(f"tokenizer file not found: {path}") from None
+        from .vocab_cache import read_cached, write_cached
+
+        if (cached := read_cached(data)) is not None:  # parsed before: the tokenizer itself is read when first used
+            vocab = cls(**cached, name=name or str(path), _hf_file=str(path))
+            vocab.roles = vocab._infer_roles(roles or {})
+            return vocab
+        try:
+            text = data.decode("utf-8")
+            spec = json.loads(text)
+            hf = Tokenizer.from_str(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TokenSurgeryError(f"{path} is not a valid tokenizer.json (not JSON: {e})") from None
         except Exception as e:  # tokenizers raises plain Exception on bad specs
             raise TokenSurgeryError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0]})") from None
-        return cls.from_hf_tokenizer(hf, roles=roles, name=name or str(path), spec=spec)
+        vocab = cls.from_hf_tokenizer(hf, roles=roles, name=name or str(path), spec=spec)
+        write_cached(data, vocab)
+        return vocab
 
     @classmethod
     def from_hf_tokenizer(cls, hf, roles: dict[str, int] | None = None, name: str = "", spec: dict | None = None) -> "Vocabulary":
@@ -196,7 +207,7 @@ class Vocabulary:
         if unk is not None and hf.token_to_id(unk) is not None:
             kinds[hf.token_to_id(unk)] = TokenKind.SPECIAL
 
-        vocab = cls(family=family, tokens=tokens, surface=surface, kinds=kinds, name=name, _hf=hf)
+        vocab = cls(family=family, tokens=tokens, surface=surface, kinds=kinds, name=name, _hf_tok=hf)
         # a word-start marker is added at the start of a text that does not begin with a space
         schemes = {spec.get(part, {}) and (spec[part] or {}).get("prepend_scheme") for part in ("pre_tokenizer", "decoder")}
         vocab.prepends_space = family == "wordpiece" or bool(schemes & {"first", "always"}) or \
@@ -263,6 +274,19 @@ class Vocabulary:
                     _tiktoken=enc, _tiktoken_offset=offset, _ranks=ranks, _pattern=pattern)
         vocab.roles = vocab._infer_roles({})
         return vocab
+
+    @property
+    def _hf(self):
+        """The `tokenizers.Tokenizer` behind this vocabulary (None for tiktoken ones); a vocabulary
+        read from the cache (vocab_cache.py) reads its tokenizer.json here, on first use."""
+        if self._hf_tok is None and self._hf_file is not None:
+            from tokenizers import Tokenizer
+
+            try:
+                self._hf_tok = Tokenizer.from_file(self._hf_file)
+            except Exception as e:  # changed or removed since it was read
+                raise TokenSurgeryError(f"cannot read the tokenizer {self._hf_file}: {str(e).splitlines()[0][:200]}") from None
+        return self._hf_tok
 
     # ---- roles --------------------------------------------------------------------------
 
