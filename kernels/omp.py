@@ -10,8 +10,10 @@ Two paths:
   (no n x n Gram matrix is formed). Same supports and coefficients as scikit-learn's
   `orthogonal_mp_gram` (tested).
 - screened (`candidates=M`): each target first keeps its M atoms most correlated with it,
-  then runs Gram-matrix Batch-OMP over those (one M x M Gram per target by batched matmul;
-  each step costs M*t instead of n*d). Exact whenever every atom exact OMP would pick is
+  then runs Gram-matrix Batch-OMP over those (each step costs M*t instead of n*d). The Gram
+  entries come from one matrix over the union of all targets' candidates when that is
+  smaller than one M x M matrix per target (real embeddings: targets keep mostly the same
+  atoms), else from one M x M matrix per target by batched matmul. Exact whenever every atom exact OMP would pick is
   among the M (with a float32 solve the M are ranked in bfloat16 where that is fast, see `fast_bfloat16`); on real embeddings exact
   OMP's later atoms are spread over the whole dictionary, so screening changes the supports:
   `benchmarks/omp_kernel.py` measures by how much, `benchmarks/transplant_quality.py` what
@@ -107,10 +109,15 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
     # (GPUs, CPUs with bf16 units: ~3x); on other CPUs (AVX2 only) bf16 matmuls are emulated
     # and ~9x slower than float32. The solve itself uses exact correlations of the kept atoms.
     D_screen = D.to(torch.bfloat16) if screened and dtype == torch.float32 and fast_bfloat16(D.device) else D
+    union = None
     if screened:
-        per_target = D.element_size() * candidates * (candidates + d + k)
+        cand = _screen(D_screen, norms2, targets, candidates, normalize, exclude, block_size)
+        union = _union_gram(D, cand, max_block_bytes)
+        # per target: the candidates' Gram rows of the selected atoms (and the M x M Gram
+        # matrices when there is no shared one); the screening scores are gone by now
+        per_target = D.element_size() * candidates * (k + 4 + (0 if union else candidates + d))
         block_size = max(1, min(block_size, max_block_bytes // per_target))
-    out_idx, out_coef, out_n, out_res = [], [], [], []
+    out_idx, out_coef, out_n, out_res, buffer = [], [], [], [], None
     blocks = range(0, targets.shape[0], block_size)
     if progress:
         from tqdm.auto import tqdm
@@ -120,8 +127,10 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
         X = targets[start : start + block_size].to(device=D.device, dtype=dtype)
         ex = None if exclude is None else exclude[start : start + block_size].to(D.device)
         if screened:
-            idx, coef, n_sel = _omp_screened_block(D, D_screen, norms2, X, k, candidates, ridge, normalize, ex,
-                                                      step_threads)
+            grams = _block_grams(D, X, cand[start : start + block_size], union)
+            if buffer is None:
+                buffer = torch.empty(min(block_size, targets.shape[0]), k, candidates, dtype=dtype, device=D.device)
+            idx, coef, n_sel = _omp_screened_block(grams, X, k, ridge, normalize, step_threads, buffer)
         else:
             idx, coef, n_sel = _omp_block(D, norms2, X, k, ridge, normalize, ex)  # its steps are big products
         recon = torch.einsum("bk,bkd->bd", coef, D[idx])
@@ -207,45 +216,138 @@ def _omp_block(D: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, r
     return idx, f.gamma, f.n_sel
 
 
-def _omp_screened_block(D: torch.Tensor, D_screen: torch.Tensor, norms2: torch.Tensor, X: torch.Tensor, k: int, M: int,
-                        ridge: float, normalize: bool, exclude: torch.Tensor | None = None,
-                        step_threads: int | None = None):
+def _screen(D_screen: torch.Tensor, norms2: torch.Tensor, targets: torch.Tensor, M: int, normalize: bool,
+            exclude: torch.Tensor | None, block_size: int) -> torch.Tensor:
+    """(B, M) ids of each target's M atoms most correlated with it (by |corr|, or |corr| / norm
+    with `normalize`); an excluded atom is never among them."""
+    out = []
+    for start in range(0, targets.shape[0], block_size):
+        X = targets[start : start + block_size].to(device=D_screen.device, dtype=D_screen.dtype)
+        score = (X @ D_screen.T).abs_()  # only used to rank atoms
+        if normalize:
+            score *= norms2.clamp(min=torch.finfo(norms2.dtype).eps).rsqrt().to(score.dtype)
+        ex = None if exclude is None else exclude[start : start + block_size].to(D_screen.device)
+        if (rows := _excluded(ex)) is not None:
+            score[rows] = -1.0
+        out.append(score.topk(M, dim=1).indices)
+        del score
+    return torch.cat(out)
+
+
+@dataclass
+class _Union:
+    """The Gram matrix of every atom some target kept (`atoms`: sorted global ids)."""
+
+    atoms: torch.Tensor  # (U,)
+    rows: torch.Tensor  # (U, d): D[atoms]
+    gram: torch.Tensor  # (U, U)
+
+
+def _union_gram(D: torch.Tensor, cand: torch.Tensor, max_bytes: int) -> _Union | None:
+    """One Gram matrix over the union of all targets' candidates, when that is cheaper than one
+    M x M Gram per target and fits in `max_bytes`. Targets' candidates overlap heavily on real
+    embeddings (light pair: 3,004 targets x 1,024 candidates come from 9,242 of 46,145 atoms),
+    so U^2 is far below B * M^2 there; with many targets and few candidates (the heavy pair) it
+    is not, and each target gets its own."""
+    atoms = cand.unique()
+    B, M = cand.shape
+    U = len(atoms)
+    if U * U * D.element_size() > max_bytes or U * U >= B * M * M:
+        return None
+    DU = D[atoms]
+    return _Union(atoms, DU, DU @ DU.T)
+
+
+@dataclass
+class _Grams:
+    """What the greedy steps need of a block's candidates: <candidate, x>, squared norms, and
+    a way to fetch the Gram row (against all M candidates) of one chosen candidate per target."""
+
+    cand: torch.Tensor  # (B, M) global atom ids
+    alpha: torch.Tensor  # (B, M)
+    diag: torch.Tensor  # (B, M)
+    rows: callable  # (target rows: a tensor or slice(None), positions in cand) -> (len, M)
+
+
+def _block_grams(D: torch.Tensor, X: torch.Tensor, cand: torch.Tensor, union: _Union | None) -> _Grams:
+    # candidates in atom order (not by score): the union's Gram rows are then read left to
+    # right (~3x faster gathers); the order only decides ties between equally correlated atoms
+    cand = cand.to(D.device).sort(1).values
+    if union is None:
+        Dc = D[cand]  # (B, M, d)
+        alpha = torch.bmm(Dc, X.unsqueeze(-1)).squeeze(-1)  # <candidate, x>
+        G = torch.bmm(Dc, Dc.transpose(1, 2))  # (B, M, M) candidate Gram matrices
+        del Dc
+        def per_target_rows(r, j):
+            return G[torch.arange(len(j), device=G.device) if isinstance(r, slice) else r, j]
+        return _Grams(cand, alpha, G.diagonal(dim1=1, dim2=2).clone(), per_target_rows)
+    local = torch.searchsorted(union.atoms, cand)  # candidates' positions in the union
+    U = len(union.atoms)
+    flat = union.gram.view(-1)
+    alpha = (X @ union.rows.T).gather(1, local)
+    diag = union.gram.diagonal()[local]
+
+    def union_rows(r, j):
+        loc = local if isinstance(r, slice) else local[r]
+        at = torch.add(loc, loc.gather(1, j[:, None]) * U)  # flat positions of the chosen atoms' rows
+        return flat.index_select(0, at.view(-1)).view(at.shape)
+    return _Grams(cand, alpha, diag, union_rows)
+
+
+def _omp_screened_block(grams: _Grams, X: torch.Tensor, k: int, ridge: float, normalize: bool,
+                        step_threads: int | None = None, buffer: torch.Tensor | None = None):
+    """Batch-OMP over each target's candidates, in the Gram space only.
+
+    With L the Cholesky factor of the selected atoms' Gram (+ ridge), it keeps Q = L^-1 G[A, :]
+    (the selected atoms' Gram rows against all candidates, orthogonalised) and z = L^-1 c[A].
+    Then the correlations with the residual are c - Q^T z, so each step subtracts z_t Q[t]; the
+    new atom's column of Q is the w that extends L (no triangular solves or inverses per step);
+    the coefficients come from one triangular solve L^T gamma = z at the end. Targets whose
+    next atom is linearly dependent on their selection stop there; every step still runs on
+    the whole block (a stopped target's updates are masked out, not gathered away)."""
     B = X.shape[0]
-    corr0 = X.to(D_screen.dtype) @ D_screen.T  # (B, n), only used to rank atoms
-    score = corr0.abs_()
-    if normalize:
-        score *= norms2.clamp(min=torch.finfo(D.dtype).eps).rsqrt().to(score.dtype)
-    if (ex := _excluded(exclude)) is not None:
-        score[ex] = -1.0  # never among the candidates
-    cand = score.topk(M, dim=1).indices  # (B, M) global atom ids
-    del score, corr0
-    Dc = D[cand]  # (B, M, d)
-    alpha = torch.bmm(Dc, X.unsqueeze(-1)).squeeze(-1)  # <candidate, x>
-    G = torch.bmm(Dc, Dc.transpose(1, 2))  # (B, M, M) candidate Gram matrices
-    del Dc
-    diagG = G.diagonal(dim1=1, dim2=2).clone()
-    scale = diagG.clamp(min=torch.finfo(D.dtype).eps).rsqrt() if normalize else None
-    rows = torch.arange(B, device=D.device)
-    pos = torch.zeros(B, k, dtype=torch.long, device=D.device)  # selected positions in `cand`
-    Gsel = torch.zeros(B, k, M, dtype=D.dtype, device=D.device)  # Gram rows of the selected atoms
-    f = _Factor(B, k, D)
+    M = grams.cand.shape[1]
+    dev, dt = X.device, X.dtype
+    eps = torch.finfo(dt).eps
+    alpha, diagG = grams.alpha, grams.diag
+    scale = diagG.clamp(min=eps).rsqrt() if normalize else None
+    rows = torch.arange(B, device=dev)
+    pos = torch.zeros(B, k, dtype=torch.long, device=dev)  # selected positions in `cand`
+    # (`buffer`: memory kept across blocks, so its pages are not faulted in again per block)
+    Q = buffer[:B] if buffer is not None else torch.empty(B, k, M, dtype=dt, device=dev)
+    L = torch.zeros(B, k, k, dtype=dt, device=dev)
+    z = torch.zeros(B, k, dtype=dt, device=dev)
+    active = torch.ones(B, dtype=torch.bool, device=dev)
+    n_sel = torch.zeros(B, dtype=torch.long, device=dev)
     corr = alpha.clone()  # = <candidate, residual>
-    taken = torch.zeros(B, M, dtype=torch.bool, device=D.device)
-    with _threads(step_threads if D.device.type == "cpu" else None):
+    taken = torch.zeros(B, M, dtype=torch.bool, device=dev)
+    with _threads(step_threads if dev.type == "cpu" else None):
         for t in range(k):
             s = corr.abs()
             if scale is not None:
                 s *= scale
             s.masked_fill_(taken, -1.0)
             j = s.argmax(1)
-            g = Gsel[rows, :t, j] if t else alpha.new_zeros(B, 0)
-            took = f.extend(t, g, diagG[rows, j] + ridge, alpha[rows, j])
-            if took is None:
+            w = Q[rows, :t, j]  # L^-1 G[A, j]
+            diag = diagG[rows, j] + ridge
+            d2 = diag - (w * w).sum(1)
+            active &= d2 > eps * diag.abs().clamp(min=eps) * 8
+            if not active.any():
                 break
-            sel = slice(None) if len(took) == B else took
-            pos[sel, t] = j[sel]
-            taken[took, j[sel]] = True
-            Gsel[sel, t] = G[took, j[sel]]
-            corr[sel] = alpha[sel] - torch.bmm(f.gamma[sel, None, : t + 1], Gsel[sel, : t + 1]).squeeze(1)
-    return cand.gather(1, pos), f.gamma, f.n_sel
-
+            delta = torch.where(active, d2.clamp(min=eps).sqrt(), 1.0)
+            zt = torch.where(active, (alpha[rows, j] - (w * z[:, :t]).sum(1)) / delta, 0.0)
+            q = grams.rows(slice(None), j)  # G[j, :]
+            if t:
+                q = torch.baddbmm(q[:, None], w[:, None], Q[:, :t], alpha=-1).squeeze(1)
+            Q[:, t] = q / delta[:, None]
+            corr.addcmul_(zt[:, None], Q[:, t], value=-1.0)
+            L[:, t, :t], L[:, t, t], z[:, t] = w, delta, zt
+            pos[active, t] = j[active]
+            n_sel[active] = t + 1
+            taken[rows, j] |= active
+    # slots past a target's last atom: identity rows of L and zero z, so they solve to 0
+    past = torch.arange(k, device=dev)[None, :] >= n_sel[:, None]
+    L = torch.where(past[:, :, None], torch.eye(k, dtype=dt, device=dev), L)
+    z = z.masked_fill(past, 0.0)
+    gamma = torch.linalg.solve_triangular(L.transpose(1, 2), z[:, :, None], upper=True).squeeze(-1)
+    return grams.cand.gather(1, pos), gamma, n_sel

@@ -92,17 +92,23 @@ def test_screening_keeping_all_but_one_atom_is_exact():
     torch.testing.assert_close(full.coefs, screened.coefs, atol=1e-10, rtol=1e-9)
 
 
-def test_screening_is_exact_omp_over_each_targets_top_atoms():
-    """Reference: scikit-learn's OMP over the M atoms most correlated with each target."""
+@pytest.mark.parametrize("n_atoms,n_targets,shared_gram", [(500, 12, False), (300, 200, True)])
+def test_screening_is_exact_omp_over_each_targets_top_atoms(n_atoms, n_targets, shared_gram):
+    """Reference: scikit-learn's OMP over the M atoms most correlated with each target, with
+    one Gram matrix per target (few targets) and with one over the union of all targets'
+    candidates (many targets whose candidates overlap)."""
+    from tokensurgery.kernels.omp import _union_gram
+
     rng = np.random.default_rng(3)
-    D, X = rng.standard_normal((500, 24)), rng.standard_normal((12, 24))
+    D, X = rng.standard_normal((n_atoms, 24)), rng.standard_normal((n_targets, 24))
     M, k = 40, 8
-    got = omp(torch.from_numpy(D), torch.from_numpy(X), k, dtype=torch.float64, candidates=M)
-    ours = dense(got, 500)
+    top = np.argsort(-np.abs(X @ D.T), axis=1)[:, :M]
+    assert (_union_gram(torch.from_numpy(D), torch.from_numpy(top), 2**30) is not None) == shared_gram
+    got = omp(torch.from_numpy(D), torch.from_numpy(X), k, dtype=torch.float64, candidates=M, block_size=64)
+    ours = dense(got, n_atoms)
     for b in range(len(X)):
-        top = np.argsort(-np.abs(D @ X[b]))[:M]
-        ref = np.zeros(500)
-        ref[top] = sklearn_reference(D[top], X[b : b + 1], k)[0]
+        ref = np.zeros(n_atoms)
+        ref[top[b]] = sklearn_reference(D[top[b]], X[b : b + 1], k)[0]
         assert set(np.flatnonzero(ours[b])) == set(np.flatnonzero(ref))
         np.testing.assert_allclose(ours[b], ref, atol=1e-9)
 

@@ -95,21 +95,26 @@ def fit_weights(base: torch.Tensor, vm: VocabMap, loo_rows, sample: dict[str, li
     itself) on the sampled shared tokens; 0 where a class has too few samples. Every class
     of a new text token gets a weight."""
     base = base.float()
-    weights = {}
+    weights, fits = {}, {}
     classes = sorted(set(sample) | {token_class(vm.target.surface[t]) for t in vm.new_text})
     for c in classes:
         pairs = [(t, p) for t in sample.get(c, []) if (p := split_pieces(vm.source, vm.target.surface[t]))]
         if len(pairs) < MIN_SHARED:
             weights[c] = 0.0
-            continue
-        ids = [t for t, _ in pairs]
-        truth = base[torch.tensor([vm.shared[t] for t in ids])]
+        else:
+            fits[c] = pairs
+    # one call for every class: each row is fit without its own token, whatever else is asked
+    ids = [t for pairs in fits.values() for t, _ in pairs]
+    method = loo_rows(ids).float() if ids else None
+    at = 0
+    for c, pairs in fits.items():
+        rows, at = method[at : at + len(pairs)], at + len(pairs)
+        truth = base[torch.tensor([vm.shared[t] for t, _ in pairs])]
         fvt = torch.stack([base[torch.tensor(p)].mean(0) for _, p in pairs])
-        method = loo_rows(ids).float()
-        d = method - fvt
+        d = rows - fvt
         alpha = ((truth - fvt) * d).sum() / (d * d).sum().clamp(min=1e-12)
         weights[c] = round(float(alpha.clamp(0.0, 1.0)), 4)
-    return weights
+    return dict(sorted(weights.items()))
 
 
 def class_weights(ids: list[int], vm: VocabMap, weights: dict[str, float]) -> torch.Tensor:
