@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import queue
 from dataclasses import dataclass
 
 import torch
@@ -117,26 +118,57 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
         # matrices when there is no shared one); the screening scores are gone by now
         per_target = D.element_size() * candidates * (k + 4 + (0 if union else candidates + d))
         block_size = max(1, min(block_size, max_block_bytes // per_target))
-    out_idx, out_coef, out_n, out_res, buffer = [], [], [], [], None
-    blocks = range(0, targets.shape[0], block_size)
+    eps = torch.finfo(dtype).eps
+    buffers: queue.SimpleQueue = queue.SimpleQueue()  # step memory, reused across blocks (pages faulted in once)
+
+    def solve(start: int):
+        X = targets[start : start + block_size].to(device=D.device, dtype=dtype)
+        if screened:
+            grams = _block_grams(D, X, cand[start : start + block_size], union)
+            try:
+                buffer = buffers.get_nowait()
+            except queue.Empty:
+                buffer = torch.empty(min(block_size, targets.shape[0]), k, candidates, dtype=dtype, device=D.device)
+            idx, coef, n_sel = _omp_screened_block(grams, X, k, ridge, normalize, buffer)
+            buffers.put(buffer)
+        else:
+            ex = None if exclude is None else exclude[start : start + block_size].to(D.device)
+            idx, coef, n_sel = _omp_block(D, norms2, X, k, ridge, normalize, ex)  # its steps are big products
+        recon = torch.einsum("bk,bkd->bd", coef, D[idx])
+        return idx, coef, n_sel, (X - recon).norm(dim=1) / X.norm(dim=1).clamp(min=eps)
+
+    # The screened steps are ~10 small tensor ops each; run with several intra-op threads, each
+    # op is a parallel region that waits for its slowest thread, which on a busy machine is one
+    # that got descheduled. So on CPU each block's steps run on `step_threads` threads, and
+    # blocks run side by side in worker threads instead (torch releases the GIL inside ops): a
+    # descheduled worker then delays only its own block.
+    workers = 1
+    if screened and D.device.type == "cpu" and step_threads is not None:
+        workers = max(1, torch.get_num_threads() // step_threads)
+        if workers > 1:  # at least two blocks per worker, so that none waits long for the last
+            block_size = max(1, min(block_size, -(-targets.shape[0] // (2 * workers))))
+    starts = range(0, targets.shape[0], block_size)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        blocks = tqdm(blocks, desc="OMP", unit="block", total=len(blocks))
-    for start in blocks:
-        X = targets[start : start + block_size].to(device=D.device, dtype=dtype)
-        ex = None if exclude is None else exclude[start : start + block_size].to(D.device)
-        if screened:
-            grams = _block_grams(D, X, cand[start : start + block_size], union)
-            if buffer is None:
-                buffer = torch.empty(min(block_size, targets.shape[0]), k, candidates, dtype=dtype, device=D.device)
-            idx, coef, n_sel = _omp_screened_block(grams, X, k, ridge, normalize, step_threads, buffer)
+        bar = tqdm(desc="OMP", unit="block", total=len(starts))
+    results = []
+    with _threads(step_threads if screened and D.device.type == "cpu" else None):
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                for result in pool.map(solve, starts):
+                    results.append(result)
+                    bar is not None and bar.update()
         else:
-            idx, coef, n_sel = _omp_block(D, norms2, X, k, ridge, normalize, ex)  # its steps are big products
-        recon = torch.einsum("bk,bkd->bd", coef, D[idx])
-        eps = torch.finfo(dtype).eps
-        out_res.append((X - recon).norm(dim=1) / X.norm(dim=1).clamp(min=eps))
-        out_idx.append(idx), out_coef.append(coef), out_n.append(n_sel)
+            for start in starts:
+                results.append(solve(start))
+                bar is not None and bar.update()
+    if bar is not None:
+        bar.close()
+    out_idx, out_coef, out_n, out_res = zip(*results)
     return OMPResult(torch.cat(out_idx), torch.cat(out_coef), torch.cat(out_n), torch.cat(out_res))
 
 
@@ -295,7 +327,7 @@ def _block_grams(D: torch.Tensor, X: torch.Tensor, cand: torch.Tensor, union: _U
 
 
 def _omp_screened_block(grams: _Grams, X: torch.Tensor, k: int, ridge: float, normalize: bool,
-                        step_threads: int | None = None, buffer: torch.Tensor | None = None):
+                        buffer: torch.Tensor | None = None):
     """Batch-OMP over each target's candidates, in the Gram space only.
 
     With L the Cholesky factor of the selected atoms' Gram (+ ridge), it keeps Q = L^-1 G[A, :]
@@ -321,30 +353,29 @@ def _omp_screened_block(grams: _Grams, X: torch.Tensor, k: int, ridge: float, no
     n_sel = torch.zeros(B, dtype=torch.long, device=dev)
     corr = alpha.clone()  # = <candidate, residual>
     taken = torch.zeros(B, M, dtype=torch.bool, device=dev)
-    with _threads(step_threads if dev.type == "cpu" else None):
-        for t in range(k):
-            s = corr.abs()
-            if scale is not None:
-                s *= scale
-            s.masked_fill_(taken, -1.0)
-            j = s.argmax(1)
-            w = Q[rows, :t, j]  # L^-1 G[A, j]
-            diag = diagG[rows, j] + ridge
-            d2 = diag - (w * w).sum(1)
-            active &= d2 > eps * diag.abs().clamp(min=eps) * 8
-            if not active.any():
-                break
-            delta = torch.where(active, d2.clamp(min=eps).sqrt(), 1.0)
-            zt = torch.where(active, (alpha[rows, j] - (w * z[:, :t]).sum(1)) / delta, 0.0)
-            q = grams.rows(slice(None), j)  # G[j, :]
-            if t:
-                q = torch.baddbmm(q[:, None], w[:, None], Q[:, :t], alpha=-1).squeeze(1)
-            Q[:, t] = q / delta[:, None]
-            corr.addcmul_(zt[:, None], Q[:, t], value=-1.0)
-            L[:, t, :t], L[:, t, t], z[:, t] = w, delta, zt
-            pos[active, t] = j[active]
-            n_sel[active] = t + 1
-            taken[rows, j] |= active
+    for t in range(k):
+        s = corr.abs()
+        if scale is not None:
+            s *= scale
+        s.masked_fill_(taken, -1.0)
+        j = s.argmax(1)
+        w = Q[rows, :t, j]  # L^-1 G[A, j]
+        diag = diagG[rows, j] + ridge
+        d2 = diag - (w * w).sum(1)
+        active &= d2 > eps * diag.abs().clamp(min=eps) * 8
+        if not active.any():
+            break
+        delta = torch.where(active, d2.clamp(min=eps).sqrt(), 1.0)
+        zt = torch.where(active, (alpha[rows, j] - (w * z[:, :t]).sum(1)) / delta, 0.0)
+        q = grams.rows(slice(None), j)  # G[j, :]
+        if t:
+            q = torch.baddbmm(q[:, None], w[:, None], Q[:, :t], alpha=-1).squeeze(1)
+        Q[:, t] = q / delta[:, None]
+        corr.addcmul_(zt[:, None], Q[:, t], value=-1.0)
+        L[:, t, :t], L[:, t, t], z[:, t] = w, delta, zt
+        pos[active, t] = j[active]
+        n_sel[active] = t + 1
+        taken[rows, j] |= active
     # slots past a target's last atom: identity rows of L and zero z, so they solve to 0
     past = torch.arange(k, device=dev)[None, :] >= n_sel[:, None]
     L = torch.where(past[:, :, None], torch.eye(k, dtype=dt, device=dev), L)
