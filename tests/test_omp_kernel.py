@@ -161,3 +161,21 @@ def test_exclude_equals_omp_without_that_atom(candidates):
         if e >= 0:
             assert ours[b, e] == 0
         np.testing.assert_allclose(ours[b], ref, atol=1e-9)
+
+
+def test_worker_threads_give_the_sequential_result():
+    """Screened blocks solved side by side in worker threads (step_threads=1 on 2 threads) give
+    what one block after another gives."""
+    rng = np.random.default_rng(7)
+    D, X = torch.from_numpy(rng.standard_normal((300, 24))), torch.from_numpy(rng.standard_normal((101, 24)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pooled = omp(D, X, 8, dtype=torch.float64, candidates=40, step_threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    sequential = omp(D, X, 8, dtype=torch.float64, candidates=40, step_threads=None, block_size=7)
+    assert torch.equal(pooled.indices, sequential.indices)
+    torch.testing.assert_close(pooled.coefs, sequential.coefs, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(pooled.residual_norm, sequential.residual_norm, atol=1e-10, rtol=1e-9)
