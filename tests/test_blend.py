@@ -3,6 +3,8 @@ and the transplant's blended rows against separately computed OMP and FVT transp
 
 import pytest
 import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from tokensurgery import blend as blend_module
 from tokensurgery.blend import KINDS, describe, fit_weights, split_pieces, token_class
@@ -94,3 +96,23 @@ def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs,
     assert checked > 10
     for t in vm.shared:  # copied rows untouched
         assert torch.equal(rows["blend"][t], rows["omp"][t])
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=12))
+@example(" word")
+@example("piece")
+@example("A\n")
+@example(" a-b")
+def test_ascii_token_classes_follow_the_general_rule(text):
+    """ASCII tokens take a fast path in token_class; reference: the rule as documented."""
+    import regex
+
+    if not text or text.isspace():
+        want = "whitespace"
+    elif any(c.isdigit() for c in text):
+        want = "digits"
+    else:
+        word = text[1:] if text.startswith(" ") else text
+        letters = regex.fullmatch(r"[\p{L}\p{M}]+", word) is not None
+        want = f"{'word' if text.startswith(' ') else 'piece'}:latin" if letters else "other"
+    assert token_class(text.encode()) == want

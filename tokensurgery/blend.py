@@ -34,7 +34,7 @@ from .vocabulary import Vocabulary
 KINDS = ("fragment", "whitespace", "digits", "word", "piece", "symbol", "other")
 MIN_SHARED = 100  # shared tokens a class needs before its weight is fit
 SAMPLE = 256  # shared tokens per class used for the fit (spread evenly over the class)
-_LETTERS = regex.compile(r"^[\p{L}\p{M}]+$")
+_LETTERS = regex.compile(r"[\p{L}\p{M}]+")  # fullmatch: a final newline is not a letter
 
 
 def script(text: str) -> str:
@@ -64,7 +64,9 @@ def token_class(surface: bytes) -> str:
     if any(c.isdigit() for c in text):
         return "digits"
     word = text[1:] if text.startswith(" ") else text
-    if not _LETTERS.match(word):
+    if text.isascii():  # most tokens; the same answer as below, without regex and Unicode names
+        return f"{'word' if text.startswith(' ') else 'piece'}:latin" if word.isalpha() else "other"
+    if not _LETTERS.fullmatch(word):
         return "symbol" if any(not c.isascii() and unicodedata.category(c)[0] == "S" for c in text) else "other"
     return f"{'word' if text.startswith(' ') else 'piece'}:{script(word)}"
 
@@ -95,26 +97,24 @@ def fit_weights(base: torch.Tensor, vm: VocabMap, loo_rows, sample: dict[str, li
     itself) on the sampled shared tokens; 0 where a class has too few samples. Every class
     of a new text token gets a weight."""
     base = base.float()
-    weights, fits = {}, {}
+    # the method's rows first, in one call (each row is fit without its own token, whatever
+    # else is asked): BASE's tokenizer, which the pieces below need, can load meanwhile
+    asked = [t for ids in sample.values() if len(ids) >= MIN_SHARED for t in ids]
+    method = dict(zip(asked, loo_rows(asked).float())) if asked else {}
+    weights = {}
     classes = sorted(set(sample) | {token_class(vm.target.surface[t]) for t in vm.new_text})
     for c in classes:
         pairs = [(t, p) for t in sample.get(c, []) if (p := split_pieces(vm.source, vm.target.surface[t]))]
         if len(pairs) < MIN_SHARED:
             weights[c] = 0.0
-        else:
-            fits[c] = pairs
-    # one call for every class: each row is fit without its own token, whatever else is asked
-    ids = [t for pairs in fits.values() for t, _ in pairs]
-    method = loo_rows(ids).float() if ids else None
-    at = 0
-    for c, pairs in fits.items():
-        rows, at = method[at : at + len(pairs)], at + len(pairs)
+            continue
+        rows = torch.stack([method[t] for t, _ in pairs])
         truth = base[torch.tensor([vm.shared[t] for t, _ in pairs])]
         fvt = torch.stack([base[torch.tensor(p)].mean(0) for _, p in pairs])
         d = rows - fvt
         alpha = ((truth - fvt) * d).sum() / (d * d).sum().clamp(min=1e-12)
         weights[c] = round(float(alpha.clamp(0.0, 1.0)), 4)
-    return dict(sorted(weights.items()))
+    return weights
 
 
 def class_weights(ids: list[int], vm: VocabMap, weights: dict[str, float]) -> torch.Tensor:

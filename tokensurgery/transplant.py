@@ -22,6 +22,7 @@ output matrix when it has one); a tied BASE is solved once.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -220,7 +221,18 @@ def _fit_blend(base: torch.Tensor, donor: torch.Tensor, plan: dict, vm: VocabMap
     def loo_rows(ids: list[int]) -> torch.Tensor:
         res = _solve_omp(D, donor[torch.tensor(ids)].float(), opts, False, torch.tensor([position[t] for t in ids]))
         return _combine(res.coefs.float().cpu(), res.indices.cpu(), atoms, mean, opts.affine)
+    # BASE's tokenizer (the FVT pieces need it) loads during the solve's long matrix products,
+    # which release the GIL (~1.5 s for Gemma-3's; the load itself holds the GIL)
+    threading.Thread(target=_load_tokenizer, args=(vm.source,), daemon=True).start()
     return fit_weights(base, vm, loo_rows, sample_shared(vm))
+
+
+def _load_tokenizer(vocab) -> None:
+    """Read a vocabulary's tokenizer now; a failure is reported where it is used."""
+    try:
+        vocab._hf
+    except TokenSurgeryError:
+        pass
 
 
 def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: list[int], opts: TransplantOptions,

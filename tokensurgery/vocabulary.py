@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
@@ -43,6 +44,8 @@ class TokenKind(str, Enum):
     BYTE_FALLBACK = "byte"  # SentencePiece `<0xXX>`: one raw byte
     UNUSED = "unused"  # reserved placeholder or an id with no token at all
 
+
+_HF_LOAD = threading.Lock()  # see Vocabulary._hf
 
 TEXT_KINDS = (TokenKind.NORMAL, TokenKind.ADDED, TokenKind.BYTE_FALLBACK)
 
@@ -282,10 +285,13 @@ class Vocabulary:
         if self._hf_tok is None and self._hf_file is not None:
             from tokenizers import Tokenizer
 
-            try:
-                self._hf_tok = Tokenizer.from_file(self._hf_file)
-            except Exception as e:  # changed or removed since it was read
-                raise TokenSurgeryError(f"cannot read the tokenizer {self._hf_file}: {str(e).splitlines()[0][:200]}") from None
+            with _HF_LOAD:  # once, when threads ask together (transplant loads it in the background)
+                if self._hf_tok is None:
+                    try:
+                        self._hf_tok = Tokenizer.from_file(self._hf_file)
+                    except Exception as e:  # changed or removed since it was read
+                        raise TokenSurgeryError(f"cannot read the tokenizer {self._hf_file}: "
+                                                f"{str(e).splitlines()[0][:200]}") from None
         return self._hf_tok
 
     # ---- roles --------------------------------------------------------------------------
