@@ -88,10 +88,12 @@ def transplant_speed() -> str:
         phases = r["summary"]["phases"]
         timed = [phases.get(p, 0.0) for p in ("blend fit", "solve", "fill rows")]
         wall = f"{r['wall_s']:.1f}"
+        if len(r.get("walls", [])) > 1:  # the median of several runs, and their range
+            wall += f" (runs {min(r['walls']):.1f}-{max(r['walls']):.1f})"
         if r["mode"] == "quiet":
             quiet[r["pair"]] = r["wall_s"]
-        elif r["pair"] in quiet:
-            wall += f" ({r['wall_s'] / quiet[r['pair']]:.2f}x)"
+        elif r["mode"] == "busy" and r["pair"] in quiet:
+            wall += f", {r['wall_s'] / quiet[r['pair']]:.2f}x quiet"
         rows.append([r["pair"], r["mode"], wall, f"{r['peak_rss_gib']:.2f}", *[f"{t:.1f}" for t in timed],
                      f"{r['wall_s'] - sum(timed):.1f}"])
     return _table(["pair", "machine", "wall s", "peak RSS GiB", "blend fit s", "solve s", "fill rows s", "rest s"], rows)
