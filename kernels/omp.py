@@ -85,13 +85,15 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
     """Batched OMP of `targets` (B, d) over the rows of `dictionary` (n, d), k atoms each.
 
     Work is done in blocks of `block_size` targets (memory ~ block_size * n floats for the
-    correlations, plus block_size * M * (M + d) with screening); `dtype` float64 gives
-    bit-for-bit stable supports on hard cases. See the module docstring for `candidates`; with
-    screening, blocks shrink so that one block's candidate atoms and Gram matrices stay under
-    `max_block_bytes`. `exclude` (B,) names one atom per target that it may not use (-1:
-    none): leave-one-out fits of atoms against the rest of the dictionary. `step_threads`:
-    intra-op threads for the screened path's greedy steps on CPU (the big products keep all
-    threads; None: all threads throughout)."""
+    correlations); `dtype` float64 gives bit-for-bit stable supports on hard cases. See the
+    module docstring for `candidates`; with screening, blocks shrink so that one block's step
+    memory (M * k per target, plus M * (M + d) without a shared Gram) stays under
+    `max_block_bytes`, and the shared Gram is used only if it fits there too. `exclude` (B,)
+    names one atom per target that it may not use (-1: none): leave-one-out fits of atoms
+    against the rest of the dictionary. `step_threads` (screened, on CPU): intra-op threads per
+    block, with blocks solved side by side in threads // step_threads worker threads (each
+    holding one block's memory); screening and the shared Gram use every thread. None: one
+    block at a time on every thread."""
     n, d = dictionary.shape
     if targets.ndim != 2 or targets.shape[1] != d:
         raise ValueError(f"targets must be (B, {d}), got {tuple(targets.shape)}")
@@ -161,11 +163,13 @@ def omp(dictionary: torch.Tensor, targets: torch.Tensor, k: int, block_size: int
             with ThreadPoolExecutor(workers) as pool:
                 for result in pool.map(solve, starts):
                     results.append(result)
-                    bar is not None and bar.update()
+                    if bar is not None:
+                        bar.update()
         else:
             for start in starts:
                 results.append(solve(start))
-                bar is not None and bar.update()
+                if bar is not None:
+                    bar.update()
     if bar is not None:
         bar.close()
     out_idx, out_coef, out_n, out_res = zip(*results)
