@@ -11,9 +11,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from .errors import TokenSurgeryError
 
@@ -21,6 +22,23 @@ from .errors import TokenSurgeryError
 def cache_dir() -> Path:
     """`$TOKENSURGERY_CACHE`, else `~/.cache/tokensurgery`."""
     return Path(os.environ.get("TOKENSURGERY_CACHE", Path.home() / ".cache" / "tokensurgery")).expanduser()
+
+
+def write_cache_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """`write(file)` to a temporary file renamed onto `path`: a reader never sees half a file and
+    concurrent writers of one key do not clash. A cache that cannot be written is not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def _package_dir(module: str, install_hint: str) -> Path:

@@ -11,13 +11,11 @@ Entries are keyed by a hash of the file's bytes and of `VERSION` (bump it whenev
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .assets import cache_dir
+from .assets import cache_dir, write_cache_file
 
 if TYPE_CHECKING:
     from .vocabulary import Vocabulary
@@ -67,20 +65,9 @@ def write_cached(data: bytes, vocab: "Vocabulary") -> None:
     kinds = {k: i for i, k in enumerate(TokenKind)}
     tokens, token_offsets = _pack([t.encode("utf-8", "surrogatepass") for t in vocab.tokens])
     surface, surface_offsets = _pack(list(vocab.surface))
-    path = _path(data)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, family=np.array(vocab.family), tokens=tokens, token_offsets=token_offsets,
-                         surface=surface, surface_offsets=surface_offsets,
-                         kinds=np.array([kinds[k] for k in vocab.kinds], dtype=np.int8),
-                         prepends_space=np.array(vocab.prepends_space),
-                         bos_added=np.array(-1 if vocab.bos_added is None else vocab.bos_added))
-            os.replace(tmp, path)  # readers never see half a file; concurrent writers do not clash
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError:
-        pass
+    write_cache_file(_path(data), lambda f: np.savez(
+        f, family=np.array(vocab.family), tokens=tokens, token_offsets=token_offsets,
+        surface=surface, surface_offsets=surface_offsets,
+        kinds=np.array([kinds[k] for k in vocab.kinds], dtype=np.int8),
+        prepends_space=np.array(vocab.prepends_space),
+        bos_added=np.array(-1 if vocab.bos_added is None else vocab.bos_added)))

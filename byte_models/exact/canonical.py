@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from tokensurgery.assets import write_cache_file
 from tokensurgery.vocabulary import TEXT_KINDS, TokenKind, Vocabulary
 
 Tail = tuple[int, ...]
@@ -193,7 +194,7 @@ class Canonical:
         except (OSError, ValueError, EOFError):
             pass
         out = compute()
-        _write_atomic(path, lambda f: np.save(f, out.astype(np.int64)))
+        write_cache_file(path, lambda f: np.save(f, out.astype(np.int64)))
         return out
 
     def _check(self, tail: Tail, candidates: np.ndarray) -> np.ndarray:
@@ -583,27 +584,7 @@ def _read_tables(path) -> dict[str, np.ndarray] | None:
 
 
 def _write_tables(path, tables: dict[str, np.ndarray]) -> None:
-    _write_atomic(path, lambda f: np.savez(f, **tables))
-
-
-def _write_atomic(path, write) -> None:
-    """`write(file)` to a temporary file renamed into place, so a reader never sees half a file
-    and concurrent writers of the same key do not clash; a failure to write is not an error."""
-    import os
-    import tempfile
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError:
-        pass
+    write_cache_file(path, lambda f: np.savez(f, **tables))
 
 
 def _pack_strings(items) -> np.ndarray:
