@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
-
-import torch
 
 from tokensurgery.assets import text_paths
 from tokensurgery.inputs import open_model
 from tokensurgery.evaluate import load_causal_lm, score_files
+from run_record import run_record  # this script's folder is on sys.path
 
 MODELS = ["smollm2-135m", "gemma3-270m"]
 
@@ -31,7 +28,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "results")
     args = ap.parse_args()
     langs = args.langs.split(",")
-    command = "python " + " ".join(sys.argv)
+    record = run_record()
+    command = record["command"]
     print(f"command: {command}")
     results = {}
     for alias in MODELS:
@@ -50,8 +48,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command, "max_bytes": args.max_bytes, "window": args.window, "stride": args.stride,
-            "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()}
+    meta = {**record, "max_bytes": args.max_bytes, "window": args.window, "stride": args.stride}
     (args.out / "bundled_bpb.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     (args.out / "bundled_bpb.md").write_text(f"Command: `{command}`\n\n{table}\n")
 

@@ -21,7 +21,6 @@ import argparse
 import copy
 import importlib.util
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.evaluate import load_causal_lm, load_model, score_files
 from tokensurgery.hypernets import Hypernet, predict_embeddings
 from tokensurgery.transplant import TransplantOptions, new_embeddings
+from run_record import run_record  # this script's folder is on sys.path
 
 BASE = "smollm2-135m"
 
@@ -85,7 +85,8 @@ def main() -> None:
     ap.add_argument("--max-bytes", type=int, default=6000)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "results")
     args = ap.parse_args()
-    command = "python " + " ".join(sys.argv)
+    record = run_record()
+    command = record["command"]
     print(f"command: {command}", flush=True)
     files = [p for lang in args.langs.split(",") for p in text_paths(lang)]
     base_dir = open_model(BASE)
@@ -143,8 +144,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     training = json.loads((args.hypernet / "training.json").read_text()) if (args.hypernet / "training.json").exists() else {}
-    meta = {"command": command, "base": BASE, "langs": args.langs, "max_bytes": args.max_bytes,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "hypernet_training": training}
+    meta = {**record, "base": BASE, "langs": args.langs, "max_bytes": args.max_bytes, "hypernet_training": training}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "hypernet_quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (args.out / "hypernet_quality.md").write_text(f"Command: `{command}`\n\n{table}\n")

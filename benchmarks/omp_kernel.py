@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tokensurgery import VocabMap, open_vocabulary
 from tokensurgery.inputs import open_model
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.kernels.omp import omp
+from run_record import run_record  # this script's folder is on sys.path
 
 
 def main() -> None:
@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=512)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "results")
     args = ap.parse_args()
-    command = "python " + " ".join(sys.argv)
+    record = run_record()
+    command = record["command"]
     print(f"command: {command}")
     base, donor = open_model("smollm2-135m"), open_model("gemma3-270m")
     vm = VocabMap.build(open_vocabulary(base), open_vocabulary(donor))
@@ -68,8 +69,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command, "dictionary": list(D.shape), "targets": len(X), "k": args.k,
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    meta = {**record, "dictionary": list(D.shape), "targets": len(X), "k": args.k, "block_size": args.block_size,
+            "candidates": args.candidates}
     (args.out / "omp_kernel.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (args.out / "omp_kernel.md").write_text(f"Command: `{command}`\n\n{table}\n")
 
