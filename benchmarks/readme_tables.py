@@ -140,9 +140,17 @@ def _vs_mergekit(name: str, pair: str) -> str:
             *[(label, r[key]) for key, label in (("tokensurgery fvt", "tokensurgery fvt"),
                                                   ("mergekit subword", "mergekit-tokensurgeon subword (FVT)")) if key in r]]
     speed = _table(["run", "wall s", "peak RSS GiB"],
-                   [[label, f"{x['seconds']:.0f}", "n/a" if x.get("peak_rss_gib") is None else f"{x['peak_rss_gib']:.1f}"]
+                   [[label, _wall(x), "n/a" if x.get("peak_rss_gib") is None else f"{x['peak_rss_gib']:.1f}"]
                     for label, x in runs])
-    return quality + "\n\n" + speed
+    return quality + "\n\n" + speed + f"\n\nSpeed-up of the default over mergekit's omp: **{r['speedup']:.1f}x**"
+
+
+def _wall(run: dict) -> str:
+    """A run's wall seconds; for a run stopped early, its extrapolated total, labelled so."""
+    if run.get("cut_short"):
+        return (f"{run['extrapolated_seconds']:,.0f} (extrapolated: stopped after {run['seconds']:.0f} s, "
+                f"{run['batches_done']} of {run['batches_total']} batches at {run['seconds_per_512']:.1f} s per 512 tokens)")
+    return f"{run['seconds']:.0f}"
 
 
 def vs_mergekit_light_multilingual() -> str:
@@ -316,6 +324,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "heavy_multilingual": heavy_multilingual,
     "light_candidates_dev": light_candidates_dev,
     "vs_mergekit_light_multilingual": vs_mergekit_light_multilingual,
+    "vs_mergekit_light": lambda: _vs_mergekit("vs_mergekit", "light"),
+    "vs_mergekit_heavy": lambda: _vs_mergekit("vs_mergekit", "heavy"),
 }
 
 
