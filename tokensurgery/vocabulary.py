@@ -115,7 +115,7 @@ class Vocabulary:
     bos_added: int | None = None  # id the tokenizer puts in front when encoding for a model
     prepends_space: bool = False  # encoding "hello" yields a word-start token (Llama-2/Mistral ▁, WordPiece)
     _hf_tok: object | None = field(default=None, repr=False, compare=False)  # tokenizers.Tokenizer, see `_hf`
-    _hf_file: str | None = field(default=None, repr=False, compare=False)  # its tokenizer.json, read when first used
+    _hf_json: bytes | None = field(default=None, repr=False, compare=False)  # its tokenizer.json, parsed when first used
     _tiktoken: object | None = field(default=None, repr=False)  # tiktoken.Encoding
     _tiktoken_offset: int = 0
     _ranks: dict[bytes, int] | None = field(default=None, repr=False)
@@ -136,7 +136,8 @@ class Vocabulary:
         from .vocab_cache import read_cached, write_cached
 
         if (cached := read_cached(data)) is not None:  # parsed before: the tokenizer itself is read when first used
-            vocab = cls(**cached, name=name or str(path), _hf_file=str(path))
+            # keep the bytes just read, not the path: the file may be gone or changed by first use
+            vocab = cls(**cached, name=name or str(path), _hf_json=data)
             vocab.roles = vocab._infer_roles(roles or {})
             return vocab
         try:
@@ -281,17 +282,19 @@ class Vocabulary:
     @property
     def _hf(self):
         """The `tokenizers.Tokenizer` behind this vocabulary (None for tiktoken ones); a vocabulary
-        read from the cache (vocab_cache.py) reads its tokenizer.json here, on first use."""
-        if self._hf_tok is None and self._hf_file is not None:
+        read from the cache (vocab_cache.py) parses the tokenizer.json bytes it was read from
+        here, on first use (the parse, ~1.5 s for Gemma-3's 31 MB file, is what the cache saves)."""
+        if self._hf_tok is None and self._hf_json is not None:
             from tokenizers import Tokenizer
 
             with _HF_LOAD:  # once, when threads ask together (transplant loads it in the background)
                 if self._hf_tok is None:
                     try:
-                        self._hf_tok = Tokenizer.from_file(self._hf_file)
-                    except Exception as e:  # changed or removed since it was read
-                        raise TokenSurgeryError(f"cannot read the tokenizer {self._hf_file}: "
+                        self._hf_tok = Tokenizer.from_str(self._hf_json.decode("utf-8"))
+                    except Exception as e:  # the cache entry matched these bytes, so this is unexpected
+                        raise TokenSurgeryError(f"cannot parse the tokenizer of {self.name}: "
                                                 f"{str(e).splitlines()[0][:200]}") from None
+                    self._hf_json = None
         return self._hf_tok
 
     # ---- roles --------------------------------------------------------------------------
