@@ -135,8 +135,9 @@ class Vocabulary:
             raise TokenSurgeryError(f"tokenizer file not found: {path}") from None
         from .vocab_cache import read_cached, write_cached
 
-        if (cached := read_cached(data)) is not None:  # parsed before: the tokenizer itself is read when first used
-            # keep the bytes just read, not the path: the file may be gone or changed by first use
+        if (cached := read_cached(data)) is not None:
+            # parsed before: these bytes (not the path: the file may be gone or changed by then)
+            # become the `tokenizers.Tokenizer` on first use, see `_hf`
             vocab = cls(**cached, name=name or str(path), _hf_json=data)
             vocab.roles = vocab._infer_roles(roles or {})
             return vocab
