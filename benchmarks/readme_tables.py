@@ -324,6 +324,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "heavy_multilingual": heavy_multilingual,
     "light_candidates_dev": light_candidates_dev,
     "vs_mergekit_light_multilingual": vs_mergekit_light_multilingual,
+    "vs_mergekit_heavy_multilingual": lambda: _vs_mergekit("vs_mergekit_heavy_multilingual", "heavy"),
     "vs_mergekit_light": lambda: _vs_mergekit("vs_mergekit", "light"),
     "vs_mergekit_heavy": lambda: _vs_mergekit("vs_mergekit", "heavy"),
 }
