@@ -17,7 +17,9 @@ from tokensurgery.vocabulary import Vocabulary
                                          (" мир".encode(), "word:cyrillic"), ("के".encode(), "piece:devanagari"),
                                          ("中文".encode(), "piece:cjk"), (b"\xe0\xa4", "fragment"), (b" \xd0", "fragment"),
                                          (b"\n\n  ", "whitespace"), (b" 2024", "digits"), (b"()", "other"), (b" don't", "other"),
-                                         ("😀".encode(), "symbol"), (" →".encode(), "symbol"), (" –".encode(), "other")])
+                                         ("😀".encode(), "symbol"), (" →".encode(), "symbol"), (" –".encode(), "other"),
+                                         ("’s".encode(), "other"), ("ര്\u200d".encode(), "other:malayalam"),
+                                         (" ہے۔".encode(), "other:arabic"), ("é.".encode(), "other:latin-accented")])
 def test_token_class(surface, cls):
     assert token_class(surface) == cls and cls.split(":")[0] in KINDS
 

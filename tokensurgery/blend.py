@@ -55,7 +55,10 @@ def token_class(surface: bytes) -> str:
     """The class of a token by its bytes: `fragment` (not whole UTF-8 characters),
     `whitespace`, `digits` (has a digit), `word:<script>` (leading space, then letters
     only), `piece:<script>` (letters only, no leading space), `symbol` (has a non-ASCII
-    symbol: emoji, arrows, box drawing, currency), `other` (punctuation, code, mixtures)."""
+    symbol: emoji, arrows, box drawing, currency), `other` (punctuation, code, mixtures) or,
+    when its first letter is not ASCII, `other:<script>` (Malayalam and Telugu letters with a
+    zero-width joiner, Arabic or Devanagari with its own full stop: words of a script that are
+    not judged by ASCII punctuation and code)."""
     try:
         text = surface.decode("utf-8")
     except UnicodeDecodeError:
@@ -68,7 +71,10 @@ def token_class(surface: bytes) -> str:
     if text.isascii():  # most tokens; the same answer as below, without regex and Unicode names
         return f"{'word' if text.startswith(' ') else 'piece'}:latin" if word.isalpha() else "other"
     if not _LETTERS.fullmatch(word):
-        return "symbol" if any(not c.isascii() and unicodedata.category(c)[0] == "S" for c in text) else "other"
+        if any(not c.isascii() and unicodedata.category(c)[0] == "S" for c in text):
+            return "symbol"
+        first = next((c for c in text if c.isalpha()), "a")
+        return "other" if first.isascii() else f"other:{script(text)}"
     return f"{'word' if text.startswith(' ') else 'piece'}:{script(word)}"
 
 
