@@ -55,7 +55,7 @@ class _FakeMap:
 def test_fit_weights_recovers_a_known_mixture(monkeypatch):
     """BASE rows built as exactly 0.3 * method + 0.7 * FVT for ascii words: alpha = 0.3;
     a class with too few shared tokens gets 0; the weight is clipped to [0, 1]."""
-    monkeypatch.setattr(blend_module, "MIN_SHARED", 32)
+    monkeypatch.setattr(blend_module, "SAMPLE", 32)  # a class is fit from 16 samples
     torch.manual_seed(0)
     d = 16
     base = torch.randn(400, d)  # ids 0..255: bytes; 256+: whole tokens
@@ -73,11 +73,25 @@ def test_fit_weights_recovers_a_known_mixture(monkeypatch):
                           "piece:latin": list(range(40, 80)), "word:greek": list(range(40))[:5]})
     assert weights["word:latin"] == pytest.approx(0.3, abs=1e-4)
     assert weights["piece:latin"] == 1.0
-    assert weights["fragment"] == 0.0 and weights["word:greek"] == 0.0  # a new token's class with no samples / 5 < MIN_SHARED
+    assert weights["fragment"] == 0.0 and weights["word:greek"] == 0.0  # a new token's class with no samples / 5 < SAMPLE / 2
+
+
+def test_sample_shared_skips_classes_below_min_shared():
+    """Classes are judged by their whole count of shared tokens, then sampled evenly."""
+    from tokensurgery.blend import MIN_SHARED, SAMPLE, sample_shared
+
+    words = [b" w" + bytes([97 + i // 26, 97 + i % 26]) for i in range(2 * MIN_SHARED + 50)]
+    accented = ["é".encode() + bytes([97 + i // 26, 97 + i % 26]) for i in range(MIN_SHARED - 1)]
+    surfaces = words + accented + [b"x"]  # one byte: never sampled
+    vm = _FakeMap(None, _FakeVocab(surfaces), {t: t for t in range(len(surfaces))}, new_text=[])
+    sample = sample_shared(vm)
+    assert set(sample) == {"word:latin"} and len(sample["word:latin"]) == SAMPLE
+    assert len(set(sample["word:latin"])) == SAMPLE and max(sample["word:latin"]) > SAMPLE  # spread, not the first ones
 
 
 def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs, tmp_path, monkeypatch):
     monkeypatch.setattr(blend_module, "MIN_SHARED", 16)  # the tiny vocabularies have few tokens per class
+    monkeypatch.setattr(blend_module, "SAMPLE", 32)
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     runs = {name: transplant(str(base), str(donor), tmp_path / name, TransplantOptions(k=4, **o), progress=False)
             for name, o in {"blend": {}, "omp": {"blend": False}, "fvt": {"method": "fvt"}}.items()}
