@@ -58,9 +58,9 @@ def token_class(surface: bytes) -> str:
     `whitespace`, `digits` (has a digit), `word:<script>` (leading space, then letters
     only), `piece:<script>` (letters only, no leading space), `symbol` (has a non-ASCII
     symbol: emoji, arrows, box drawing, currency), `other` (punctuation, code, mixtures) or,
-    when its first letter is not ASCII, `other:<script>` (Malayalam and Telugu letters with a
-    zero-width joiner, Arabic or Devanagari with its own full stop: words of a script that are
-    not judged by ASCII punctuation and code)."""
+    when its first letter is not ASCII, `other:<script>` (Malayalam or Telugu letters with a
+    zero-width joiner or non-joiner, Arabic with its own full stop: pieces of words of a script,
+    not to be judged by ASCII punctuation and code)."""
     try:
         text = surface.decode("utf-8")
     except UnicodeDecodeError:
