@@ -75,8 +75,8 @@ def token_class(surface: bytes) -> str:
     if not _LETTERS.fullmatch(word):
         if any(not c.isascii() and unicodedata.category(c)[0] == "S" for c in text):
             return "symbol"
-        first = next((c for c in text if c.isalpha()), "a")
-        return "other" if first.isascii() else f"other:{script(text)}"
+        first = next((c for c in text if c.isalpha()), "")
+        return f"other:{script(text)}" if first and not first.isascii() else "other"
     return f"{'word' if text.startswith(' ') else 'piece'}:{script(word)}"
 
 
