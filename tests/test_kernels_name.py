@@ -1,0 +1,38 @@
+"""The repository's top-level kernels/ folder must not shadow the hub's `kernels` package
+(transformers 5.25+ imports it when it loads a model) when the repository root is on sys.path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = "import kernels, tokensurgery.kernels.omp as omp; print(kernels.__file__); print(omp.__file__)"
+
+
+def _probe(tmp_path: Path, extra: list[Path]) -> list[str]:
+    env_path = ":".join(str(p) for p in [ROOT, *extra])
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+def test_hub_kernels_package_wins_over_the_repository_folder(tmp_path):
+    site = tmp_path / "site"
+    (site / "kernels").mkdir(parents=True)
+    (site / "kernels" / "__init__.py").write_text("HUB = True\n")
+    (site / "kernels" / "sub.py").write_text("X = 1\n")
+    hub, omp = _probe(tmp_path, [site])
+    assert Path(hub) == site / "kernels" / "__init__.py"
+    assert Path(omp) == ROOT / "kernels" / "omp.py"  # tokensurgery's own kernels are untouched
+    out = subprocess.run([sys.executable, "-c", "import kernels.sub, kernels; print(kernels.HUB, kernels.sub.X)"], cwd=tmp_path,
+                         capture_output=True, text=True, env={"PYTHONPATH": f"{ROOT}:{site}", "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert out.stdout.split() == ["True", "1"], out.stderr[-2000:]
+
+
+def test_without_a_hub_package_the_folder_stays_importable(tmp_path):
+    own, omp = _probe(tmp_path, [])
+    assert Path(own) == ROOT / "kernels" / "__init__.py"
+    assert Path(omp) == ROOT / "kernels" / "omp.py"
