@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,19 +38,16 @@ def main() -> None:
     start = time.perf_counter()
     result = train(args.base, bundled_corpus(), args.out, cfg, resume=args.resume, force=not args.resume)
     if not args.no_bf16:
-        cast_bf16(Path(args.out) / "hypernet.safetensors")
+        cast_bf16(Path(args.out))
     print(json.dumps({"steps_done": result.steps_done, "seconds": round(time.perf_counter() - start, 1),
                       "threads": torch.get_num_threads(), "stopped_early": result.stopped_early}))
 
 
-def cast_bf16(path: Path) -> None:
-    """Rewrite the saved weights in bfloat16 (replaced atomically; loading casts them back)."""
-    from safetensors.torch import load_file, save_file
+def cast_bf16(folder: Path) -> None:
+    """Save the trained hypernetwork again in bfloat16, through its own saver (loading casts it back)."""
+    from tokensurgery.hypernets import Hypernet
 
-    state = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous() for k, v in load_file(str(path)).items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    Hypernet.from_pretrained(folder).to(torch.bfloat16).save_pretrained(folder)
 
 
 if __name__ == "__main__":
