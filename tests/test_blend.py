@@ -16,6 +16,8 @@ from tokensurgery.vocabulary import Vocabulary
 @pytest.mark.parametrize("surface,cls", [(b" hello", "word:latin"), (b"ing", "piece:latin"), (" für".encode(), "word:latin-accented"), ("ção".encode(), "piece:latin-accented"), (" aλ".encode(), "word:mixed"),
                                          (" мир".encode(), "word:cyrillic"), ("के".encode(), "piece:devanagari"),
                                          ("中文".encode(), "piece:cjk"), (b"\xe0\xa4", "fragment"), (b" \xd0", "fragment"),
+                                         (b"\xf0\x9f", "fragment:4-byte"), (b" \xf0\x9f\x98", "fragment:4-byte"),
+                                         (b"\x9f\x98\x80", "fragment"), (b"\xef\xbc", "fragment"),
                                          (b"\n\n  ", "whitespace"), (b" 2024", "digits"), (b"()", "other"), (b" don't", "other"),
                                          ("😀".encode(), "symbol"), (" →".encode(), "symbol"), (" –".encode(), "other"),
                                          ("’s".encode(), "other"), ("ര്\u200d".encode(), "other:malayalam"),
@@ -90,26 +92,33 @@ def test_sample_shared_skips_classes_below_min_shared():
 
 
 def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs, tmp_path, monkeypatch):
+    """Every new row is its class's mix of the OMP and FVT transplants' rows; an `OWN_ROWS` class
+    (here Latin pieces: the tiny vocabularies have no emoji fragments) is the OMP row without
+    the mean fill."""
     monkeypatch.setattr(blend_module, "MIN_SHARED", 16)  # the tiny vocabularies have few tokens per class
     monkeypatch.setattr(blend_module, "SAMPLE", 32)
+    monkeypatch.setattr(blend_module, "OWN_ROWS", ("piece:latin",))
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     runs = {name: transplant(str(base), str(donor), tmp_path / name, TransplantOptions(k=4, **o), progress=False)
-            for name, o in {"blend": {}, "omp": {"blend": False}, "fvt": {"method": "fvt"}}.items()}
+            for name, o in {"blend": {}, "omp": {"blend": False}, "fvt": {"method": "fvt"},
+                            "plain": {"blend": False, "affine": False}}.items()}
     weights = runs["blend"].blend_weights["input"]
-    assert any(0 < a < 1 for a in weights.values())
+    assert any(0 < a < 1 for a in weights.values()) and weights["piece:latin"] == 1.0
     card = (tmp_path / "blend" / "README.md").read_text()
     assert describe(weights) in card and "OMP weight per token class" not in (tmp_path / "omp" / "README.md").read_text()
     rows = {n: load_embeddings(tmp_path / n).input.float() for n in runs}
     vm = runs["blend"].vocab_map
-    checked = 0
+    checked, own = 0, 0
     for t in vm.new_text:
-        a = weights[token_class(vm.target.surface[t])]  # every new token's class has a weight
-        want = a * rows["omp"][t] + (1 - a) * rows["fvt"][t]
+        cls = token_class(vm.target.surface[t])
+        a = weights[cls]  # every new token's class has a weight
+        want = a * rows["omp"][t] + (1 - a) * rows["fvt"][t] if cls != "piece:latin" else rows["plain"][t]
+        own += cls == "piece:latin" and not torch.allclose(rows["plain"][t], rows["omp"][t], atol=1e-4)
         limit = load_embeddings(base).input.float().norm(dim=1).max()
         want = want * min(1.0, float(limit / want.norm()))  # the norm cap applies after the blend
         torch.testing.assert_close(rows["blend"][t], want, atol=1e-5, rtol=1e-5)
         checked += 1
-    assert checked > 10
+    assert checked > 10 and own > 5  # the mean fill changes those rows: the comparison can tell them apart
     for t in vm.shared:  # copied rows untouched
         assert torch.equal(rows["blend"][t], rows["omp"][t])
 

@@ -18,7 +18,9 @@ frequency), and the fit compares rows, not the logits they give. One logit-side 
 handled where the rows are made (`transplant._combine`, `affine`): an OMP row whose
 coefficients sum to less than 1 carries less of the bias-like dimensions every BASE row shares
 and, through a tied output matrix, outscored every BASE token in Hindi contexts (` Acknow`,
-` Cind`, ` Integ` on the light pair).
+` Cind`, ` Integ` on the light pair). One class is set, not fit (`OWN_ROWS`): fragments that
+start a 4-byte character (`b'\\xf0\\x9f'`, the first half of nearly every emoji) keep the
+method's own row, without the mean fill; BASE's byte-fallback pieces say nothing about them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ KINDS = ("fragment", "whitespace", "digits", "word", "piece", "symbol", "other")
 MIN_SHARED = 200  # shared tokens (of two or more bytes) a class needs before its weight is fit; at 100,
 # the heavy pair's Latin-accented pieces (122 shared) got 0.90 and scored worse than FVT on the `dev`
 # half, Czech/Polish/Vietnamese text included (3.3556 vs 3.3348 bits per byte; South Indian 1.968 vs 1.907)
+OWN_ROWS = ("fragment:4-byte",)  # classes whose new rows are the method's own: weight 1, no affine fill.
+# Chosen on the `dev` half (light pair, ad hoc per-class swaps, session of 2026-12-04): emoji text
+# 1.6354 -> 1.5799 bits per byte, overall 2.6316 -> 2.6273, other groups within 0.002; the same rows
+# with the mean fill, or every fragment as OMP's own row, were worse (Chinese 3.718 -> 4.332).
+# No shared token of the class exists to fit a weight on (BASE spells such bytes by byte fallback).
 SAMPLE = 128  # shared tokens per class used for the fit (spread evenly over the class); 256 took
 # twice the leave-one-out solve (light pair: 4.5 s vs 2.8 s) for weights within 0.025 of these
 _LETTERS = regex.compile(r"[\p{L}\p{M}]+")  # fullmatch: a final newline is not a letter
@@ -54,7 +61,8 @@ def script(text: str) -> str:
 
 
 def token_class(surface: bytes) -> str:
-    """The class of a token by its bytes: `fragment` (not whole UTF-8 characters),
+    """The class of a token by its bytes: `fragment` (not whole UTF-8 characters;
+    `fragment:4-byte` when its first byte after a leading space starts a 4-byte character),
     `whitespace`, `digits` (has a digit), `word:<script>` (leading space, then letters
     only), `piece:<script>` (letters only, no leading space), `symbol` (has a non-ASCII
     symbol: emoji, arrows, box drawing, currency), `other` (punctuation, code, mixtures) or,
@@ -64,7 +72,7 @@ def token_class(surface: bytes) -> str:
     try:
         text = surface.decode("utf-8")
     except UnicodeDecodeError:
-        return "fragment"
+        return "fragment:4-byte" if surface.lstrip(b" ")[:1] >= b"\xf0" else "fragment"
     if not text or text.isspace():
         return "whitespace"
     if any(c.isdigit() for c in text):
@@ -114,6 +122,9 @@ def fit_weights(base: torch.Tensor, vm: VocabMap, loo_rows, sample: dict[str, li
     weights = {}
     classes = sorted(set(sample) | {token_class(vm.target.surface[t]) for t in vm.new_text})
     for c in classes:
+        if c in OWN_ROWS:
+            weights[c] = 1.0
+            continue
         pairs = [(t, p) for t in sample.get(c, []) if (p := split_pieces(vm.source, vm.target.surface[t]))]
         if len(pairs) < SAMPLE // 2:
             weights[c] = 0.0
@@ -132,6 +143,13 @@ def class_weights(ids: list[int], vm: VocabMap, weights: dict[str, float]) -> to
     rows that are not text tokens (specials, placeholders keep the method's row)."""
     text = set(vm.new_text)
     return torch.tensor([weights.get(token_class(vm.target.surface[t]), 0.0) if t in text else 1.0 for t in ids])
+
+
+def own_rows(ids: list[int], vm: VocabMap) -> torch.Tensor:
+    """True for each donor id whose row is the method's own, without the mean fill: a new text
+    token of an `OWN_ROWS` class."""
+    text = set(vm.new_text)
+    return torch.tensor([t in text and token_class(vm.target.surface[t]) in OWN_ROWS for t in ids], dtype=torch.bool)
 
 
 def blend(method_rows: torch.Tensor, fvt_rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

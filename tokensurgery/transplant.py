@@ -9,8 +9,9 @@ Every donor id gets a row in the new embedding matrices:
     embeddings of shared tokens (Orthogonal Matching Pursuit, k atoms), then apply the same
     coefficients to BASE's rows of those shared tokens (Goddard & Fernandes Neto, 2025),
     then, by default, blend each row with its `fvt` row, one weight per token class fit by
-    leave-one-out on shared tokens (`blend.py`; fragments and unshared scripts get FVT, and
-    classes whose weight is 0 are not solved at all);
+    leave-one-out on shared tokens (`blend.py`; fragments and unshared scripts get FVT, except
+    fragments that start a 4-byte character, which keep the plain OMP row, and classes whose
+    weight is 0 are not solved at all);
   - `knn`: the k shared tokens nearest in the donor space, weighted by inverse distance;
   - `fvt`: the mean of BASE's rows for the pieces BASE's tokenizer splits the token into;
   - `mean`: the mean BASE row; `zero`: zeros;
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .blend import blend, class_weights, describe, fit_weights, sample_shared
+from .blend import blend, class_weights, describe, fit_weights, own_rows, sample_shared
 from .checkpoint import Embeddings, NewEmbeddings, check_embeddings_cover, load_embeddings, write_patched_checkpoint
 from .errors import TokenSurgeryError
 from .inputs import TokenizerInput, open_model, open_tokenizer, vocabulary_of_folder
@@ -195,8 +196,9 @@ def _solve(donor: torch.Tensor, filled: list[int], plan: dict, opts: TransplantO
 
 
 def _combine(weights: torch.Tensor, indices: torch.Tensor, atoms: torch.Tensor, mean: torch.Tensor,
-             affine: bool) -> torch.Tensor:
-    """Rows `sum_j weights[:, j] * atoms[indices[:, j]]`; with `affine`, plus `(1 - sum_j weights) * mean`.
+             affine: bool | torch.Tensor) -> torch.Tensor:
+    """Rows `sum_j weights[:, j] * atoms[indices[:, j]]`; with `affine`, plus `(1 - sum_j weights) * mean`
+    (`affine` may be one bool per row).
 
     Why `affine`: a row's value in a dimension where every BASE row is nearly the same (Gemma-3's
     dimension 507: 0.145 +- 0.013) acts as a bias in a tied output matrix, and hidden states can
@@ -205,7 +207,9 @@ def _combine(weights: torch.Tensor, indices: torch.Tensor, atoms: torch.Tensor, 
     such contexts by several nats. Filling the shortfall with the mean row keeps those dimensions
     at BASE's value whatever the coefficients sum to."""
     rows = torch.einsum("bk,bkd->bd", weights, atoms[indices])
-    if affine:
+    if isinstance(affine, torch.Tensor):
+        rows += (1 - weights.sum(1, keepdim=True)) * affine[:, None].float() * mean
+    elif affine:
         rows += (1 - weights.sum(1, keepdim=True)) * mean
     return rows
 
@@ -236,8 +240,9 @@ def _load_tokenizer(vocab) -> None:
 
 
 def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: list[int], opts: TransplantOptions,
-          plan: dict, progress: bool) -> tuple[torch.Tensor, int]:
-    """Rows for the `filled` donor ids in BASE's space (and how many fell back to FVT)."""
+          plan: dict, progress: bool, own: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Rows for the `filled` donor ids in BASE's space (and how many fell back to FVT); `own`
+    marks OMP rows kept without the mean fill (`blend.OWN_ROWS`)."""
     base = base.float()
     text_rows = sorted(set(vm.shared.values()))
     mean = base[text_rows].mean(0) if text_rows else base.mean(0)
@@ -249,9 +254,12 @@ def _fill(base: torch.Tensor, solution: _Solution | None, vm: VocabMap, filled: 
         return _fvt_rows(vm, filled, base, mean, progress), 0
     atoms = base[torch.tensor(plan["dict_base"])]
     rows = torch.empty(len(filled), base.shape[1])
+    affine = torch.full((len(filled),), opts.affine and opts.method == "omp")
+    if own is not None:
+        affine &= ~own
     for s in range(0, len(filled), 8192):  # blocks: the gathered atoms of 200k tokens would not fit
         rows[s : s + 8192] = _combine(solution.weights[s : s + 8192], solution.indices[s : s + 8192], atoms, mean,
-                                      opts.affine and opts.method == "omp")
+                                      affine[s : s + 8192])
     n_fvt = 0
     if opts.fvt_above is not None and solution.errors is not None:
         text = set(vm.new_text)
@@ -361,7 +369,8 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
                     rows, nf = _fvt_rows(vm, filled, base_f, mean, False), 0
                     if solve_ids:
                         at = torch.tensor([r for r, a in enumerate(alpha.tolist()) if a > 0])
-                        solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress)
+                        solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress,
+                                           own_rows(solve_ids, vm))
                         rows[at] = blend(solved, rows[at], alpha[at])
             # guard: no computed row may be longer than the longest row BASE itself has
             limit = base_matrix.float().norm(dim=1).max()

@@ -38,7 +38,8 @@ from . import options
                    "'off' keeps OMP everywhere.")
 @click.option("--blend/--no-blend", default=True, show_default=True,
               help="OMP: mix each new token's row with its FVT row, one weight per token class (fragments, words, "
-                   "pieces, digits, ...) fit by leave-one-out on shared tokens; fragments get FVT.")
+                   "pieces, digits, ...) fit by leave-one-out on shared tokens; fragments get FVT, except those starting a "
+                   "4-byte character (emoji), which keep OMP's own row.")
 @options.hypernet
 @click.option("--solve-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
               help="Precision of the solve (the output keeps BASE's dtype).")
