@@ -19,8 +19,9 @@ handled where the rows are made (`transplant._combine`, `affine`): an OMP row wh
 coefficients sum to less than 1 carries less of the bias-like dimensions every BASE row shares
 and, through a tied output matrix, outscored every BASE token in Hindi contexts (` Acknow`,
 ` Cind`, ` Integ` on the light pair). One class is set, not fit (`OWN_ROWS`): fragments that
-start a 4-byte character (`b'\\xf0\\x9f'`, the first half of nearly every emoji) keep the
-method's own row, without the mean fill; BASE's byte-fallback pieces say nothing about them.
+start a 4-byte character and go on past its lead byte (`b'\\xf0\\x9f'`, the first half of
+nearly every emoji) keep the method's own row, without the mean fill; FVT would build them
+from BASE's byte-fallback rows, which say little about them.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def script(text: str) -> str:
 
 def token_class(surface: bytes) -> str:
     """The class of a token by its bytes: `fragment` (not whole UTF-8 characters;
-    `fragment:4-byte` when its first byte after a leading space starts a 4-byte character),
+    `fragment:4-byte` when, after a leading space, it is a 4-byte character's lead byte and more:
+    a lone lead byte, such as a byte-fallback `<0xF1>`, stays `fragment`),
     `whitespace`, `digits` (has a digit), `word:<script>` (leading space, then letters
     only), `piece:<script>` (letters only, no leading space), `symbol` (has a non-ASCII
     symbol: emoji, arrows, box drawing, currency), `other` (punctuation, code, mixtures) or,
@@ -72,7 +74,8 @@ def token_class(surface: bytes) -> str:
     try:
         text = surface.decode("utf-8")
     except UnicodeDecodeError:
-        return "fragment:4-byte" if surface.lstrip(b" ")[:1] >= b"\xf0" else "fragment"
+        lead = surface.lstrip(b" ")
+        return "fragment:4-byte" if len(lead) > 1 and lead[0] >= 0xF0 else "fragment"
     if not text or text.isspace():
         return "whitespace"
     if any(c.isdigit() for c in text):
