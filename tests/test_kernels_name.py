@@ -32,6 +32,11 @@ def test_hub_kernels_package_wins_over_the_repository_folder(tmp_path):
 
 
 def test_without_a_hub_package_the_folder_stays_importable(tmp_path):
-    own, omp = _probe(tmp_path, [])
+    # transformers 5.25+ installs the hub's package; hide site-packages from the hand-over's
+    # search (torch and tokensurgery's own kernels are imported before that)
+    code = ("import sys, tokensurgery.kernels.omp as omp; "
+            "sys.path[:] = [p for p in sys.path if 'site-packages' not in p]; "
+            "import kernels; print(kernels.__file__); print(omp.__file__)")
+    own, omp = _probe(tmp_path, [], code)
     assert Path(own) == ROOT / "kernels" / "__init__.py"
     assert Path(omp) == ROOT / "kernels" / "omp.py"
