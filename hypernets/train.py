@@ -295,6 +295,7 @@ class Trainer:
         result = self.loop.run(loss_fn, total_steps=self.total_steps, until=until, on_phase=on_phase)
         self.loop.save_final({"base": str(self.base_dir), "corpus_chars": self.corpus.n_chars},
                              time.perf_counter() - start)
+        self.loop.finish()
         return result
 
 

@@ -8,13 +8,19 @@ cd "$(dirname "$0")/.."
 N=${1:-20}
 ( while true; do :; done ) &
 HOG=$!
-trap 'kill $HOG 2>/dev/null' EXIT
 failed=0
+log=$(mktemp)
+trap 'kill $HOG 2>/dev/null; rm -f "$log"' EXIT
 for i in $(seq 1 "$N"); do
-    line=$(timeout 600 .venv/bin/python -m pytest -q tests/test_hierarchical.py tests/test_hypernet.py tests/test_heal.py \
-        -k torchrun 2>&1 | tail -1)
+    timeout 600 .venv/bin/python -m pytest -q tests/test_hierarchical.py tests/test_hypernet.py tests/test_heal.py \
+        -k torchrun >"$log" 2>&1
+    line=$(tail -1 "$log")
     echo "$(date -u +%T) run $i: $line"
-    case "$line" in *" 3 passed"*|"3 passed"*) ;; *) failed=$((failed + 1)) ;; esac
+    case "$line" in
+        *" 3 passed"*|"3 passed"*) ;;
+        *) failed=$((failed + 1))
+           grep -E "^FAILED|terminate called|exitcode" "$log" | sed 's/^/    /' ;;  # which test, and how it died
+    esac
 done
 echo "$failed of $N runs did not pass"
 [ "$failed" -eq 0 ]

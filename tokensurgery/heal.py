@@ -457,6 +457,7 @@ class Healer:
                          len(self.trainable), len(self.rows) if self.config.train.startswith("new") else 0)
         if self.rank == 0:
             self._write(res)
+        self.loop.finish()
         return res
 
     def _write(self, res: HealResult) -> None:

@@ -17,6 +17,7 @@ Not handled: mixed-precision scaling (losses run in the model's dtype), FSDP/sha
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -73,7 +74,23 @@ def dist_setup(device: str) -> tuple[int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        atexit.register(_dist_teardown)
     return dist.get_rank(), world
+
+
+def _dist_teardown(barrier: bool = False) -> None:
+    """Leave the process group while the interpreter is still whole (after a barrier when
+    asked). Without it, gloo's worker threads can still hold finished work (tensors with Python
+    references) when the interpreter finalizes, and the rank dies with SIGABRT ("terminate called
+    without an active exception", pytorch/pytorch#190489; seen here in CI on the hypernet
+    torchrun test). `TrainLoop.finish` calls it at the end of training; registered at exit too,
+    for runs that end another way (no barrier there: another rank may be gone)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -264,6 +281,13 @@ class TrainLoop:
         if self.world > 1:
             check_in_sync(self.model, self.world)
         return TrainResult(self.out, self.step, time.perf_counter() - start, self.history, stopped)
+
+    def finish(self) -> None:
+        """Training is over on this rank: unwrap DDP (it holds the process group) and leave the
+        group once every rank is here. Every rank calls it, after rank 0 has saved."""
+        if self.world > 1:
+            self.ddp = getattr(self.ddp, "module", self.ddp)
+            _dist_teardown(barrier=True)
 
     def save_final(self, summary: dict, seconds: float) -> None:
         """The model and a `training.json` summary into OUT (rank 0 only)."""
