@@ -39,9 +39,10 @@ MIN_SHARED = 200  # shared tokens (of two or more bytes) a class needs before it
 # the heavy pair's Latin-accented pieces (122 shared) got 0.90 and scored worse than FVT on the `dev`
 # half, Czech/Polish/Vietnamese text included (3.3556 vs 3.3348 bits per byte; South Indian 1.968 vs 1.907)
 OWN_ROWS = ("fragment:4-byte",)  # classes whose new rows are the method's own: weight 1, no affine fill.
-# Chosen on the `dev` half (light pair, ad hoc per-class swaps, session of 2026-12-04): emoji text
-# 1.6354 -> 1.5799 bits per byte, overall 2.6316 -> 2.6273, other groups within 0.002; the same rows
-# with the mean fill, or every fragment as OMP's own row, were worse (Chinese 3.718 -> 4.332).
+# Chosen on the `dev` half (results/transplant_light_own_rows_dev.*, against
+# results/transplant_light_affine_dev.*): emoji text 1.6354 -> 1.5848 bits per byte, overall
+# 2.6320 -> 2.6276, the other groups within 0.007; ad hoc, the same rows with the mean fill, or every
+# fragment as OMP's own row, were worse (Chinese 3.718 -> 4.332).
 # No shared token of the class exists to fit a weight on (BASE spells such bytes by byte fallback).
 SAMPLE = 128  # shared tokens per class used for the fit (spread evenly over the class); 256 took
 # twice the leave-one-out solve (light pair: 4.5 s vs 2.8 s) for weights within 0.025 of these

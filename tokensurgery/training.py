@@ -84,7 +84,9 @@ def _dist_teardown(barrier: bool = False) -> None:
     references) when the interpreter finalizes, and the rank dies with SIGABRT ("terminate called
     without an active exception", pytorch/pytorch#190489; seen here in CI on the hypernet
     torchrun test). `TrainLoop.finish` calls it at the end of training; registered at exit too,
-    for runs that end another way (no barrier there: another rank may be gone)."""
+    for runs that end another way (no barrier there: another rank may be gone). Not a full cure
+    under transformers 5.25: a rank still aborted in 3 of 40 race-check runs (pyproject pins
+    below it)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
