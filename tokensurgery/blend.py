@@ -142,18 +142,14 @@ def fit_weights(base: torch.Tensor, vm: VocabMap, loo_rows, sample: dict[str, li
     return weights
 
 
-def class_weights(ids: list[int], vm: VocabMap, weights: dict[str, float]) -> torch.Tensor:
+def class_weights(ids: list[int], vm: VocabMap, weights: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """The OMP weight `alpha` of each donor id: its class's weight for new text tokens, 1 for
-    rows that are not text tokens (specials, placeholders keep the method's row)."""
+    rows that are not text tokens (specials, placeholders keep the method's row); and whether
+    the row is the method's own, without the mean fill (a new text token of an `OWN_ROWS` class)."""
     text = set(vm.new_text)
-    return torch.tensor([weights.get(token_class(vm.target.surface[t]), 0.0) if t in text else 1.0 for t in ids])
-
-
-def own_rows(ids: list[int], vm: VocabMap) -> torch.Tensor:
-    """True for each donor id whose row is the method's own, without the mean fill: a new text
-    token of an `OWN_ROWS` class."""
-    text = set(vm.new_text)
-    return torch.tensor([t in text and token_class(vm.target.surface[t]) in OWN_ROWS for t in ids], dtype=torch.bool)
+    classes = [token_class(vm.target.surface[t]) if t in text else None for t in ids]
+    alpha = torch.tensor([1.0 if c is None else weights.get(c, 0.0) for c in classes])
+    return alpha, torch.tensor([c in OWN_ROWS for c in classes], dtype=torch.bool)
 
 
 def blend(method_rows: torch.Tensor, fvt_rows: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

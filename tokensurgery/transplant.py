@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .blend import blend, class_weights, describe, fit_weights, own_rows, sample_shared
+from .blend import blend, class_weights, describe, fit_weights, sample_shared
 from .checkpoint import Embeddings, NewEmbeddings, check_embeddings_cover, load_embeddings, write_patched_checkpoint
 from .errors import TokenSurgeryError
 from .inputs import TokenizerInput, open_model, open_tokenizer, vocabulary_of_folder
@@ -342,11 +342,11 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
         if copied:
             M[torch.tensor(list(copied))] = base_matrix[torch.tensor(list(copied.values()))].float()
         if filled:
-            alpha, solve_ids = None, filled
+            alpha, own, solve_ids = None, None, filled
             if opts.method == "omp" and opts.blend and vm.new_text:
                 with phases("blend fit", f"blend: fitting OMP/FVT weights per token class ({name})", progress):
                     weights[name] = _fit_blend(base_matrix, donor_matrix, plan, vm, opts)
-                alpha = class_weights(filled, vm, weights[name])
+                alpha, own = class_weights(filled, vm, weights[name])
                 solve_ids = [t for t, a in zip(filled, alpha.tolist()) if a > 0]  # the rest is pure FVT: no solve
             solution = None
             if donor_matrix is not None and opts.method in NEEDS_DONOR_EMBEDDINGS and solve_ids:
@@ -369,8 +369,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
                     rows, nf = _fvt_rows(vm, filled, base_f, mean, False), 0
                     if solve_ids:
                         at = torch.tensor([r for r, a in enumerate(alpha.tolist()) if a > 0])
-                        solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress,
-                                           own_rows(solve_ids, vm))
+                        solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress, own[at])
                         rows[at] = blend(solved, rows[at], alpha[at])
             # guard: no computed row may be longer than the longest row BASE itself has
             limit = base_matrix.float().norm(dim=1).max()
