@@ -133,7 +133,6 @@ class Trainer:
             torch.manual_seed(self.config.seed)  # the same seed starts from the same weights
             self.hypernet = hypernet_for(emb, name=str(base), **(hypernet_options or {}))
         self.loop.attach(self.hypernet)
-        self.model = self.loop.ddp
         self.lm = FrozenLM(self.base_dir, self.config.device)
         self.splitter = PieceSplitter(self.base_vocab, self.hypernet.config.max_pieces, n_rows=emb.input.shape[0])
         self.identity_ids = [i for i, k in enumerate(self.base_vocab.kinds)
@@ -172,7 +171,7 @@ class Trainer:
         gradient are 0: warm-up only matters for `residual=False`."""
         ids = rng.sample(self.identity_ids, min(self.config.identity_batch, len(self.identity_ids)))
         pieces = [self.splitter(self.base_vocab.surface[i]) for i in ids]
-        pred_in, pred_out = self.model(pieces)
+        pred_in, pred_out = self.loop.ddp(pieces)  # DDP under torchrun
         loss = self._identity_loss(pred_in, pred_out, torch.tensor(ids, device=pred_in.device))
         return {"loss": loss, "identity": loss.detach()}
 
@@ -203,7 +202,7 @@ class Trainer:
             active = used + [i for i in extra if i not in seen][: c.negatives]
         local = {t: j for j, t in enumerate(active)}
         pieces = [self.splitter(tok.surfaces[t]) for t in active]
-        pred_in, pred_out = self.model(pieces)
+        pred_in, pred_out = self.loop.ddp(pieces)  # DDP under torchrun
         x = torch.tensor([[local[i] for i in s[:width]] for s in seqs], device=pred_in.device)
         inputs = pred_in[x]
         if self.bos is not None:
@@ -240,7 +239,7 @@ class Trainer:
             return self.identity_step(rng)
         n = self.merger.n_base
         pieces = [list(batch.new_tokens[i - n].parts[: h.config.max_pieces]) for i in used]
-        pred_in, pred_out = self.model(pieces)
+        pred_in, pred_out = self.loop.ddp(pieces)  # DDP under torchrun
         local = torch.full((n + len(batch.new_tokens),), -1, dtype=torch.long, device=x.device)
         local[torch.tensor(used, device=x.device)] = torch.arange(len(used), device=x.device)
         is_new = x >= n

@@ -119,3 +119,12 @@ def torchrun_cli(args: list[str], timeout: int = 600):
            "-m", "tokensurgery.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+
+
+def assert_torchrun_ok(r) -> None:
+    """Both ranks exited 0, and neither warned that the process group outlived training (the
+    deterministic sign of the exit-time abort that otherwise shows only in some runs)."""
+    from tokensurgery.training import PG_LEFT
+
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert PG_LEFT not in r.stderr, r.stderr[-3000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import corpus_lines
+from helpers import assert_torchrun_ok, corpus_lines, torchrun_cli
 from tokensurgery.byte_models.trainable.hierarchical import EOW, Byte2Word, HierarchicalConfig, HierarchicalLM
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.kernels.segments import pack, per_length, positions_in_segment, segment_ids, segment_softmax, unpack
@@ -207,23 +207,13 @@ def test_train_resume_flat_and_cli(tmp_path):
 
 def test_byte_model_torchrun_two_cpu_processes(tmp_path):
     import json
-    import os
-    import socket
-    import subprocess
-    import sys
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(corpus_lines(20_000, langs=("en",))))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "tokensurgery.cli", "byte-model", "train", "hierarchical", str(out), "--corpus", str(corpus),
-           "--steps", "3", "--batch-size", "2", "--context-bytes", "64", "--d-model", "64", "--layers", "1",
-           "--d-byte", "32"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun_cli(["byte-model", "train", "hierarchical", str(out), "--corpus", str(corpus), "--steps", "3",
+                      "--batch-size", "2", "--context-bytes", "64", "--d-model", "64", "--layers", "1", "--d-byte", "32"])
+    assert_torchrun_ok(r)
     summary = json.loads((out / "training.json").read_text())
     assert summary["world_size"] == 2 and summary["steps_done"] == 3  # ranks checked in sync by the trainer
 

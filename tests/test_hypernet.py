@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from helpers import corpus_lines, save_hf_tokenizer, torchrun_cli
+from helpers import assert_torchrun_ok, corpus_lines, save_hf_tokenizer, torchrun_cli
 from tokensurgery import VocabMap, open_vocabulary
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.errors import TokenSurgeryError
@@ -195,7 +195,7 @@ def test_torchrun_two_cpu_processes(tiny_model_dirs, tmp_path):
     r = torchrun_cli(["hypernet", "train", str(tiny_model_dirs["tied"]), str(out), "--corpus", str(corpus),
                       "--steps", "3", "--warmup-steps", "1", "--batch-size", "2", "--seq-len", "24", "--vocab-size",
                       "1200", "--negatives", "64", "--hypernet-layers", "1", "--max-pieces", "4"])
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert_torchrun_ok(r)
     summary = json.loads((out / "training.json").read_text())
     assert summary["world_size"] == 2 and summary["steps_done"] == 4  # the trainer checks the ranks stayed in sync
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,8 @@ from .errors import TokenSurgeryError
 CHECKPOINT = "checkpoint"
 STATE = "trainer_state.pt"
 LOG = "training_log.jsonl"
+PG_LEFT = ("the process group is still referenced after training (something holds DDP?); "
+           "gloo worker threads may abort this process at exit")
 
 
 @dataclass
@@ -73,26 +76,42 @@ def dist_setup(device: str) -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        # Imported before the group exists on purpose: torch.distributed.nn's functions take
+        # `group=group.WORLD` as a default argument, evaluated at import. DDP imports that module;
+        # imported after init_process_group, those defaults would hold the group for good, and
+        # destroy_process_group could never free it (see `_dist_teardown`). Before init they are None.
+        import torch.distributed.nn  # noqa: F401
+
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         atexit.register(_dist_teardown)
     return dist.get_rank(), world
 
 
-def _dist_teardown(barrier: bool = False) -> None:
-    """Leave the process group while the interpreter is still whole (after a barrier when
-    asked). Without it, gloo's worker threads can still hold finished work (tensors with Python
-    references) when the interpreter finalizes, and the rank dies with SIGABRT ("terminate called
-    without an active exception", pytorch/pytorch#190489; seen here in CI on the hypernet
-    torchrun test). `TrainLoop.finish` calls it at the end of training; registered at exit too,
-    for runs that end another way (no barrier there: another rank may be gone). Not a full cure
-    under transformers 5.25: a rank still aborted in 3 of 40 race-check runs (pyproject pins
-    below it)."""
+def _dist_teardown(barrier: bool = False) -> bool:
+    """Leave the process group (after a barrier when asked) and free it while the interpreter is
+    still whole; True when the group is gone. Why: gloo's worker threads drop finished work (and
+    the Python tensors it holds) after the caller's wait returns; if that happens once the
+    interpreter is finalizing, the thread cannot take the GIL and the rank dies with SIGABRT
+    ("terminate called without an active exception"; core dumps show ~AsyncBarrierWork ->
+    ~AsyncAllgatherWork -> decref_pyobject in ProcessGroupGloo::runLoop, main thread in
+    Py_FinalizeEx). Freeing the group joins those threads here, GIL released. It is only freed if
+    nothing else holds it: not DDP (the caller unwraps it first) and not torch.distributed.nn's
+    default arguments (`dist_setup` imports that module before the group exists).
+    `TrainLoop.finish` calls it at the end of training; registered at exit too, for runs that
+    end another way (no barrier there: another rank may be gone)."""
+    import gc
+    import weakref
+
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        if barrier:
-            dist.barrier()
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return True
+    if barrier:
+        dist.barrier()
+    group = weakref.ref(dist.group.WORLD)
+    dist.destroy_process_group()
+    gc.collect()  # DDP's reducer can sit in a reference cycle with its module
+    return group() is None
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -289,7 +308,8 @@ class TrainLoop:
         group once every rank is here. Every rank calls it, after rank 0 has saved."""
         if self.world > 1:
             self.ddp = getattr(self.ddp, "module", self.ddp)
-            _dist_teardown(barrier=True)
+            if not _dist_teardown(barrier=True):
+                warnings.warn(f"rank {self.rank}: {PG_LEFT}", RuntimeWarning, stacklevel=2)
 
     def save_final(self, summary: dict, seconds: float) -> None:
         """The model and a `training.json` summary into OUT (rank 0 only)."""
