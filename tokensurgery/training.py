@@ -37,7 +37,7 @@ CHECKPOINT = "checkpoint"
 STATE = "trainer_state.pt"
 LOG = "training_log.jsonl"
 PG_LEFT = ("the process group is still referenced after training (something holds DDP?); "
-           "gloo worker threads may abort this process at exit")
+           "its worker threads (gloo) may abort this process at exit")
 
 
 @dataclass
