@@ -110,7 +110,7 @@ def _dist_teardown(barrier: bool = False) -> bool:
         dist.barrier()
     group = weakref.ref(dist.group.WORLD)
     dist.destroy_process_group()
-    gc.collect()  # DDP's reducer can sit in a reference cycle with its module
+    gc.collect()  # an unwrapped DDP is in a reference cycle: refcounting alone never frees it
     return group() is None
 
 
