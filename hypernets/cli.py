@@ -8,6 +8,8 @@ import click
 
 from tokensurgery.cli import options
 
+from .dynamic.merger import BOUNDARIES
+
 
 @click.group("hypernet")
 def hypernet_group() -> None:
@@ -21,7 +23,7 @@ def hypernet_group() -> None:
 @hypernet_group.command("train", cls=options.grouped(
     Data=["corpus"],
     Schedule=["steps", "warmup_steps", "batch_size", "seq_len", "grad_accum", "lr", "max_minutes"],
-    Sampled_tokenizers=["tokenizers", "vocab_size", "negatives", "noise", "max_reduction"],
+    Sampled_tokenizers=["tokenizers", "vocab_size", "negatives", "noise", "max_reduction", "boundary"],
     Hypernetwork=["layers", "max_pieces", "residual", "output_head"],
     Run=["resume", "force", "save_every", "seed", "device"]))
 @click.argument("base")
@@ -42,6 +44,9 @@ def hypernet_group() -> None:
                    "themselves (for `tokensurgery dynamic`), or either per step.")
 @click.option("--max-reduction", default=0.3, show_default=True,
               help="merges: each batch is merged to a random reduction up to this fraction fewer tokens.")
+@click.option("--boundary", "boundary", multiple=True, type=click.Choice(BOUNDARIES),
+              help="merges: where merges may not cross, as `tokensurgery dynamic --boundary`; give it more than "
+                   "once to draw one per step (e.g. pretokens and word).  [default: pretokens]")
 @click.option("--vocab-size", default=32768, show_default=True, help="Size of each sampled unigram tokenizer.")
 @click.option("--negatives", default=2048, show_default=True,
               help="Extra random tokens in each step's softmax besides the batch's own (-1: the whole sampled vocabulary).")
@@ -60,7 +65,7 @@ def hypernet_group() -> None:
 @options.device
 def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, warmup_steps: int | None, batch_size: int,
                    seq_len: int, grad_accum: int, lr: float, max_minutes: float | None, vocab_size: int, negatives: int,
-                   noise: float, tokenizers: str, max_reduction: float, layers: int, max_pieces: int, residual: bool,
+                   noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], layers: int, max_pieces: int, residual: bool,
                    output_head: bool, resume: bool, force: bool, save_every: int, seed: int, device: str) -> None:
     """Train a hypernetwork for BASE (frozen) and save it to OUT.
 
@@ -76,7 +81,7 @@ def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, wa
     config = TrainConfig(steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, seq_len=seq_len,
                          grad_accum=grad_accum, lr=lr, max_minutes=max_minutes, vocab_size=vocab_size,
                          negatives=negatives, noise=noise, tokenizers=tokenizers, max_reduction=max_reduction,
-                         save_every=save_every, seed=seed, device=device)
+                         boundary=",".join(dict.fromkeys(boundary)) or "pretokens", save_every=save_every, seed=seed, device=device)
     net_options = {"num_layers": layers, "max_pieces": max_pieces, "residual": residual, "predict_output": output_head}
     result = train(base, Corpus.from_paths(list(corpus)), out, config, net_options, resume=resume, force=force)
     last = next((h for h in reversed(result.history) if "lm" in h), result.history[-1] if result.history else {})

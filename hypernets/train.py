@@ -11,7 +11,8 @@
 
 With `tokenizers="merges"` the LM phase instead trains for dynamic merging (`dynamic/`):
 each batch is tokenized by the base, merged over the batch to a random reduction (up to
-`max_reduction` fewer tokens), and only the new tokens' rows are predicted; the base's
+`max_reduction` fewer tokens; merges never cross `boundary`, drawn per step from a comma
+list such as `pretokens,word`), and only the new tokens' rows are predicted; the base's
 tokens keep its rows and the softmax runs over the base vocabulary plus the new tokens, as
 `tokensurgery dynamic` uses them. `tokenizers="mixed"`: each step draws one of the two.
 
@@ -61,10 +62,17 @@ class TrainConfig(LoopConfig):
     identity_batch: int = 2048  # base tokens per warm-up step
     tokenizers: str = "unigram"  # what the LM phase trains on: unigram, merges or mixed (see the module docstring)
     max_reduction: float = 0.3  # merges: each batch is merged to a reduction drawn from [0.02, this]
+    boundary: str = "pretokens"  # merges: where merges may not cross; a comma list draws one per step
 
     def check(self) -> None:
         if self.tokenizers not in TOKENIZERS:
             raise TokenSurgeryError(f"tokenizers must be one of {', '.join(TOKENIZERS)}, got {self.tokenizers!r}")
+        from .dynamic.merger import BOUNDARIES
+
+        bad = [b for b in self.boundary.split(",") if b not in BOUNDARIES]
+        if bad or not self.boundary:
+            raise TokenSurgeryError(f"boundary must be one or more of {', '.join(BOUNDARIES)} (comma-separated), "
+                                    f"got {self.boundary!r}")
         if not 0.02 <= self.max_reduction < 1:
             raise TokenSurgeryError(f"max_reduction must be in [0.02, 1), got {self.max_reduction}")
         for name in ("batch_size", "seq_len", "grad_accum", "vocab_size", "identity_batch", "save_every"):
@@ -141,7 +149,8 @@ class Trainer:
         self.bos = None if bos is None else int(bos)
         from .dynamic.merger import BatchMerger
 
-        self.merger = BatchMerger(self.base_vocab, n_base=emb.input.shape[0])
+        self.mergers = [BatchMerger(self.base_vocab, boundary=b, n_base=emb.input.shape[0])
+                        for b in self.config.boundary.split(",")]
 
     @property
     def step(self) -> int:
@@ -229,15 +238,16 @@ class Trainer:
         c, h = self.config, self.hypernet
         rng = _rng(c, step, self.rank, micro)
         texts = self.batch_texts(step, micro)
-        batch = self.merger(texts, reduction=rng.uniform(0.02, c.max_reduction))
+        merger = self.mergers[rng.randrange(len(self.mergers))] if len(self.mergers) > 1 else self.mergers[0]
+        batch = merger(texts, reduction=rng.uniform(0.02, c.max_reduction))
         seqs = [ids[: c.seq_len] for ids in batch.ids]
         seqs = [s for s in seqs if len(s) >= 2]
         width = min(map(len, seqs))
         x = torch.tensor([s[:width] for s in seqs], device=h.base_input.device)
-        used = sorted({i for s in seqs for i in s[:width] if i >= self.merger.n_base})
+        used = sorted({i for s in seqs for i in s[:width] if i >= merger.n_base})
         if not used:  # nothing was merged in the part that is trained on
             return self.identity_step(rng)
-        n = self.merger.n_base
+        n = merger.n_base
         pieces = [list(batch.new_tokens[i - n].parts[: h.config.max_pieces]) for i in used]
         pred_in, pred_out = self.loop.ddp(pieces)  # DDP under torchrun
         local = torch.full((n + len(batch.new_tokens),), -1, dtype=torch.long, device=x.device)
@@ -250,7 +260,7 @@ class Trainer:
         targets = torch.where(is_new, n + local[x], x)  # new tokens' output rows follow the base's
         targets = targets if self.bos is not None else targets[:, 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-        n_bytes = sum(len(self.merger.vocab.surface[i]) if i < n else len(batch.new_tokens[i - n].surface)
+        n_bytes = sum(len(merger.vocab.surface[i]) if i < n else len(batch.new_tokens[i - n].surface)
                       for s in seqs for i in s[1:width])
         return {"loss": loss, "lm": loss.detach(), "tokens_per_byte": len(seqs) * (width - 1) / max(1, n_bytes),
                 "active": len(used)}

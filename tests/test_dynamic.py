@@ -300,7 +300,7 @@ def test_merge_step_is_mode_b_of_the_merged_batch(tiny_model_dirs, tmp_path):
     got = trainer.merge_step(5, 0)
     c = trainer.config
     rng = _rng(c, 5, 0, 0)
-    batch = trainer.merger(trainer.batch_texts(5, 0), reduction=rng.uniform(0.02, c.max_reduction))
+    batch = trainer.mergers[0](trainer.batch_texts(5, 0), reduction=rng.uniform(0.02, c.max_reduction))
     assert batch.new_tokens and got["active"] > 0
     seqs = [s[: c.seq_len] for s in batch.ids]
     width = min(map(len, seqs))
@@ -323,6 +323,34 @@ def test_merge_step_is_mode_b_of_the_merged_batch(tiny_model_dirs, tmp_path):
                                                  torch.tensor([[cols.index(i) for i in s[1:width]] for s in seqs]).reshape(-1)).item()
     assert got["lm"].item() == pytest.approx(ref_kept, rel=1e-4)
     assert ref_kept <= ref + 1e-6  # fewer competitors, never a higher loss
+
+
+def test_merge_training_draws_a_boundary_per_step(tiny_model_dirs, tmp_path):
+    """`boundary="sentence,word"`: each step merges with the boundary its (seed, step) draws,
+    and both occur; an unknown boundary is refused."""
+    from tokensurgery.hypernets import Trainer
+    from tokensurgery.hypernets.train import _rng
+
+    from test_hypernet import TINY_NET, tiny_config, tiny_corpus
+
+    config = tiny_config(tokenizers="merges", seq_len=40, boundary="sentence,word")
+    trainer = Trainer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "hn", config, TINY_NET, progress=False)
+    assert [m.boundary for m in trainer.mergers] == ["sentence", "word"]
+    used, calls = [], []
+
+    class Spy(type(trainer.mergers[0])):
+        def __call__(self, texts, merges=None, reduction=None):
+            calls.append(self.boundary)
+            return super().__call__(texts, merges=merges, reduction=reduction)
+
+    for m in trainer.mergers:
+        m.__class__ = Spy  # records which merger each step calls
+    for step in range(12):
+        trainer.merge_step(step, 0)
+        used.append(["sentence", "word"][_rng(trainer.config, step, 0, 0).randrange(2)])
+    assert calls == used and set(used) == {"sentence", "word"}
+    with pytest.raises(TokenSurgeryError, match="boundary"):
+        tiny_config(boundary="pretokens,line").check()
 
 
 def test_mixed_training_runs_both_kinds_and_its_hypernetwork_scores(tiny_model_dirs, tmp_path):
