@@ -448,14 +448,16 @@ def test_grown_generation_is_greedy_over_the_grown_model(models, grown):
 
 
 @pytest.mark.real
-def test_committed_merges_hypernet_is_for_the_bundled_smollm2(smollm2_dir, smollm2_vocab):
-    """results/hypernet_smollm2_merges (bfloat16 weights) loads onto the bundled SmolLM2 (its
-    fingerprint check passes) and is trained: its rows for merged tokens are not FVT's."""
+@pytest.mark.parametrize("name", ["hypernet_smollm2_merges", "hypernet_smollm2_merges_word"])
+def test_committed_merges_hypernet_is_for_the_bundled_smollm2(smollm2_dir, smollm2_vocab, name):
+    """Each committed merges hypernetwork (results/<name>, bfloat16 weights) loads onto the
+    bundled SmolLM2 (its fingerprint check passes) and is trained: its rows for merged tokens
+    are not FVT's."""
     from pathlib import Path
 
     from tokensurgery.hypernets.dynamic.merger import NewToken
 
-    folder = Path(__file__).resolve().parent.parent / "results" / "hypernet_smollm2_merges"
+    folder = Path(__file__).resolve().parent.parent / "results" / name
     model, _ = load_causal_lm(smollm2_dir)
     trained, fvt = DynamicModel(model, hypernet=str(folder)), DynamicModel(model)
     words = [" the history", " of the", "ing the", " Straße"]
