@@ -44,9 +44,7 @@ def hypernet_group() -> None:
                    "themselves (for `tokensurgery dynamic`), or either per step.")
 @click.option("--max-reduction", default=0.3, show_default=True,
               help="merges: each batch is merged to a random reduction up to this fraction fewer tokens.")
-@click.option("--boundary", "boundary", multiple=True, type=click.Choice(BOUNDARIES),
-              help="merges: where merges may not cross, as `tokensurgery dynamic --boundary`; give it more than "
-                   "once to draw one per step (e.g. pretokens and word).  [default: pretokens]")
+@options.boundary(BOUNDARIES, multiple=True)
 @click.option("--vocab-size", default=32768, show_default=True, help="Size of each sampled unigram tokenizer.")
 @click.option("--negatives", default=2048, show_default=True,
               help="Extra random tokens in each step's softmax besides the batch's own (-1: the whole sampled vocabulary).")

@@ -31,8 +31,7 @@ def dynamic_group() -> None:
 @click.option("--reduction", type=float,
               help="Merge until each batch has this fraction fewer tokens, e.g. 0.15 (with --merges: whichever "
                    "comes first).")
-@click.option("--boundary", default="pretokens", show_default=True, type=click.Choice(BOUNDARIES),
-              help="What merges never cross: BASE's pre-tokens (SentencePiece tokenizers: words), words, sentences.")
+@options.boundary(BOUNDARIES)
 @options.batch_size(32)
 @options.hypernet
 @click.option("--cache-size", default=8192, show_default=True, help="New-token rows kept between batches (LRU).")

@@ -89,6 +89,14 @@ def batch_size(default: int) -> Callable:
                    help="Sequences per batch (training: per micro-batch; dynamic: texts merged together).")
 
 
+def boundary(choices: tuple[str, ...], multiple: bool = False) -> Callable:
+    """`choices` come from the merger (a plugin), which the core does not import."""
+    return _shared("--boundary", "boundary", type=click.Choice(choices), multiple=multiple,
+                   default=() if multiple else "pretokens", show_default=not multiple,
+                   help="What merges never cross: BASE's pre-tokens (SentencePiece tokenizers: words), words, "
+                        "sentences (default: pretokens). hypernet train takes it more than once and draws one per step.")
+
+
 def hypernet(f):
     return _shared("--hypernet", type=click.Path(path_type=Path),
                    help="A hypernetwork trained for BASE (`tokensurgery hypernet train`): rows for transplant "
