@@ -63,8 +63,9 @@ def hypernet_group() -> None:
 @options.device
 def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, warmup_steps: int | None, batch_size: int,
                    seq_len: int, grad_accum: int, lr: float, max_minutes: float | None, vocab_size: int, negatives: int,
-                   noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], layers: int, max_pieces: int, residual: bool,
-                   output_head: bool, resume: bool, force: bool, save_every: int, seed: int, device: str) -> None:
+                   noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], layers: int,
+                   max_pieces: int, residual: bool, output_head: bool, resume: bool, force: bool, save_every: int,
+                   seed: int, device: str) -> None:
     """Train a hypernetwork for BASE (frozen) and save it to OUT.
 
     Runs unchanged under torchrun (DDP; gloo on CPU, nccl on GPU), e.g.
@@ -79,7 +80,7 @@ def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, wa
     config = TrainConfig(steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, seq_len=seq_len,
                          grad_accum=grad_accum, lr=lr, max_minutes=max_minutes, vocab_size=vocab_size,
                          negatives=negatives, noise=noise, tokenizers=tokenizers, max_reduction=max_reduction,
-                         boundary=",".join(dict.fromkeys(boundary)) or "pretokens", save_every=save_every, seed=seed, device=device)
+                         boundary=",".join(dict.fromkeys(boundary)) or TrainConfig.boundary, save_every=save_every, seed=seed, device=device)
     net_options = {"num_layers": layers, "max_pieces": max_pieces, "residual": residual, "predict_output": output_head}
     result = train(base, Corpus.from_paths(list(corpus)), out, config, net_options, resume=resume, force=force)
     last = next((h for h in reversed(result.history) if "lm" in h), result.history[-1] if result.history else {})

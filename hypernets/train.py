@@ -69,8 +69,7 @@ class TrainConfig(LoopConfig):
             raise TokenSurgeryError(f"tokenizers must be one of {', '.join(TOKENIZERS)}, got {self.tokenizers!r}")
         from .dynamic.merger import BOUNDARIES
 
-        bad = [b for b in self.boundary.split(",") if b not in BOUNDARIES]
-        if bad or not self.boundary:
+        if any(b not in BOUNDARIES for b in self.boundary.split(",")):
             raise TokenSurgeryError(f"boundary must be one or more of {', '.join(BOUNDARIES)} (comma-separated), "
                                     f"got {self.boundary!r}")
         if not 0.02 <= self.max_reduction < 1:
@@ -238,6 +237,7 @@ class Trainer:
         c, h = self.config, self.hypernet
         rng = _rng(c, step, self.rank, micro)
         texts = self.batch_texts(step, micro)
+        # one boundary draws nothing, so runs with the default repeat the data they drew before
         merger = self.mergers[rng.randrange(len(self.mergers))] if len(self.mergers) > 1 else self.mergers[0]
         batch = merger(texts, reduction=rng.uniform(0.02, c.max_reduction))
         seqs = [ids[: c.seq_len] for ids in batch.ids]
