@@ -140,7 +140,7 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
     # ---- streaming ----------------------------------------------------------------------
     stream_text = held_out("en", 120 if quick else 300, skip=40_000).encode()
     streams = {}
-    for k in (0, 4, 8):
+    for k in (0, 1, 2, 4, 8):
         st = blm.stream(STREAM_PROMPT, speculate=k)
         calls0, fed0, start = blm.lm.calls, blm.lm.tokens_fed, time.time()
         for b in stream_text:
@@ -238,7 +238,7 @@ def side_by_side(blm: ByteLM, folder: Path, python: str, rev: str, quick: bool) 
                          "end_ours": eo, "end_bytesampler": et, "ours_logprobs": [round(float(x), 10) for x in o],
                          "bytesampler_logprobs": [round(float(x), 10) for x in t]})
     out = {"bytesampler_rev": rev, "bytesampler_transformers": theirs["transformers"], "stream_bytes": len(stream_text),
-           "ours_steps_per_s": len(stream_text) / ours_s, "bytesampler_steps_per_s": len(stream_text) / theirs["stream_seconds"],
+           "ours_speculate": blm.speculate, "ours_steps_per_s": len(stream_text) / ours_s, "bytesampler_steps_per_s": len(stream_text) / theirs["stream_seconds"],
            "stream_max_total_variation": max(s[0] for s in steps), "stream_max_abs_dlogp": max(s[1] for s in steps),
            "stream_steps_dlogp_above_1e-3": sum(s[1] >= 1e-3 for s in steps),
            "stream_worst_steps": [{"offset": i, "next": stream_text[i : i + 1].decode("latin-1"),
@@ -368,6 +368,7 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
                   f"ByteSampler at commit {side['bytesampler_rev']} in its own venv (transformers "
                   f"{side['bytesampler_transformers']}), same model weights, same start token, same bytes.", "",
                   f"- Streaming {side['stream_bytes']} bytes after `{STREAM_PROMPT.decode()}`: ours "
+                  f"(default look-ahead{' ' + str(side['ours_speculate']) if 'ours_speculate' in side else ''}) "
                   f"{side['ours_steps_per_s']:.1f} steps/s, ByteSampler {side['bytesampler_steps_per_s']:.1f} "
                   f"({side['x_bytesampler_stream']:.2f}x). Distributions at every step: max total variation "
                   f"{side['stream_max_total_variation']:.1e}, max |Δ log p| (entries above 1e-4) "

@@ -281,7 +281,8 @@ def byte_lm_bytesampler() -> str:
     """`byte_lm.py`'s side by side with ByteSampler: streaming, cold single prefixes, agreement."""
     side = next(m["bytesampler"] for m in load("byte_lm")["models"] if "bytesampler" in m)
     ok = [p for p in side["prefixes"] if "error" not in p and p["max_abs_dlogp"] < 1e-3]
-    rows = [["streaming, steps/s (" + str(side["stream_bytes"]) + " bytes of held-out English)",
+    ahead = f", ByteLM's default look-ahead {side['ours_speculate']}" if "ours_speculate" in side else ""
+    rows = [["streaming, steps/s (" + str(side["stream_bytes"]) + " bytes of held-out English" + ahead + ")",
              f"{side['ours_steps_per_s']:.1f}", f"{side['bytesampler_steps_per_s']:.1f}", f"{side['x_bytesampler_stream']:.2f}x"],
             [f"{len(side['prefixes'])} cold single-prefix calls, seconds in all", f"{sum(side['prefix_seconds_ours']):.1f}",
              f"{sum(side['prefix_seconds_bytesampler']):.1f}",

@@ -101,11 +101,13 @@ class ByteLM(CoverEngine):
 
     `model` is a transformers causal LM; `vocab` the `Vocabulary` of its tokenizer; `start`,
     `eos`, `settle_bytes` as for `CoverEngine`. `speculate`: tokens evaluated ahead per
-    streaming step (`stream`).
+    streaming step (`stream`). The default 2 keeps a step's call at 3 rows or fewer: on the
+    2-core CPU each further row costs more than the calls it saves (results/byte_lm.md
+    measures look-ahead 0, 2, 4 and 8).
     """
 
     def __init__(self, model, vocab: Vocabulary, start: int | str | None = "auto", eos: int | None = None,
-                 settle_bytes: int = 96, speculate: int = 4, name: str = ""):
+                 settle_bytes: int = 96, speculate: int = 2, name: str = ""):
         super().__init__(model, vocab, start=start, eos=eos, settle_bytes=settle_bytes, name=name)
         self.speculate = speculate
 

@@ -29,7 +29,7 @@ class ByteStream:
 
     COMPACT_MIN = 512  # slots in the KV cache before dead branches are dropped
 
-    def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 4, keep_kv: bool = True):
+    def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 2, keep_kv: bool = True):
         context, region = blm.split_prompt(prompt)
         self._start(blm, context, region, speculate)
         root = blm.root(context, keep_kv=keep_kv, defer=True)  # the context goes in the tree's call
