@@ -173,8 +173,7 @@ def byte_model_group() -> None:
               help="Retrofit stages: distill = the byte encoder learns the subword model's word embeddings (no "
               "backbone); decoder = the byte decoder alone learns from the frozen encoder+backbone; all = "
               "next-byte + distillation losses. Continue a saved model with --init.")
-@click.option("--init", "init", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Start from this saved hierarchical model (e.g. the previous retrofit stage's OUT).")
+@options.init
 @click.option("--unfreeze-backbone", is_flag=True, help="Retrofit: train the pretrained backbone too.")
 @click.option("--bf16-context", is_flag=True, help="Stage decoder: run the frozen encoder + backbone under bfloat16 "
               "autocast (about 1.6x faster steps on a CPU with bf16 support).")

@@ -21,14 +21,15 @@ def hypernet_group() -> None:
 
 
 @hypernet_group.command("train", cls=options.grouped(
-    Data=["corpus"],
+    Data=["corpus", "mix"],
     Schedule=["steps", "warmup_steps", "batch_size", "seq_len", "grad_accum", "lr", "max_minutes"],
     Sampled_tokenizers=["tokenizers", "vocab_size", "negatives", "noise", "max_reduction", "boundary"],
-    Hypernetwork=["layers", "max_pieces", "residual", "output_head"],
+    Hypernetwork=["init", "layers", "max_pieces", "residual", "output_head"],
     Run=["resume", "force", "save_every", "seed", "device"]))
 @click.argument("base")
 @click.argument("out", type=click.Path(path_type=Path))
 @options.corpus
+@options.mix("chars")
 @options.steps(1000)
 @click.option("--warmup-steps", type=int, default=None,
               help="Identity warm-up steps (reconstruct BASE's rows). Default: 0 with --residual (an untrained "
@@ -49,6 +50,7 @@ def hypernet_group() -> None:
 @click.option("--negatives", default=2048, show_default=True,
               help="Extra random tokens in each step's softmax besides the batch's own (-1: the whole sampled vocabulary).")
 @click.option("--noise", default=1.0, show_default=True, help="Noise on the sampled tokenizers' log-count scores.")
+@options.init
 @click.option("--hypernet-layers", "layers", default=3, show_default=True,
               help="Transformer encoder layers of the hypernetwork (width = BASE's hidden size).")
 @click.option("--max-pieces", default=8, show_default=True, help="BASE pieces kept per token.")
@@ -61,9 +63,9 @@ def hypernet_group() -> None:
 @click.option("--save-every", default=100, show_default=True, help="Checkpoint every N steps.")
 @options.seed
 @options.device
-def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, warmup_steps: int | None, batch_size: int,
+def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], mix: str, steps: int, warmup_steps: int | None, batch_size: int,
                    seq_len: int, grad_accum: int, lr: float, max_minutes: float | None, vocab_size: int, negatives: int,
-                   noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], layers: int,
+                   noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], init: Path | None, layers: int,
                    max_pieces: int, residual: bool, output_head: bool, resume: bool, force: bool, save_every: int,
                    seed: int, device: str) -> None:
     """Train a hypernetwork for BASE (frozen) and save it to OUT.
@@ -76,11 +78,12 @@ def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], steps: int, wa
     from .train import TrainConfig, train
 
     if warmup_steps is None:
-        warmup_steps = 0 if residual else 100
+        warmup_steps = 0 if residual or init else 100
     config = TrainConfig(steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, seq_len=seq_len,
                          grad_accum=grad_accum, lr=lr, max_minutes=max_minutes, vocab_size=vocab_size,
                          negatives=negatives, noise=noise, tokenizers=tokenizers, max_reduction=max_reduction,
-                         boundary=",".join(dict.fromkeys(boundary)) or TrainConfig.boundary, save_every=save_every, seed=seed, device=device)
+                         boundary=",".join(dict.fromkeys(boundary)) or TrainConfig.boundary, mix=mix,
+                         init=None if init is None else str(init), save_every=save_every, seed=seed, device=device)
     net_options = {"num_layers": layers, "max_pieces": max_pieces, "residual": residual, "predict_output": output_head}
     result = train(base, Corpus.from_paths(list(corpus)), out, config, net_options, resume=resume, force=force)
     last = next((h for h in reversed(result.history) if "lm" in h), result.history[-1] if result.history else {})

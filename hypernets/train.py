@@ -63,6 +63,8 @@ class TrainConfig(LoopConfig):
     tokenizers: str = "unigram"  # what the LM phase trains on: unigram, merges or mixed (see the module docstring)
     max_reduction: float = 0.3  # merges: each batch is merged to a reduction drawn from [0.02, this]
     boundary: str = "pretokens"  # merges: where merges may not cross; a comma list draws one per step
+    mix: str = "chars"  # how training windows are drawn from the corpus (Corpus.window)
+    init: str | None = None  # a saved hypernetwork to start from (its architecture too); fresh optimizer and schedule
 
     def check(self) -> None:
         if self.tokenizers not in TOKENIZERS:
@@ -72,6 +74,8 @@ class TrainConfig(LoopConfig):
         if any(b not in BOUNDARIES for b in self.boundary.split(",")):
             raise TokenSurgeryError(f"boundary must be one or more of {', '.join(BOUNDARIES)} (comma-separated), "
                                     f"got {self.boundary!r}")
+        if self.mix not in ("chars", "source"):
+            raise TokenSurgeryError(f"mix must be 'chars' or 'source', got {self.mix!r}")
         if not 0.02 <= self.max_reduction < 1:
             raise TokenSurgeryError(f"max_reduction must be in [0.02, 1), got {self.max_reduction}")
         for name in ("batch_size", "seq_len", "grad_accum", "vocab_size", "identity_batch", "save_every"):
@@ -126,6 +130,11 @@ class Trainer:
         from tokensurgery.inputs import open_model, vocabulary_of_folder
 
         config.check()
+        initial = None
+        if config.init and not resume:  # a bad --init fails before OUT is touched
+            if Path(config.init).resolve() == Path(out).resolve():
+                raise TokenSurgeryError("--init and OUT are the same folder; write the new run to another OUT")
+            initial = Hypernet.from_pretrained(config.init)
         self.loop = TrainLoop(out, config, resume, force, progress, desc="training hypernetwork",
                               shown=("step", "phase", "loss", "lm", "aux", "identity", "tokens_per_byte"))
         self.config, self.corpus, self.out, self.progress = self.loop.config, corpus, Path(out), progress
@@ -136,6 +145,8 @@ class Trainer:
         check_embeddings_cover(emb, len(self.base_vocab), f"base {base}")
         if resume:
             self.hypernet = Hypernet.from_pretrained(self.loop.resume_folder(), emb)
+        elif initial is not None:  # attach() refuses a hypernetwork trained for another base
+            self.hypernet = initial.attach(emb)
         else:
             torch.manual_seed(self.config.seed)  # the same seed starts from the same weights
             self.hypernet = hypernet_for(emb, name=str(base), **(hypernet_options or {}))
@@ -185,7 +196,7 @@ class Trainer:
 
     def batch_texts(self, step: int, micro: int) -> list[str]:
         rng = _rng(self.config, step, self.rank, micro)
-        return [self.corpus.window(rng, self.config.seq_len * 8) for _ in range(self.config.batch_size)]
+        return [self.corpus.window(rng, self.config.seq_len * 8, self.config.mix) for _ in range(self.config.batch_size)]
 
     def lm_step(self, step: int, micro: int, sampler: UnigramSampler) -> dict:
         c = self.config
@@ -273,7 +284,7 @@ class Trainer:
         sampler = UnigramSampler(c.vocab_size, c.sampler_window, noise=c.noise, seed=c.seed)
         rng = random.Random(f"{c.seed}:prime:{self.rank}")  # the first LM step needs counts: the run's first texts
         for _ in range(c.sampler_window // 2):
-            sampler.add(self.corpus.window(rng, c.seq_len * 8))
+            sampler.add(self.corpus.window(rng, c.seq_len * 8, c.mix))
         need = math.ceil(c.sampler_window / (c.batch_size * c.grad_accum))
         for step in range(max(c.warmup_steps, self.step - need), self.step):
             for micro in range(c.grad_accum):

@@ -251,6 +251,40 @@ def test_transplant_method_hypernet_copies_shared_rows(tiny_model_dirs, trained_
         TransplantOptions(method="hypernet").check()
 
 
+def test_init_starts_from_a_saved_hypernetwork(tiny_model_dirs, trained_tiny, tmp_path):
+    base_dir, weights = tiny_model_dirs["tied"], "hypernet.safetensors"
+    saved = load_file(trained_tiny / weights)
+    # no steps: the saved weights are the init's, its architecture (not the options given) included
+    train(base_dir, tiny_corpus(), tmp_path / "zero", tiny_config(steps=0, warmup_steps=0, init=str(trained_tiny)),
+          {"num_layers": 1}, progress=False)
+    zero = load_file(tmp_path / "zero" / weights)
+    assert zero.keys() == saved.keys() and all(torch.equal(zero[k], saved[k]) for k in saved)
+    # one LM step moves on from there: its loss is the init's loss, not a fresh network's
+    config = dict(steps=1, warmup_steps=0, lr=1e-6)
+    init = train(base_dir, tiny_corpus(), tmp_path / "one", tiny_config(**config, init=str(trained_tiny)), progress=False)
+    fresh = train(base_dir, tiny_corpus(), tmp_path / "fresh", tiny_config(**config), TINY_NET, progress=False)
+    assert init.history[0]["lm"] != fresh.history[0]["lm"]
+    assert json.loads((tmp_path / "one" / "training.json").read_text())["config"]["init"] == str(trained_tiny)
+    with pytest.raises(TokenSurgeryError, match="tied base"):
+        train(tiny_model_dirs["untied"], tiny_corpus(), tmp_path / "bad", tiny_config(init=str(trained_tiny)), progress=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(TokenSurgeryError, match="same folder"):
+        train(base_dir, tiny_corpus(), trained_tiny, tiny_config(init=str(trained_tiny)), force=True, progress=False)
+    assert load_file(trained_tiny / weights).keys() == saved.keys()
+
+
+def test_training_windows_follow_mix(tiny_model_dirs, tmp_path):
+    corpus = Corpus([("big", "a " * 20_000), ("small", "b " * 100)])
+    for mix, lo, hi in (("chars", 0.0, 0.05), ("source", 0.35, 0.65)):
+        trainer = Trainer(tiny_model_dirs["tied"], corpus, tmp_path / mix, tiny_config(batch_size=8, mix=mix), TINY_NET,
+                          progress=False)
+        texts = [t for step in range(20) for t in trainer.batch_texts(step, 0)]
+        share = sum(t.strip().startswith("b") for t in texts) / len(texts)
+        assert lo <= share <= hi, (mix, share)
+    with pytest.raises(TokenSurgeryError, match="mix must be"):
+        tiny_config(mix="words").check()
+
+
 def test_cli_hypernet_train_apply_and_bad_input(tiny_model_dirs, trained_tiny, tmp_path):
     from click.testing import CliRunner
 

@@ -36,9 +36,7 @@ TRAINABLE = ("new", "new+bytes", "embeddings", "new+lora", "new+bytes+lora", "lo
                    "plus adapters).")
 @click.option("--lora-rank", default=8, show_default=True, help="Rank of the LoRA adapters (--train ...lora).")
 @options.corpus_option(("bundled", "multilingual-train"))
-@click.option("--mix", type=click.Choice(["chars", "source"]), default="source", show_default=True,
-              help="How training windows are drawn: texts in proportion to their length, or each corpus source "
-                   "(music21, stdlib, multilingual-train, each file given) equally often.")
+@options.mix("source")
 @options.steps(200)
 @options.max_minutes
 @options.batch_size(4)

@@ -84,6 +84,19 @@ def corpus_option(default: tuple[str, ...] = ("bundled",)) -> Callable:
 corpus = corpus_option()
 
 
+def init(f):
+    return _shared("--init", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                   help="Start from the model saved in this folder (what this command trains, e.g. an earlier run's "
+                        "OUT) instead of new weights; its architecture replaces the options that set one; optimizer "
+                        "and schedule start fresh.")(f)
+
+
+def mix(default: str) -> Callable:
+    return _shared("--mix", type=click.Choice(["chars", "source"]), default=default, show_default=True,
+                   help="How training windows are drawn: texts in proportion to their length, or each corpus source "
+                        "(music21, stdlib, multilingual-train, each file given) equally often.")
+
+
 def batch_size(default: int) -> Callable:
     return _shared("--batch-size", default=default, show_default=True,
                    help="Sequences per batch (training: per micro-batch; dynamic: texts merged together).")
