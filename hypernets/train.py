@@ -313,7 +313,7 @@ class Trainer:
 
         start = time.perf_counter()
         result = self.loop.run(loss_fn, total_steps=self.total_steps, until=until, on_phase=on_phase)
-        self.loop.save_final({"base": str(self.base_dir), "corpus_chars": self.corpus.n_chars},
+        self.loop.save_final({"base": str(self.base_dir), **self.corpus.record()},
                              time.perf_counter() - start)
         self.loop.finish()
         return result

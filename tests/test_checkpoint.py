@@ -184,3 +184,17 @@ def test_model_card_names_the_hub_base_only_when_known(tmp_path):
     assert base_of("someone/some-model") == "someone/some-model"
     (tmp_path / "local").mkdir()
     assert base_of(str(tmp_path / "local")) is None
+
+
+def test_saved_weights_are_readable_like_any_file(tmp_path):
+    """safetensors 0.8 writes owner-only files (0600); what we save follows the umask like any file."""
+    import os
+
+    from tokensurgery.checkpoint import save_module
+
+    umask = os.umask(0o022)
+    try:
+        save_module(torch.nn.Linear(2, 3), tmp_path / "w.safetensors")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644

@@ -216,6 +216,7 @@ def test_byte_model_torchrun_two_cpu_processes(tmp_path):
     assert_torchrun_ok(r)
     summary = json.loads((out / "training.json").read_text())
     assert summary["world_size"] == 2 and summary["steps_done"] == 3  # ranks checked in sync by the trainer
+    assert summary["corpus"] == [str(corpus)]
 
 
 def test_delete_gate_hard_deletion_drops_positions_as_keys(tmp_path):

@@ -198,6 +198,7 @@ def test_torchrun_two_cpu_processes(tiny_model_dirs, tmp_path):
     assert_torchrun_ok(r)
     summary = json.loads((out / "training.json").read_text())
     assert summary["world_size"] == 2 and summary["steps_done"] == 4  # the trainer checks the ranks stayed in sync
+    assert summary["corpus"] == [str(corpus)] and summary["corpus_chars"] == len(corpus.read_text())
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     assert [h["step"] for h in log] == [1, 2, 3, 4] and all(torch.isfinite(torch.tensor(h["loss"])) for h in log)
     Hypernet.from_pretrained(out, load_embeddings(tiny_model_dirs["tied"]))

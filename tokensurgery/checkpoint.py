@@ -85,8 +85,6 @@ def write_safetensors(folder: Path, tensors: Iterator[tuple[str, torch.Tensor]],
     """Write `(name, tensor)` pairs into `model.safetensors`, or into shards with
     `model.safetensors.index.json` when the total exceeds `max_shard_bytes`. Only one shard
     is held in memory at a time."""
-    from safetensors.torch import save_file
-
     shards: list[tuple[str, list[str]]] = []
     current: dict[str, torch.Tensor] = {}
     size = total = 0
@@ -95,7 +93,7 @@ def write_safetensors(folder: Path, tensors: Iterator[tuple[str, torch.Tensor]],
         nonlocal current, size
         if current:
             name = f"shard-{len(shards):05d}.tmp"
-            save_file(current, str(folder / name), metadata={"format": "pt"})
+            save_tensors(current, folder / name, metadata={"format": "pt"})
             shards.append((name, list(current)))
             current, size = {}, 0
 
@@ -436,12 +434,23 @@ def _write_tokenizer(tokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(folder)
 
 
-def save_module(module: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """A module's weights as one safetensors file (CPU, contiguous), tagged as ours."""
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, then ordinary file permissions (umask applies): safetensors
+    0.8 writes its files readable by their owner only (0600), which a shared model folder cannot use."""
+    import os
+
     from safetensors.torch import save_file
 
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    Path(path).chmod(0o666 & ~umask)
+
+
+def save_module(module: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """A module's weights as one safetensors file (CPU, contiguous), tagged as ours."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt", "library": "tokensurgery", **(metadata or {})})
+    save_tensors(state, path, metadata={"format": "pt", "library": "tokensurgery", **(metadata or {})})
 
 
 def write_updated_checkpoint(src: str | Path, out: str | Path, model: torch.nn.Module, card_section: str = "",

@@ -45,6 +45,10 @@ class Corpus:
             groups.setdefault(name.split(":", 1)[0], []).append(i)
         return groups
 
+    def record(self) -> dict:
+        """What a training record says about its text: the sources (at most 20 names) and characters."""
+        return {"corpus": sorted(self.sources())[:20], "corpus_chars": self.n_chars}
+
     def window(self, rng: random.Random, n_chars: int, mix: str = "chars") -> str:
         """A random window of about `n_chars` characters starting after whitespace, from a text
         drawn in proportion to its length (`mix="chars"`), or from a source drawn uniformly,

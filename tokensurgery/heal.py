@@ -347,10 +347,10 @@ class Healer:
         self.model = get_peft_model(self.model, cfg)
 
     def _save_trained(self, folder: Path) -> None:
-        from safetensors.torch import save_file
+        from .checkpoint import save_tensors
 
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({n: p.detach().cpu().contiguous() for n, p in self.trainable.items()}, str(folder / TRAINED_FILE))
+        save_tensors({n: p.detach().cpu().contiguous() for n, p in self.trainable.items()}, folder / TRAINED_FILE)
 
     def _load_trained(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -483,8 +483,7 @@ class Healer:
         c = self.config
         return {"student": str(self.student_dir), "teacher": str(self.teacher_dir) if self.teacher_dir else None,
                 "loss": c.loss, "train": c.train, "steps_done": res.steps_done, "minutes": round(res.seconds / 60, 2),
-                "stopped_at_time_limit": res.stopped_early, "corpus_chars": self.corpus.n_chars,
-                "corpus": sorted({n.split(":")[0] for n, _ in self.corpus.texts})[:20],
+                "stopped_at_time_limit": res.stopped_early, **self.corpus.record(),
                 "autocast": str(self.amp).removeprefix("torch.") if self.amp else "off",
                 "trained_tensors": res.trained_tensors, "trained_rows": res.trained_rows,
                 "bits_per_byte_before": res.before, "bits_per_byte_after": res.after,

@@ -89,6 +89,6 @@ def train_bytes(model: nn.Module, corpus: Corpus, out: str | Path, config: ByteT
 
     start = time.perf_counter()
     result = loop.run(loss_fn, until=until)
-    loop.save_final({"model": type(model).__name__}, time.perf_counter() - start)
+    loop.save_final({"model": type(model).__name__, **corpus.record()}, time.perf_counter() - start)
     loop.finish()
     return result

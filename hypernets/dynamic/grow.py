@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from tokensurgery.checkpoint import save_tensors
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.vocabulary import BYTE_TO_CHAR, Vocabulary
 
@@ -59,7 +60,7 @@ class GrownVocabulary:
                 "base_fingerprint": self.base_fingerprint,
                 "tokens": [[base64.b64encode(t.surface).decode(), list(t.parts)] for t in self.tokens]}
         (folder / TOKENS).write_text(json.dumps(meta) + "\n")
-        save_file({"input": self.input.contiguous(), "output": self.output.contiguous()}, str(folder / ROWS))
+        save_tensors({"input": self.input.contiguous(), "output": self.output.contiguous()}, folder / ROWS)
         return folder
 
     @classmethod
