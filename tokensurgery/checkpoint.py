@@ -68,12 +68,18 @@ def atomic_folder(out: str | Path, force: bool = False, inputs: list[Path] = ())
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
-def _make_readable(folder: Path) -> None:
-    """mkdtemp makes a private folder; give the result ordinary permissions (umask applies)."""
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is put back at once)."""
     import os
 
     umask = os.umask(0)
     os.umask(umask)
+    return umask
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp makes a private folder; give the result ordinary permissions (umask applies)."""
+    umask = _umask()
     folder.chmod(0o777 & ~umask)
     for f in folder.rglob("*"):
         f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
@@ -437,14 +443,10 @@ def _write_tokenizer(tokenizer, folder: Path) -> None:
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """`safetensors.torch.save_file`, then ordinary file permissions (umask applies): safetensors
     0.8 writes its files readable by their owner only (0600), which a shared model folder cannot use."""
-    import os
-
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    Path(path).chmod(0o666 & ~umask)
+    Path(path).chmod(0o666 & ~_umask())
 
 
 def save_module(module: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
