@@ -14,7 +14,13 @@ each batch is tokenized by the base, merged over the batch to a random reduction
 `max_reduction` fewer tokens; merges never cross `boundary`, drawn per step from a comma
 list such as `pretokens,word`), and only the new tokens' rows are predicted; the base's
 tokens keep its rows and the softmax runs over the base vocabulary plus the new tokens, as
-`tokensurgery dynamic` uses them. `tokenizers="mixed"`: each step draws one of the two.
+`tokensurgery dynamic` uses them (`objective="whole"`, mode B of `dynamic score`). With
+`objective="prefill"` a merged step trains for mode A instead: each text is cut at a segment
+boundary drawn between 30% and 70% of its bytes, the contexts are merged over the batch, the
+rest stays in the base's tokens and only its tokens are scored, over the base vocabulary; only
+the new tokens' input rows (and so the shared encoder and the input head) get a gradient.
+`objective="both"`: each merged step draws one of the two. `tokenizers="mixed"`: each step
+draws unigram or merges.
 
 Every step's data is a function of (seed, step, rank), so a resumed run continues exactly.
 The loop (schedule, accumulation, checkpoints, logging, DDP under torchrun: each rank draws
@@ -43,6 +49,7 @@ from .sampler import UnigramSampler
 
 
 TOKENIZERS = ("unigram", "merges", "mixed")
+OBJECTIVES = ("whole", "prefill", "both")
 
 
 @dataclass
@@ -63,12 +70,18 @@ class TrainConfig(LoopConfig):
     tokenizers: str = "unigram"  # what the LM phase trains on: unigram, merges or mixed (see the module docstring)
     max_reduction: float = 0.3  # merges: each batch is merged to a reduction drawn from [0.02, this]
     boundary: str = "pretokens"  # merges: where merges may not cross; a comma list draws one per step
+    objective: str = "whole"  # merges: whole (mode B), prefill (mode A) or both (see the module docstring)
     mix: str = "chars"  # how training windows are drawn from the corpus (Corpus.window)
     init: str | None = None  # a saved hypernetwork to start from (its architecture too); fresh optimizer and schedule
 
     def check(self) -> None:
         if self.tokenizers not in TOKENIZERS:
             raise TokenSurgeryError(f"tokenizers must be one of {', '.join(TOKENIZERS)}, got {self.tokenizers!r}")
+        if self.objective not in OBJECTIVES:
+            raise TokenSurgeryError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective != "whole" and self.tokenizers == "unigram":
+            raise TokenSurgeryError(f"objective {self.objective!r} trains on merged batches: use it with "
+                                    "tokenizers 'merges' or 'mixed'")
         from .dynamic.merger import BOUNDARIES
 
         if any(b not in BOUNDARIES for b in self.boundary.split(",")):
@@ -104,9 +117,14 @@ class FrozenLM:
         cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
 
-    def logits(self, inputs_embeds: torch.Tensor, out_rows: torch.Tensor) -> torch.Tensor:
+    def logits(self, inputs_embeds: torch.Tensor, out_rows: torch.Tensor,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over `out_rows` after every position (or only where the boolean mask
+        `positions` is set: then one row per such position, in order)."""
         x = inputs_embeds if self.scale is None else inputs_embeds * self.scale.to(inputs_embeds.dtype)
         h = self.model.base_model(inputs_embeds=x).last_hidden_state  # the decoder without its LM head
+        if positions is not None:
+            h = h[positions]
         logits = h @ out_rows.T
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
@@ -276,6 +294,57 @@ class Trainer:
         return {"loss": loss, "lm": loss.detach(), "tokens_per_byte": len(seqs) * (width - 1) / max(1, n_bytes),
                 "active": len(used)}
 
+    def prefill_step(self, step: int, micro: int, at: float | None = None, reduction: float | None = None) -> dict:
+        """One step of the prefill objective (mode A of `dynamic score`, see the module docstring):
+        the loss is the mean cross-entropy of the continuation tokens. `at` and `reduction`
+        (drawn from the step's seed when None) fix the cut and the contexts' merge budget."""
+        from .dynamic.score import context_cut, start_token
+
+        c, h = self.config, self.hypernet
+        rng = _rng(c, step, self.rank, micro)
+        merger = self.mergers[rng.randrange(len(self.mergers))] if len(self.mergers) > 1 else self.mergers[0]
+        n, vocab = merger.n_base, merger.vocab
+        contexts, rests = [], []
+        for text in self.batch_texts(step, micro):
+            segs, kept = [], 0
+            for seg in merger.segments(text):  # whole segments, up to seq_len base tokens
+                if kept + len(seg) > c.seq_len:
+                    break
+                segs.append(seg)
+                kept += len(seg)
+            if len(segs) < 2:
+                continue
+            k = context_cut(segs, vocab, rng.uniform(0.3, 0.7) if at is None else at)
+            contexts.append(segs[:k])
+            rests.append([t for seg in segs[k:] for t in seg])
+        reduction = rng.uniform(0.02, c.max_reduction) if reduction is None else reduction
+        if not contexts:
+            return self.identity_step(rng)
+        ctx = merger.merge_segments(contexts, reduction=reduction)
+        used = sorted({i for ids in ctx.ids for i in ids if i >= n})
+        if not used:  # nothing was merged
+            return self.identity_step(rng)
+        pieces = [list(ctx.new_tokens[i - n].parts[: h.config.max_pieces]) for i in used]
+        pred_in, _ = self.loop.ddp(pieces)  # DDP under torchrun; the output head gets no gradient
+        rows = [[start_token(vocab)] + ids + rest for ids, rest in zip(ctx.ids, rests)]
+        width = max(map(len, rows))
+        x = torch.zeros(len(rows), width, dtype=torch.long)  # right padding: causal, so it changes nothing
+        targets = torch.full((len(rows), width), -100, dtype=torch.long)
+        for r, (row, ids, rest) in enumerate(zip(rows, ctx.ids, rests)):
+            x[r, : len(row)] = torch.tensor(row)
+            targets[r, len(ids) : len(ids) + len(rest)] = torch.tensor(rest)  # position p predicts token p + 1
+        x, targets = x.to(pred_in.device), targets.to(pred_in.device)
+        local = torch.full((n + len(ctx.new_tokens),), -1, dtype=torch.long, device=x.device)
+        local[torch.tensor(used, device=x.device)] = torch.arange(len(used), device=x.device)
+        is_new = x >= n
+        inputs = torch.where(is_new.unsqueeze(-1), pred_in[local[x].clamp(min=0)], h.base_input[x.clamp(max=n - 1)])
+        scored = targets >= 0
+        logits = self.lm.logits(inputs, h.base_output, positions=scored)
+        loss = F.cross_entropy(logits.float(), targets[scored])
+        n_bytes = sum(len(vocab.decode_bytes(rest)) for rest in rests)
+        return {"loss": loss, "lm": loss.detach(), "tokens_per_byte": int(scored.sum()) / max(1, n_bytes),
+                "active": len(used)}
+
     # ---- the loop -----------------------------------------------------------------------
 
     def _sampler(self) -> UnigramSampler:
@@ -308,6 +377,11 @@ class Trainer:
             if kind == "mixed":
                 kind = random.Random(f"{c.seed}:kind:{step}:{self.rank}:{micro}").choice(("unigram", "merges"))
             if kind == "merges":
+                objective = c.objective
+                if objective == "both":
+                    objective = random.Random(f"{c.seed}:objective:{step}:{self.rank}:{micro}").choice(("whole", "prefill"))
+                if objective == "prefill":
+                    return {**self.prefill_step(step, micro), "phase": "prefill"}
                 return {**self.merge_step(step, micro), "phase": "merges"}
             return {**self.lm_step(step, micro, state["sampler"]), "phase": "lm"}
 

@@ -325,6 +325,51 @@ def test_merge_step_is_mode_b_of_the_merged_batch(tiny_model_dirs, tmp_path):
     assert ref_kept <= ref + 1e-6  # fewer competitors, never a higher loss
 
 
+def test_prefill_step_is_mode_a_of_the_batch(tiny_model_dirs, tmp_path):
+    """The prefill objective at a fixed cut (the middle) and merge budget: its loss is the mean
+    cross-entropy of the continuation tokens over BASE's vocabulary under transformers' model with
+    the contexts' FVT rows appended (an untrained residual hypernetwork is FVT), and the same
+    bits as `score_batch`'s mode A on those texts."""
+    import copy
+    import math
+
+    from tokensurgery.hypernets import Trainer
+    from tokensurgery.hypernets.dynamic import context_cut
+
+    from test_hypernet import TINY_NET, tiny_config, tiny_corpus
+
+    trainer = Trainer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "hn",
+                      tiny_config(tokenizers="merges", objective="prefill", seq_len=200), TINY_NET, progress=False)
+    trainer.batch_texts = lambda step, micro: list(TEXTS)  # short texts: no segment is cut off at seq_len
+    got = trainer.prefill_step(0, 0, at=0.5, reduction=0.3)
+    merger = trainer.mergers[0]
+    n, vocab = merger.n_base, merger.vocab
+    segs = [merger.segments(t) for t in TEXTS]
+    cuts = [context_cut(s, vocab) for s in segs]
+    ctx = merger.merge_segments([s[:k] for s, k in zip(segs, cuts)], reduction=0.3)
+    assert ctx.new_tokens and got["active"] == len({i for ids in ctx.ids for i in ids if i >= n})
+    model = copy.deepcopy(trainer.lm.model)
+    dm = DynamicModel(model)
+    new_in, _ = dm.rows(ctx.new_tokens)
+    grown = copy.deepcopy(model)
+    grown.resize_token_embeddings(n + len(ctx.new_tokens), mean_resizing=False)
+    with torch.no_grad():
+        grown.get_input_embeddings().weight[n:] = new_in
+    start, nll, count = start_token(vocab), 0.0, 0
+    for ids, s, k in zip(ctx.ids, segs, cuts):
+        rest = [t for seg in s[k:] for t in seg]
+        x = torch.tensor([[start] + ids + rest])
+        with torch.no_grad():
+            logits = grown(input_ids=x).logits[0, len(ids) : len(ids) + len(rest), :n]  # BASE's softmax only
+        nll += torch.nn.functional.cross_entropy(logits, torch.tensor(rest), reduction="sum").item()
+        count += len(rest)
+    assert got["lm"].item() == pytest.approx(nll / count, rel=1e-4)
+    score = score_batch(DynamicModel(trainer.lm.model), merger, TEXTS, reduction=0.3)
+    assert score.bits_a * math.log(2) == pytest.approx(nll, rel=1e-4)
+    with pytest.raises(TokenSurgeryError, match="objective"):
+        tiny_config(objective="prefill").check()  # unigram tokenizers have no merged batches
+
+
 def test_merge_training_draws_a_boundary_per_step(tiny_model_dirs, tmp_path):
     """`boundary="sentence,word"`: each step merges with the boundary its (seed, step) draws,
     and both occur; an unknown boundary is refused."""
@@ -369,6 +414,35 @@ def test_mixed_training_runs_both_kinds_and_its_hypernetwork_scores(tiny_model_d
         tiny_config(tokenizers="bpe").check()
     with pytest.raises(TokenSurgeryError, match="base"):  # a hypernetwork trained for another base model
         DynamicModel(load_causal_lm(tiny_model_dirs["untied"])[0], hypernet=str(tmp_path / "hn"))
+
+
+def test_train_objective_both_from_the_cli(tiny_model_dirs, tmp_path):
+    """`--objective both` draws whole and prefill steps; the prefill ones train the input head
+    only (the output head's weights move only on whole steps); `--objective` with unigram
+    tokenizers is refused with one line."""
+    from safetensors.torch import load_file
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(corpus_lines(20_000, langs=("en",))))
+    common = ["--corpus", str(corpus), "--batch-size", "2", "--seq-len", "32", "--hypernet-layers", "1",
+              "--max-pieces", "4", "--lr", "3e-3", "--save-every", "100"]
+    runner = CliRunner()
+    r = runner.invoke(cli, ["hypernet", "train", str(tiny_model_dirs["tied"]), str(tmp_path / "hn"), "--tokenizers", "merges",
+                            "--objective", "both", "--steps", "8", *common])
+    assert r.exit_code == 0, r.output
+    log = [json.loads(line) for line in (tmp_path / "hn" / "training_log.jsonl").read_text().splitlines()]
+    assert {h.get("phase") for h in log} == {"merges", "prefill"}
+    r = runner.invoke(cli, ["hypernet", "train", str(tiny_model_dirs["tied"]), str(tmp_path / "pre"), "--tokenizers", "merges",
+                            "--objective", "prefill", "--steps", "3", "--init", str(tmp_path / "hn"), *common])
+    assert r.exit_code == 0, r.output
+    before, after = (load_file(str(tmp_path / d / "hypernet.safetensors")) for d in ("hn", "pre"))
+    out_head = [k for k in before if "output" in k]
+    assert out_head and all(torch.equal(before[k], after[k]) for k in out_head)
+    assert any(not torch.equal(before[k], after[k]) for k in before if "input" in k)
+    r = runner.invoke(cli, ["hypernet", "train", str(tiny_model_dirs["tied"]), str(tmp_path / "bad"), "--objective", "prefill",
+                            *common])
+    assert r.exit_code != 0 and "objective 'prefill' trains on merged batches" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "bad").exists()
 
 
 # ---- a grown vocabulary and generation -----------------------------------------------------------

@@ -106,15 +106,16 @@ def chunk_text(text: str, n_bytes: int) -> list[str]:
     return [t for t in out if t]
 
 
-def _split(segments: list[list[int]], vocab: Vocabulary) -> int:
-    """How many of a text's segments form its context: the boundary nearest the middle byte
-    (at least one segment on each side when there are two)."""
+def context_cut(segments: list[list[int]], vocab: Vocabulary, at: float = 0.5) -> int:
+    """How many of a text's segments form its context (mode A): the segment boundary nearest
+    the byte at fraction `at` of the text (at least one segment on each side when there are
+    two). Scoring cuts at the middle; training for mode A draws `at`."""
     sizes = [len(vocab.decode_bytes(s)) for s in segments]
-    half, acc, best, best_gap = sum(sizes) / 2, 0, 1, math.inf
+    want, acc, best, best_gap = sum(sizes) * at, 0, 1, math.inf
     for k in range(1, len(segments)):
         acc += sizes[k - 1]
-        if abs(acc - half) < best_gap:
-            best, best_gap = k, abs(acc - half)
+        if abs(acc - want) < best_gap:
+            best, best_gap = k, abs(acc - want)
     return min(best, len(segments))
 
 
@@ -172,7 +173,7 @@ def score_batch(dm: DynamicModel, merger: BatchMerger, texts: list[str], merges:
     bits_b = _bits(dm, h_dyn, dyn, new_out, [1] * len(dyn))
 
     # mode A: contexts merged over the batch, continuations in BASE's tokens
-    cuts = [_split(segs, vocab) for segs in merged.segments]
+    cuts = [context_cut(segs, vocab) for segs in merged.segments]
     ctx = merger.merge_segments([segs[:k] for segs, k in zip(merged.segments, cuts)], merges, reduction)
     ctx_in, _ = dm.rows(ctx.new_tokens)
     conts = [[t for s in segs[k:] for t in s] for segs, k in zip(merged.segments, cuts)]
