@@ -23,7 +23,8 @@ def hypernet_group() -> None:
 @hypernet_group.command("train", cls=options.grouped(
     Data=["corpus", "mix"],
     Schedule=["steps", "warmup_steps", "batch_size", "seq_len", "grad_accum", "lr", "max_minutes"],
-    Sampled_tokenizers=["tokenizers", "vocab_size", "negatives", "noise", "max_reduction", "boundary", "objective"],
+    Sampled_tokenizers=["tokenizers", "vocab_size", "negatives", "noise", "max_reduction", "boundary", "objective",
+                        "output_anchor"],
     Hypernetwork=["init", "layers", "max_pieces", "residual", "output_head"],
     Run=["resume", "force", "save_every", "seed", "device"]))
 @click.argument("base")
@@ -50,6 +51,9 @@ def hypernet_group() -> None:
               help="merges: the loss of a merged batch: whole (every token, softmax over BASE's vocabulary plus the "
                    "new tokens: `dynamic score` mode B), prefill (a merged context, the rest in BASE's tokens and "
                    "scored: mode A) or both (one drawn per step).")
+@click.option("--output-anchor", default=10.0, show_default=True,
+              help="prefill steps: weight of the loss that holds the predicted output rows to the run's start (the "
+                   "--init hypernetwork, else FVT), which mode B and generation use; 0: off.")
 @click.option("--vocab-size", default=32768, show_default=True, help="Size of each sampled unigram tokenizer.")
 @click.option("--negatives", default=2048, show_default=True,
               help="Extra random tokens in each step's softmax besides the batch's own (-1: the whole sampled vocabulary).")
@@ -69,7 +73,7 @@ def hypernet_group() -> None:
 @options.device
 def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], mix: str, steps: int, warmup_steps: int | None, batch_size: int,
                    seq_len: int, grad_accum: int, lr: float, max_minutes: float | None, vocab_size: int, negatives: int,
-                   noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], objective: str, init: Path | None, layers: int,
+                   noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], objective: str, output_anchor: float, init: Path | None, layers: int,
                    max_pieces: int, residual: bool, output_head: bool, resume: bool, force: bool, save_every: int,
                    seed: int, device: str) -> None:
     """Train a hypernetwork for BASE (frozen) and save it to OUT.
@@ -86,7 +90,7 @@ def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], mix: str, step
     config = TrainConfig(steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, seq_len=seq_len,
                          grad_accum=grad_accum, lr=lr, max_minutes=max_minutes, vocab_size=vocab_size,
                          negatives=negatives, noise=noise, tokenizers=tokenizers, max_reduction=max_reduction,
-                         boundary=",".join(dict.fromkeys(boundary)) or TrainConfig.boundary, objective=objective, mix=mix,
+                         boundary=",".join(dict.fromkeys(boundary)) or TrainConfig.boundary, objective=objective, output_anchor=output_anchor, mix=mix,
                          init=None if init is None else str(init), save_every=save_every, seed=seed, device=device)
     net_options = {"num_layers": layers, "max_pieces": max_pieces, "residual": residual, "predict_output": output_head}
     result = train(base, Corpus.from_paths(list(corpus)), out, config, net_options, resume=resume, force=force)

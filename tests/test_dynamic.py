@@ -417,9 +417,9 @@ def test_mixed_training_runs_both_kinds_and_its_hypernetwork_scores(tiny_model_d
 
 
 def test_train_objective_both_from_the_cli(tiny_model_dirs, tmp_path):
-    """`--objective both` draws whole and prefill steps; the prefill ones train the input head
-    only (the output head's weights move only on whole steps); `--objective` with unigram
-    tokenizers is refused with one line."""
+    """`--objective both` draws whole and prefill steps; without the output anchor, prefill steps
+    leave the output head's weights as they are, and with it the output rows stay closer to the
+    `--init` hypernetwork's; `--objective` with unigram tokenizers is refused with one line."""
     from safetensors.torch import load_file
 
     corpus = tmp_path / "c.txt"
@@ -432,13 +432,32 @@ def test_train_objective_both_from_the_cli(tiny_model_dirs, tmp_path):
     assert r.exit_code == 0, r.output
     log = [json.loads(line) for line in (tmp_path / "hn" / "training_log.jsonl").read_text().splitlines()]
     assert {h.get("phase") for h in log} == {"merges", "prefill"}
-    r = runner.invoke(cli, ["hypernet", "train", str(tiny_model_dirs["tied"]), str(tmp_path / "pre"), "--tokenizers", "merges",
-                            "--objective", "prefill", "--steps", "3", "--init", str(tmp_path / "hn"), *common])
+    r = runner.invoke(cli, ["hypernet", "train", str(tiny_model_dirs["tied"]), str(tmp_path / "free"), "--tokenizers",
+                            "merges", "--objective", "prefill", "--output-anchor", "0", "--steps", "4", "--init",
+                            str(tmp_path / "hn"), *common])
     assert r.exit_code == 0, r.output
-    before, after = (load_file(str(tmp_path / d / "hypernet.safetensors")) for d in ("hn", "pre"))
+    before, free = (load_file(str(tmp_path / d / "hypernet.safetensors")) for d in ("hn", "free"))
     out_head = [k for k in before if "output" in k]
-    assert out_head and all(torch.equal(before[k], after[k]) for k in out_head)
-    assert any(not torch.equal(before[k], after[k]) for k in before if "input" in k)
+    assert out_head and all(torch.equal(before[k], free[k]) for k in out_head)
+    assert any(not torch.equal(before[k], free[k]) for k in before if "input" in k)
+    # the anchor term: 0 while the output rows are the --init hypernetwork's, whatever the input
+    # head does; positive once the output head moves; added to the LM loss with its weight
+    from tokensurgery.hypernets import Trainer
+
+    from test_hypernet import TINY_NET, tiny_config, tiny_corpus
+
+    config = tiny_config(tokenizers="merges", objective="prefill", output_anchor=3.0, seq_len=32, init=str(tmp_path / "hn"))
+    trainer = Trainer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / "api", config, TINY_NET, progress=False)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        trainer.hypernet.head_input.weight.add_(0.05 * torch.randn_like(trainer.hypernet.head_input.weight))
+    got = trainer.prefill_step(0, 0)
+    assert got["anchor"].item() == pytest.approx(0.0, abs=1e-10) and got["lm"].item() > 0
+    with torch.no_grad():
+        trainer.hypernet.head_output.weight.add_(0.05 * torch.randn_like(trainer.hypernet.head_output.weight))
+    got = trainer.prefill_step(0, 0)
+    assert got["anchor"].item() > 1e-4
+    assert got["loss"].item() == pytest.approx(got["lm"].item() + 3.0 * got["anchor"].item(), rel=1e-6)
     r = runner.invoke(cli, ["hypernet", "train", str(tiny_model_dirs["tied"]), str(tmp_path / "bad"), "--objective", "prefill",
                             *common])
     assert r.exit_code != 0 and "objective 'prefill' trains on merged batches" in r.output and "Traceback" not in r.output
