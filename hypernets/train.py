@@ -17,15 +17,15 @@ tokens keep its rows and the softmax runs over the base vocabulary plus the new 
 `tokensurgery dynamic` uses them (`objective="whole"`, mode B of `dynamic score`). With
 `objective="prefill"` a merged step trains for mode A instead: each text is cut at a segment
 boundary drawn between 30% and 70% of its bytes, the contexts are merged over the batch, the
-rest stays in the base's tokens and only its tokens are scored, over the base vocabulary; only
-the new tokens' input rows (and so the shared encoder and the input head) get a gradient.
+rest stays in the base's tokens and only its tokens are scored, over the base vocabulary; the
+LM loss reaches only the new tokens' input rows (through the shared encoder and the input head).
 That moves the shared encoder, and with it the output rows, away from what mode B needs (ad
 hoc: 200 steps of `both` from `results/hypernet_smollm2_merges_word`, English at 12% fewer tokens
-within words: mode A +1.45% -> +0.83%, mode B +3.31% -> +8.38%, and +3.12% with the old output rows),
-so prefill steps add `output_anchor` x the mean squared distance, in the base's per-dimension
-std units, of the predicted output rows from those of the run's starting point (the `init`
-hypernetwork, else FVT). `objective="both"`: each merged step draws one of the two. `tokenizers="mixed"`: each step
-draws unigram or merges.
+within words: mode A +1.45% -> +0.83%, mode B +3.31% -> +8.38%, and +3.12% with the old output
+rows), so prefill steps add `output_anchor` x the mean squared distance, in the base's
+per-dimension std units, of the predicted output rows from those of the run's starting point
+(the `init` hypernetwork, else FVT). `objective="both"`: each merged step draws one of the two.
+`tokenizers="mixed"`: each step draws unigram or merges.
 
 Every step's data is a function of (seed, step, rank), so a resumed run continues exactly.
 The loop (schedule, accumulation, checkpoints, logging, DDP under torchrun: each rank draws
@@ -76,7 +76,7 @@ class TrainConfig(LoopConfig):
     max_reduction: float = 0.3  # merges: each batch is merged to a reduction drawn from [0.02, this]
     boundary: str = "pretokens"  # merges: where merges may not cross; a comma list draws one per step
     objective: str = "whole"  # merges: whole (mode B), prefill (mode A) or both (see the module docstring)
-    output_anchor: float = 10.0  # prefill steps: weight of the pull of output rows back to the start's
+    output_anchor: float = 10.0  # prefill steps: weight of the pull of output rows back to the run's start
     mix: str = "chars"  # how training windows are drawn from the corpus (Corpus.window)
     init: str | None = None  # a saved hypernetwork to start from (its architecture too); fresh optimizer and schedule
 
