@@ -73,7 +73,8 @@ def hypernet_group() -> None:
 @options.device
 def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], mix: str, steps: int, warmup_steps: int | None, batch_size: int,
                    seq_len: int, grad_accum: int, lr: float, max_minutes: float | None, vocab_size: int, negatives: int,
-                   noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], objective: str, output_anchor: float, init: Path | None, layers: int,
+                   noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], objective: str,
+                   output_anchor: float, init: Path | None, layers: int,
                    max_pieces: int, residual: bool, output_head: bool, resume: bool, force: bool, save_every: int,
                    seed: int, device: str) -> None:
     """Train a hypernetwork for BASE (frozen) and save it to OUT.
@@ -90,7 +91,8 @@ def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], mix: str, step
     config = TrainConfig(steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, seq_len=seq_len,
                          grad_accum=grad_accum, lr=lr, max_minutes=max_minutes, vocab_size=vocab_size,
                          negatives=negatives, noise=noise, tokenizers=tokenizers, max_reduction=max_reduction,
-                         boundary=",".join(dict.fromkeys(boundary)) or TrainConfig.boundary, objective=objective, output_anchor=output_anchor, mix=mix,
+                         boundary=",".join(dict.fromkeys(boundary)) or TrainConfig.boundary, objective=objective,
+                         output_anchor=output_anchor, mix=mix,
                          init=None if init is None else str(init), save_every=save_every, seed=seed, device=device)
     net_options = {"num_layers": layers, "max_pieces": max_pieces, "residual": residual, "predict_output": output_head}
     result = train(base, Corpus.from_paths(list(corpus)), out, config, net_options, resume=resume, force=force)

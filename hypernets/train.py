@@ -273,13 +273,27 @@ class Trainer:
         out["loss"] = loss
         return out
 
+    def _merger(self, rng: random.Random):
+        """The step's merger (its boundary). One boundary draws nothing, so runs with the default
+        repeat the data they drew before."""
+        return self.mergers[rng.randrange(len(self.mergers))] if len(self.mergers) > 1 else self.mergers[0]
+
+    def _merged_inputs(self, x: torch.Tensor, n: int, used: list[int], n_new: int, pred_in: torch.Tensor):
+        """Input embeddings of ids `x` (BASE ids below `n`, the batch's new tokens from `n` on):
+        BASE's rows, or the predicted rows `pred_in` of the new ids `used` (in that order); and
+        `local`, each id's row in `pred_in` (-1 for the others)."""
+        h = self.hypernet
+        local = torch.full((n + n_new,), -1, dtype=torch.long, device=x.device)
+        local[torch.tensor(used, device=x.device)] = torch.arange(len(used), device=x.device)
+        inputs = torch.where((x >= n).unsqueeze(-1), pred_in[local[x].clamp(min=0)], h.base_input[x.clamp(max=n - 1)])
+        return inputs, local
+
     def merge_step(self, step: int, micro: int) -> dict:
         """One LM step on a batch merged over itself (see the module docstring)."""
         c, h = self.config, self.hypernet
         rng = _rng(c, step, self.rank, micro)
         texts = self.batch_texts(step, micro)
-        # one boundary draws nothing, so runs with the default repeat the data they drew before
-        merger = self.mergers[rng.randrange(len(self.mergers))] if len(self.mergers) > 1 else self.mergers[0]
+        merger = self._merger(rng)
         batch = merger(texts, reduction=rng.uniform(0.02, c.max_reduction))
         seqs = [ids[: c.seq_len] for ids in batch.ids]
         seqs = [s for s in seqs if len(s) >= 2]
@@ -291,14 +305,11 @@ class Trainer:
         n = merger.n_base
         pieces = [list(batch.new_tokens[i - n].parts[: h.config.max_pieces]) for i in used]
         pred_in, pred_out = self.loop.ddp(pieces)  # DDP under torchrun
-        local = torch.full((n + len(batch.new_tokens),), -1, dtype=torch.long, device=x.device)
-        local[torch.tensor(used, device=x.device)] = torch.arange(len(used), device=x.device)
-        is_new = x >= n
-        inputs = torch.where(is_new.unsqueeze(-1), pred_in[local[x].clamp(min=0)], h.base_input[x.clamp(max=n - 1)])
+        inputs, local = self._merged_inputs(x, n, used, len(batch.new_tokens), pred_in)
         if self.bos is not None:
             inputs = torch.cat([h.base_input[self.bos].expand(len(seqs), 1, -1), inputs], 1)
         logits = self.lm.logits(inputs[:, :-1], torch.cat([h.base_output, pred_out]))
-        targets = torch.where(is_new, n + local[x], x)  # new tokens' output rows follow the base's
+        targets = torch.where(x >= n, n + local[x], x)  # new tokens' output rows follow the base's
         targets = targets if self.bos is not None else targets[:, 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         n_bytes = sum(len(merger.vocab.surface[i]) if i < n else len(batch.new_tokens[i - n].surface)
@@ -314,7 +325,7 @@ class Trainer:
 
         c, h = self.config, self.hypernet
         rng = _rng(c, step, self.rank, micro)
-        merger = self.mergers[rng.randrange(len(self.mergers))] if len(self.mergers) > 1 else self.mergers[0]
+        merger = self._merger(rng)
         n, vocab = merger.n_base, merger.vocab
         contexts, rests = [], []
         for text in self.batch_texts(step, micro):
@@ -346,10 +357,7 @@ class Trainer:
             x[r, : len(row)] = torch.tensor(row)
             targets[r, len(ids) : len(ids) + len(rest)] = torch.tensor(rest)  # position p predicts token p + 1
         x, targets = x.to(pred_in.device), targets.to(pred_in.device)
-        local = torch.full((n + len(ctx.new_tokens),), -1, dtype=torch.long, device=x.device)
-        local[torch.tensor(used, device=x.device)] = torch.arange(len(used), device=x.device)
-        is_new = x >= n
-        inputs = torch.where(is_new.unsqueeze(-1), pred_in[local[x].clamp(min=0)], h.base_input[x.clamp(max=n - 1)])
+        inputs, _ = self._merged_inputs(x, n, used, len(ctx.new_tokens), pred_in)
         scored = targets >= 0
         logits = self.lm.logits(inputs, h.base_output, positions=scored)
         loss = F.cross_entropy(logits.float(), targets[scored])

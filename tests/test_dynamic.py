@@ -418,8 +418,9 @@ def test_mixed_training_runs_both_kinds_and_its_hypernetwork_scores(tiny_model_d
 
 def test_train_objective_both_from_the_cli(tiny_model_dirs, tmp_path):
     """`--objective both` draws whole and prefill steps; without the output anchor, prefill steps
-    leave the output head's weights as they are, and with it the output rows stay closer to the
-    `--init` hypernetwork's; `--objective` with unigram tokenizers is refused with one line."""
+    leave the output head's weights as they are; the anchor term measures the output rows' distance
+    from the `--init` hypernetwork's and joins the loss with its weight; `--objective` with unigram
+    tokenizers is refused with one line."""
     from safetensors.torch import load_file
 
     corpus = tmp_path / "c.txt"
