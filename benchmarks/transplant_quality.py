@@ -40,7 +40,7 @@ def parse_variant(spec: str) -> TransplantOptions:
             raise SystemExit(f"unknown option {key!r} in {spec!r}")
         if value in ("all", "none"):
             setattr(opts, key, None)
-        elif key in ("normalize", "blend", "affine"):
+        elif types[key] in (bool, "bool"):  # normalize, affine, blend, blend_error
             setattr(opts, key, value not in ("0", "false"))
         elif key in ("k", "candidates", "block_size"):
             setattr(opts, key, int(value))
@@ -127,6 +127,8 @@ def main() -> None:
         row["fvt_fallbacks"], row["capped"] = new.fvt_fallbacks, new.capped
         if new.blend_weights:
             row["blend_weights"] = new.blend_weights
+        if new.blend_lines:
+            row["blend_lines"] = new.blend_lines
         rows.append(row)
         print(row, flush=True)
         del model

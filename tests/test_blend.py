@@ -7,7 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tokensurgery import blend as blend_module
-from tokensurgery.blend import KINDS, describe, fit_weights, split_pieces, token_class
+from tokensurgery.blend import KINDS, describe, fit_line, fit_weights, split_pieces, token_class, token_weights
 from tokensurgery.checkpoint import load_embeddings
 from tokensurgery.transplant import TransplantOptions, transplant
 from tokensurgery.vocabulary import Vocabulary
@@ -56,8 +56,9 @@ class _FakeMap:
 
 
 def test_fit_weights_recovers_a_known_mixture(monkeypatch):
-    """BASE rows built as exactly 0.3 * method + 0.7 * FVT for ascii words: alpha = 0.3;
-    a class with too few shared tokens gets 0; the weight is clipped to [0, 1]."""
+    """BASE rows built as exactly 0.3 * method + 0.7 * FVT for ascii words: alpha = 0.3 and a
+    flat line (0.3, 0) whatever the errors; pieces built with weight 1.2 - 1.5 * error: that
+    line back exactly; a class with too few shared tokens gets 0 and no line."""
     monkeypatch.setattr(blend_module, "SAMPLE", 32)  # a class is fit from 16 samples
     torch.manual_seed(0)
     d = 16
@@ -67,16 +68,40 @@ def test_fit_weights_recovers_a_known_mixture(monkeypatch):
     target_surfaces = words + pieces + [b"\xe0\xa4"]
     shared = {t: 256 + t for t in range(80)}
     method = torch.randn(80, d)
+    errors = torch.rand(80) * 0.6 + 0.1
     for t, s in enumerate(target_surfaces[:80]):
         fvt = base[list(s)].mean(0)
-        mix = 0.3 if t < 40 else 1.7  # pieces: alpha would be 1.7, clipped to 1
+        mix = 0.3 if t < 40 else 1.2 - 1.5 * errors[t]
         base[256 + t] = mix * method[t] + (1 - mix) * fvt
     vm = _FakeMap(_FakeVocab(None), _FakeVocab(target_surfaces), shared, new_text=[80])
-    weights = fit_weights(base, vm, lambda ids: method[torch.tensor(ids)], {"word:latin": list(range(40)),
-                          "piece:latin": list(range(40, 80)), "word:greek": list(range(40))[:5]})
+    weights, lines = fit_weights(base, vm, lambda ids: (method[torch.tensor(ids)], errors[torch.tensor(ids)]),
+                                 {"word:latin": list(range(40)), "piece:latin": list(range(40, 80)),
+                                  "word:greek": list(range(40))[:5]})
     assert weights["word:latin"] == pytest.approx(0.3, abs=1e-4)
-    assert weights["piece:latin"] == 1.0
+    assert lines["word:latin"] == pytest.approx((0.3, 0.0), abs=1e-3)
+    assert 0 < weights["piece:latin"] < 1 and lines["piece:latin"] == pytest.approx((1.2, -1.5), abs=1e-3)
     assert weights["fragment"] == 0.0 and weights["word:greek"] == 0.0  # a new token's class with no samples / 5 < SAMPLE / 2
+    assert "fragment" not in lines and "word:greek" not in lines
+
+
+def test_fit_line_is_least_squares_over_rows_and_flat_for_one_error():
+    """Against a brute-force grid search of the same objective; equal errors give the flat weight."""
+    torch.manual_seed(1)
+    gap, d, e = torch.randn(30, 8), torch.randn(30, 8), torch.rand(30)
+    a, b = fit_line(gap, d, e)
+
+    def loss(a, b):
+        return float(((gap - (a + b * e)[:, None] * d) ** 2).sum())
+    grid = [(loss(a + da, b + db), da, db) for da in (-0.01, 0, 0.01) for db in (-0.01, 0, 0.01)]
+    assert min(grid)[1:] == (0, 0)  # no neighbour on the grid does better
+    flat = fit_line(gap, d, torch.full((30,), 0.4))
+    assert flat[1] == 0.0 and flat[0] == pytest.approx(float((gap * d).sum() / (d * d).sum()), abs=1e-4)
+
+
+def test_token_weights_clip_the_line_and_keep_classes_without_one():
+    alpha = torch.tensor([0.5, 0.5, 0.5, 1.0])
+    got = token_weights(alpha, ["other", "other", "other", None], {"other": (1.2, -2.0)}, torch.tensor([0.05, 0.3, 0.9, 0.5]))
+    torch.testing.assert_close(got, torch.tensor([1.0, 0.6, 0.0, 1.0]))
 
 
 def test_sample_shared_skips_classes_below_min_shared():
@@ -92,27 +117,39 @@ def test_sample_shared_skips_classes_below_min_shared():
     assert len(set(sample["word:latin"])) == SAMPLE and max(sample["word:latin"]) > SAMPLE  # spread, not the first ones
 
 
-def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs, tmp_path, monkeypatch):
-    """Every new row is its class's mix of the OMP and FVT transplants' rows; an `OWN_ROWS` class
-    (here Latin pieces: the tiny vocabularies have no emoji fragments) is the OMP row without
-    the mean fill."""
+@pytest.mark.parametrize("by_error", [False, True])
+def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs, tmp_path, monkeypatch, by_error):
+    """Every new row is its mix of the OMP and FVT transplants' rows: with `blend_error=False`
+    its class's weight; by default its class's line in its own OMP error (from the result's
+    errors, in solve order), clipped to [0, 1]. An `OWN_ROWS` class (here Latin pieces: the tiny
+    vocabularies have no emoji fragments) is the OMP row without the mean fill."""
     monkeypatch.setattr(blend_module, "MIN_SHARED", 16)  # the tiny vocabularies have few tokens per class
     monkeypatch.setattr(blend_module, "SAMPLE", 32)
     monkeypatch.setattr(blend_module, "OWN_ROWS", ("piece:latin",))
     base, donor = tiny_model_dirs["tied"], tiny_model_dirs["bos"]
     runs = {name: transplant(str(base), str(donor), tmp_path / name, TransplantOptions(k=4, **o), progress=False)
-            for name, o in {"blend": {}, "omp": {"blend": False}, "fvt": {"method": "fvt"},
+            for name, o in {"blend": {"blend_error": by_error}, "omp": {"blend": False}, "fvt": {"method": "fvt"},
                             "plain": {"blend": False, "affine": False}}.items()}
-    weights = runs["blend"].blend_weights["input"]
+    result = runs["blend"]
+    weights, lines = result.blend_weights["input"], result.blend_lines["input"]
     assert any(0 < a < 1 for a in weights.values()) and weights["piece:latin"] == 1.0
+    assert bool(lines) == by_error and "piece:latin" not in lines
     card = (tmp_path / "blend" / "README.md").read_text()
-    assert describe(weights) in card and "OMP weight per token class" not in (tmp_path / "omp" / "README.md").read_text()
+    assert describe(weights, lines) in card and "OMP weight per token class" not in (tmp_path / "omp" / "README.md").read_text()
+    assert ("x error" in card) == by_error
     rows = {n: load_embeddings(tmp_path / n).input.float() for n in runs}
-    vm = runs["blend"].vocab_map
-    checked, own = 0, 0
+    vm = result.vocab_map
+    text = set(vm.new_text)
+    solved = [t for t in result.filled if t not in text or weights[token_class(vm.target.surface[t])] > 0]
+    error = dict(zip(solved, result.errors.tolist()))
+    checked, own, moved = 0, 0, 0
     for t in vm.new_text:
         cls = token_class(vm.target.surface[t])
         a = weights[cls]  # every new token's class has a weight
+        if cls in lines:
+            a_line = min(1.0, max(0.0, lines[cls][0] + lines[cls][1] * error[t]))
+            moved += abs(a_line - a) > 0.02
+            a = a_line
         want = a * rows["omp"][t] + (1 - a) * rows["fvt"][t] if cls != "piece:latin" else rows["plain"][t]
         own += cls == "piece:latin" and not torch.allclose(rows["plain"][t], rows["omp"][t], atol=1e-4)
         limit = load_embeddings(base).input.float().norm(dim=1).max()
@@ -120,6 +157,7 @@ def test_blended_rows_are_the_class_weighted_mix_of_omp_and_fvt(tiny_model_dirs,
         torch.testing.assert_close(rows["blend"][t], want, atol=1e-5, rtol=1e-5)
         checked += 1
     assert checked > 10 and own > 5  # the mean fill changes those rows: the comparison can tell them apart
+    assert (moved > 5) == by_error  # the line gives tokens other weights than their class's
     for t in vm.shared:  # copied rows untouched
         assert torch.equal(rows["blend"][t], rows["omp"][t])
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .blend import blend, class_weights, describe, fit_weights, sample_shared
+from .blend import blend, class_weights, describe, fit_weights, sample_shared, token_weights
 from .checkpoint import Embeddings, NewEmbeddings, check_embeddings_cover, load_embeddings, write_patched_checkpoint
 from .errors import TokenSurgeryError
 from .inputs import TokenizerInput, open_model, open_tokenizer, vocabulary_of_folder
@@ -57,6 +57,7 @@ class TransplantOptions:
     fvt_above: float | None = None  # OMP: text tokens reconstructed worse than this relative error get FVT
     affine: bool = True  # OMP: the coefficients' shortfall from a sum of 1 is filled with BASE's mean row
     blend: bool = True  # OMP: mix each new row with its FVT row, weight per token class fit by leave-one-out (blend.py)
+    blend_error: bool = True  # blend: a token's weight is a line in its OMP error (per class), not the class's constant
     dtype: str = "float32"  # precision of the solve (the output keeps BASE's dtype)
     device: str = "cpu"
     block_size: int = 1024
@@ -94,6 +95,7 @@ class TransplantResult:
     notes: list[str] = field(default_factory=list)
     capped: int = 0  # computed rows scaled down to BASE's largest row norm
     blend_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # matrix -> class -> OMP weight
+    blend_lines: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # matrix -> class -> (a, b)
     phases: Phases = field(default_factory=Phases)  # wall-clock seconds per step of the job
 
     def summary(self) -> dict:
@@ -214,9 +216,10 @@ def _combine(weights: torch.Tensor, indices: torch.Tensor, atoms: torch.Tensor, 
     return rows
 
 
-def _fit_blend(base: torch.Tensor, donor: torch.Tensor, plan: dict, vm: VocabMap, opts: TransplantOptions) -> dict:
-    """OMP weight per token class (blend.py): OMP rows of sampled shared tokens, each solved
-    without its own atom, against their FVT rows and BASE's true rows."""
+def _fit_blend(base: torch.Tensor, donor: torch.Tensor, plan: dict, vm: VocabMap, opts: TransplantOptions
+               ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """OMP weight per token class and its line in the OMP error (blend.py): OMP rows of sampled
+    shared tokens, each solved without its own atom, against their FVT rows and BASE's true rows."""
     position = {t: i for i, t in enumerate(plan["dict_donor"])}
     D = donor[torch.tensor(plan["dict_donor"])].float()
     atoms = base.float()[torch.tensor(plan["dict_base"])]
@@ -224,7 +227,7 @@ def _fit_blend(base: torch.Tensor, donor: torch.Tensor, plan: dict, vm: VocabMap
 
     def loo_rows(ids: list[int]) -> torch.Tensor:
         res = _solve_omp(D, donor[torch.tensor(ids)].float(), opts, False, torch.tensor([position[t] for t in ids]))
-        return _combine(res.coefs.float().cpu(), res.indices.cpu(), atoms, mean, opts.affine)
+        return _combine(res.coefs.float().cpu(), res.indices.cpu(), atoms, mean, opts.affine), res.residual_norm.cpu()
     # BASE's tokenizer (the FVT pieces need it) loads during the solve's long matrix products,
     # which release the GIL (~1.5 s for Gemma-3's; the load itself holds the GIL)
     threading.Thread(target=_load_tokenizer, args=(vm.source,), daemon=True).start()
@@ -301,6 +304,7 @@ class Transplanted:
     capped: int = 0  # input rows scaled down to BASE's largest row norm
     options: TransplantOptions | None = None  # as used ("auto" candidates resolved)
     blend_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # matrix -> class -> OMP weight
+    blend_lines: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # matrix -> class -> (a, b)
     phases: Phases = field(default_factory=Phases)  # seconds per step: blend fit, solve, fill
 
 
@@ -336,7 +340,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
     predicted = plugin.rows(base_emb, vm, filled, opts, progress) if plugin else None
     if predicted and base_emb.tied and "output" in predicted:  # e.g. a hypernetwork's output head unties BASE
         spaces["output"] = (base_emb.input, None)
-    matrices, errors, n_fvt, n_capped, weights = {}, None, 0, 0, {}
+    matrices, errors, n_fvt, n_capped, weights, lines = {}, None, 0, 0, {}, {}
     for name, (base_matrix, donor_matrix) in spaces.items():
         M = torch.empty(n_rows, base_matrix.shape[1], dtype=torch.float32)
         if copied:
@@ -345,8 +349,10 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
             alpha, own, solve_ids = None, None, filled
             if opts.method == "omp" and opts.blend and vm.new_text:
                 with phases("blend fit", f"blend: fitting OMP/FVT weights per token class ({name})", progress):
-                    weights[name] = _fit_blend(base_matrix, donor_matrix, plan, vm, opts)
-                alpha, own = class_weights(filled, vm, weights[name])
+                    weights[name], lines[name] = _fit_blend(base_matrix, donor_matrix, plan, vm, opts)
+                if not opts.blend_error:
+                    lines[name] = {}
+                alpha, own, classes = class_weights(filled, vm, weights[name])
                 solve_ids = [t for t, a in zip(filled, alpha.tolist()) if a > 0]  # the rest is pure FVT: no solve
             solution = None
             if donor_matrix is not None and opts.method in NEEDS_DONOR_EMBEDDINGS and solve_ids:
@@ -370,7 +376,10 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
                     if solve_ids:
                         at = torch.tensor([r for r, a in enumerate(alpha.tolist()) if a > 0])
                         solved, nf = _fill(base_matrix, solution, vm, solve_ids, opts, plan, progress, own[at])
-                        rows[at] = blend(solved, rows[at], alpha[at])
+                        a = alpha[at]
+                        if lines[name] and solution is not None and solution.errors is not None:
+                            a = token_weights(a, [classes[r] for r in at.tolist()], lines[name], solution.errors)
+                        rows[at] = blend(solved, rows[at], a)
             # guard: no computed row may be longer than the longest row BASE itself has
             limit = base_matrix.float().norm(dim=1).max()
             norms = rows.norm(dim=1)
@@ -383,7 +392,7 @@ def new_embeddings(base_emb: Embeddings, donor_emb: Embeddings | None, vm: Vocab
             raise TokenSurgeryError(f"the {opts.method} {name} rows are not finite; try --dtype float64 or a larger --ridge")
         matrices[name] = M
     return Transplanted(NewEmbeddings(matrices["input"], matrices.get("output")), filled, errors, n_fvt, n_capped, opts,
-                        weights, phases)
+                        weights, lines, phases)
 
 
 def load_donor_embeddings(donor_: TokenizerInput, spec: str, vm: VocabMap, method: str) -> Embeddings | None:
@@ -423,7 +432,7 @@ def transplant(base: str, donor: str, out: str | Path, options: TransplantOption
         result = TransplantResult(str(base), str(donor), Path(out), vm, new.options, new.embeddings.input.shape[0],
                                   new.filled, new.errors, new.fvt_fallbacks, time.perf_counter() - start,
                                   [bos_note] if bos_note else [], capped=new.capped, blend_weights=new.blend_weights,
-                                  phases=phases)
+                                  blend_lines=new.blend_lines, phases=phases)
         with phases("write", f"writing {out}", progress):
             write_patched_checkpoint(base_dir, out, new.embeddings, tokenizer_src, special_ids,
                                      transplant_card(result), force=force,
@@ -445,7 +454,7 @@ def transplant_card(result: TransplantResult, quality: str = "") -> str:
         params.update({"candidates (screening)": o.candidates or "all (exact)", "ridge": o.ridge, "normalize": o.normalize,
                        "affine": o.affine, "solve dtype": o.dtype})
         for name, w in result.blend_weights.items():
-            params[f"OMP weight per token class, {name} (rest FVT)"] = describe(w)
+            params[f"OMP weight per token class, {name} (rest FVT)"] = describe(w, result.blend_lines.get(name))
         if result.blend_weights and result.errors is not None:
             params["rows solved by OMP (the rest: FVT only)"] = f"{len(result.errors):,}"
         if o.fvt_above is not None:

@@ -12,7 +12,8 @@ from . import options
 
 
 @click.command(cls=options.grouped(
-    Method=["method", "k", "candidates", "ridge", "normalize", "affine", "fvt_above", "blend", "hypernet"],
+    Method=["method", "k", "candidates", "ridge", "normalize", "affine", "fvt_above", "blend", "blend_error",
+            "hypernet"],
     Compute=["solve_dtype", "device", "block_size"],
     Output_and_evaluation=["force", "texts", "langs", "max_bytes", "report", "json_out"]))
 @click.argument("base")
@@ -40,6 +41,9 @@ from . import options
               help="OMP: mix each new token's row with its FVT row, one weight per token class (fragments, words, "
                    "pieces, digits, ...) fit by leave-one-out on shared tokens; fragments get FVT, except those starting a "
                    "4-byte character (emoji), which keep OMP's own row.")
+@click.option("--blend-error/--no-blend-error", default=True, show_default=True,
+              help="OMP blend: within a class, a token's OMP weight falls with its OMP reconstruction error (a line per "
+                   "class, fit by the same leave-one-out); --no-blend-error gives every token its class's one weight.")
 @options.hypernet
 @click.option("--solve-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
               help="Precision of the solve (the output keeps BASE's dtype).")
@@ -50,7 +54,8 @@ from . import options
 @click.option("--report", type=click.Path(path_type=Path), help="Write a PNG: reconstruction errors and bits per byte.")
 @options.json_out
 def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates: str, ridge: float, normalize: bool,
-               affine: bool, fvt_above: str, blend: bool, hypernet: Path | None, solve_dtype: str, device: str, block_size: int, force: bool,
+               affine: bool, fvt_above: str, blend: bool, blend_error: bool, hypernet: Path | None, solve_dtype: str,
+               device: str, block_size: int, force: bool,
                texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int, report: Path | None,
                json_out: Path | None) -> None:
     """Give BASE the tokenizer of DONOR, without training; write the result to OUT.
@@ -73,7 +78,8 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
     if hypernet and method != "hypernet":
         raise TokenSurgeryError(f"--hypernet is used by --method hypernet, not --method {method}")
     opts = TransplantOptions(method=method, k=k, candidates=n_candidates, ridge=ridge,
-                             normalize=normalize, affine=affine, fvt_above=fvt_limit, blend=blend, dtype=solve_dtype, device=device,
+                             normalize=normalize, affine=affine, fvt_above=fvt_limit, blend=blend, blend_error=blend_error,
+                             dtype=solve_dtype, device=device,
                              block_size=block_size, hypernet=str(hypernet) if hypernet else None)
     files = options.text_files(texts, langs)
     result = run(base, donor, out, opts, force=force)
@@ -88,12 +94,13 @@ def transplant(base: str, donor: str, out: Path, method: str, k: int, candidates
         for name, w in result.blend_weights.items():
             from ..blend import describe
 
-            click.echo(f"OMP weight per token class ({name}; the rest is FVT): {describe(w)}")
+            click.echo(f"OMP weight per token class ({name}; the rest is FVT): {describe(w, result.blend_lines.get(name))}")
         click.echo(f"time: {result.phases.line()}")
         for note in result.notes:
             click.echo(f"note: {note}")
     scores = evaluate_transplant(result, files, max_bytes=max_bytes, progress=not quiet) if files else None
-    options.write_json(json_out, {**s, "blend_weights": result.blend_weights, "notes": result.notes,
+    options.write_json(json_out, {**s, "blend_weights": result.blend_weights,
+                                  "blend_lines": result.blend_lines, "notes": result.notes,
                                   "bits_per_byte": {n: {"base": b, "transplanted": a} for n, (b, a) in (scores or {}).items()}})
     if report:
         from ..report import transplant_report
