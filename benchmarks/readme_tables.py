@@ -102,14 +102,16 @@ def transplant_speed() -> str:
 def light_multilingual() -> str:
     f = "transplant_light_multilingual"
     return bpb_columns((f, "base (gemma3-270m, own tokenizer)", "Gemma-3-270M, own tokenizer"),
-                       [(f, "omp", "**omp (default: blend, affine)**"), (f, "omp:affine=0", "omp, `--no-affine`"),
+                       [(f, "omp", "**omp (default: blend by error, affine)**"),
+                        (f, "omp:blend_error=0", "omp, `--no-blend-error`"), (f, "omp:affine=0", "omp, `--no-affine`"),
                         (f, "omp:blend=0", "omp, `--no-blend`"), (f, "fvt", "fvt")])
 
 
 def heavy_multilingual() -> str:
     f = "transplant_heavy_multilingual"
     return bpb_columns((f, "base (smollm2-135m, own tokenizer)", "SmolLM2-135M, own tokenizer"),
-                       [(f, "omp", "**omp (default: blend, affine)**"), (f, "omp:affine=0", "omp, `--no-affine`"),
+                       [(f, "omp", "**omp (default: blend by error, affine)**"),
+                        (f, "omp:blend_error=0", "omp, `--no-blend-error`"), (f, "omp:affine=0", "omp, `--no-affine`"),
                         (f, "fvt", "fvt")])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -44,7 +45,8 @@ def run_record() -> dict:
     import transformers
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"command": "python " + " ".join(sys.argv), "commit": git_commit(),
+    # quoted as a shell would need it: `--variants "omp;fvt"` pasted back must not split at `;`
+    return {"command": "python " + shlex.join(sys.argv), "commit": git_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.machine(), "cpu_model": cpu_model(),
             "gpu": gpu, "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
