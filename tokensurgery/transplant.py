@@ -8,8 +8,9 @@ Every donor id gets a row in the new embedding matrices:
   - `omp`: write the donor's embedding of the token as a sparse combination of the donor's
     embeddings of shared tokens (Orthogonal Matching Pursuit, k atoms), then apply the same
     coefficients to BASE's rows of those shared tokens (Goddard & Fernandes Neto, 2025),
-    then, by default, blend each row with its `fvt` row, one weight per token class fit by
-    leave-one-out on shared tokens (`blend.py`; fragments and unshared scripts get FVT, except
+    then, by default, blend each row with its `fvt` row, the weight per token class fit by
+    leave-one-out on shared tokens, within a class a line in the token's own OMP error
+    (`blend.py`; fragments and unshared scripts get FVT, except
     fragments that start a 4-byte character, which keep the plain OMP row, and classes whose
     weight is 0 are not solved at all);
   - `knn`: the k shared tokens nearest in the donor space, weighted by inverse distance;
@@ -225,7 +226,7 @@ def _fit_blend(base: torch.Tensor, donor: torch.Tensor, plan: dict, vm: VocabMap
     atoms = base.float()[torch.tensor(plan["dict_base"])]
     mean = atoms.mean(0)
 
-    def loo_rows(ids: list[int]) -> torch.Tensor:
+    def loo_rows(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:  # rows, relative errors
         res = _solve_omp(D, donor[torch.tensor(ids)].float(), opts, False, torch.tensor([position[t] for t in ids]))
         return _combine(res.coefs.float().cpu(), res.indices.cpu(), atoms, mean, opts.affine), res.residual_norm.cpu()
     # BASE's tokenizer (the FVT pieces need it) loads during the solve's long matrix products,
