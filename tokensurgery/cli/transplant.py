@@ -42,8 +42,9 @@ from . import options
                    "pieces, digits, ...) fit by leave-one-out on shared tokens; fragments get FVT, except those starting a "
                    "4-byte character (emoji), which keep OMP's own row.")
 @click.option("--blend-error/--no-blend-error", default=True, show_default=True,
-              help="OMP blend: within a class, a token's OMP weight falls with its OMP reconstruction error (a line per "
-                   "class, fit by the same leave-one-out); --no-blend-error gives every token its class's one weight.")
+              help="OMP blend: within a class, a token's OMP weight is a line in its OMP reconstruction error (fit per "
+                   "class by the same leave-one-out; tokens the donor explains badly usually lean to FVT); "
+                   "--no-blend-error gives every token its class's one weight.")
 @options.hypernet
 @click.option("--solve-dtype", default="float32", show_default=True, type=click.Choice(["float32", "float64"]),
               help="Precision of the solve (the output keeps BASE's dtype).")
