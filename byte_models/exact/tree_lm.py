@@ -17,6 +17,8 @@ from typing import Sequence
 
 import torch
 
+from tokensurgery.kernels.narrow_linear import narrow_linear, narrow_modules
+
 
 @dataclass
 class Query:
@@ -36,8 +38,12 @@ class TreeLM:
     docstring). `slot_token[s]`, `slot_parent[s]`, `slot_pos[s]` describe slot s; `calls` and
     `tokens_fed` count forward calls and the tokens they fed."""
 
-    def __init__(self, model, max_query: int | None = None):
+    def __init__(self, model, max_query: int | None = None, narrow: bool = True):
         self.model = model
+        # float32 CPU layers run as W @ X^T during calls (kernels/narrow_linear.py: a call of
+        # a few tokens is bound by reading the weights, which `linear` does slowly there)
+        self._narrow = narrow_modules(model) if narrow else []
+        self._narrow_head = any(m is model.get_output_embeddings() for m in self._narrow)
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.vocab_rows = model.get_output_embeddings().weight.shape[0]
         self.layer_types = set(getattr(config, "layer_types", None) or [])
@@ -178,10 +184,12 @@ class TreeLM:
         wanted = len(q.tokens) if rows is None else len(rows)
         if self._logits_rows:
             keep_rows = list(range(len(q.tokens))) if rows is None else list(rows)
-            keep_rows += keep_rows[-1:] * (_padded_rows(wanted, self.device) - wanted)
+            if not self._narrow_head:
+                keep_rows += keep_rows[-1:] * (_padded_rows(wanted, self.device) - wanted)
             if rows is not None or len(keep_rows) > wanted:
                 extra["logits_to_keep"] = torch.tensor(keep_rows, device=self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos[None].to(self.device), use_cache=True, **extra)
+        with narrow_linear(self.model, self._narrow):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos[None].to(self.device), use_cache=True, **extra)
         self.calls += 1
         self.tokens_fed += len(q.tokens)
         keep = len(q.tokens) if q.keep < 0 else q.keep
