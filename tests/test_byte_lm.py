@@ -80,8 +80,11 @@ def test_score_stream_and_chunking_agree(tiny_byte_lms, family, monkeypatch):
         return forward(lm, q)
 
     monkeypatch.setattr(type(blm.lm), "forward", recording)
-    for speculate, keep_kv in ((0, True), (4, True), (32, True), (4, False)):
+    # look-ahead off, at its default threshold, and at threshold 0 (every candidate up to the
+    # cap, so the guessed one-byte tokens after picked ones are evaluated too)
+    for speculate, keep_kv, ahead_min in ((0, True, 0.3), (4, True, 0.3), (32, True, 0.0), (4, False, 0.0)):
         fed.clear()
+        monkeypatch.setattr(ByteStream, "AHEAD_MIN", ahead_min)
         stream = ByteStream(blm, b"", speculate=speculate, keep_kv=keep_kv)
         got = []
         for b in data:

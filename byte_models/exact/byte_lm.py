@@ -100,14 +100,14 @@ class ByteLM(CoverEngine):
     """Exact next-byte view of a causal LM and its tokenizer (see the module docstring).
 
     `model` is a transformers causal LM; `vocab` the `Vocabulary` of its tokenizer; `start`,
-    `eos`, `settle_bytes` as for `CoverEngine`. `speculate`: tokens evaluated ahead per
-    streaming step (`stream`). The default 2 keeps a step's call at 3 rows or fewer: on the
-    2-core CPU each further row costs more than the calls it saves (results/byte_lm.md
-    measures look-ahead 0, 2, 4 and 8).
+    `eos`, `settle_bytes` as for `CoverEngine`. `speculate`: at most this many tokens evaluated
+    ahead in a streaming call (`stream`), each only when the text reaches its end with a
+    chance of at least `ByteStream.AHEAD_MIN` (0.3); 0 turns look-ahead off. results/byte_lm.md
+    measures look-ahead 0, 2, 8 and 16.
     """
 
     def __init__(self, model, vocab: Vocabulary, start: int | str | None = "auto", eos: int | None = None,
-                 settle_bytes: int = 96, speculate: int = 2, name: str = ""):
+                 settle_bytes: int = 96, speculate: int = 8, name: str = ""):
         super().__init__(model, vocab, start=start, eos=eos, settle_bytes=settle_bytes, name=name)
         self.speculate = speculate
 

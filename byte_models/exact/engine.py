@@ -48,6 +48,7 @@ class CoverEngine:
         self.lm = TreeLM(model)
         self._deferred: Node | None = None  # a root whose context goes in the next call (`root(defer=True)`)
         self.keep_kv, self._context_slots, self._slot_nodes = False, 0, []
+        self._byte_tokens: list[int | None] | None = None  # `byte_token`, made on first use
         # tokens the tokenizer matches in text before anything else (specials, added tokens), by
         # surface; and the special tokens by name (start, end, fill-in-the-middle)
         self._specials: dict[bytes, int] = {}
@@ -282,6 +283,17 @@ class CoverEngine:
                 if node.slot >= 0:
                     nodes[node.slot] = node
         self._slot_nodes = nodes
+
+    def byte_token(self, b: int) -> int | None:
+        """The indexed token whose surface is the one byte `b`, None if there is none."""
+        if self._byte_tokens is None:
+            found = []
+            for byte in range(256):
+                lo, hi = self.index.range(bytes([byte]))
+                rows = list(self.index.exact(lo, hi, 1)) if hi > lo else []
+                found.append(int(self.index.ids[rows[0]]) if rows else None)
+            self._byte_tokens = found
+        return self._byte_tokens[b]
 
     # ---- the tree over known bytes ----------------------------------------------------------
 

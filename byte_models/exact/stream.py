@@ -23,13 +23,13 @@ class ByteStream:
     """The live cover tree after a byte prefix: `logprobs()` gives the exact next-byte
     distribution, `advance(byte)` extends the prefix. After each step the most likely
     tokens that may end within the next bytes are evaluated ahead (`speculate` of them, in
-    the same batched call), so most bytes need no model call of their own. With `keep_kv`
+    the same batched call, `_look_ahead`), so many bytes need no model call of their own. With `keep_kv`
     every evaluated node keeps its KV slot until the data leaves its branch, so no token is
     fed twice."""
 
     COMPACT_MIN = 512  # slots in the KV cache before dead branches are dropped
 
-    def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 2, keep_kv: bool = True):
+    def __init__(self, blm: CoverEngine, prompt: bytes, speculate: int = 8, keep_kv: bool = True):
         context, region = blm.split_prompt(prompt)
         self._start(blm, context, region, speculate)
         root = blm.root(context, keep_kv=keep_kv, defer=True)  # the context goes in the tree's call
@@ -56,6 +56,7 @@ class ByteStream:
     def _start(self, blm: CoverEngine, context: list[int], region: bytes, speculate: int) -> None:
         self.blm, self.speculate, self.context, self.data = blm, speculate, context, bytearray(region)
         self._compact_at = self.COMPACT_MIN
+        self._first = np.zeros((4, 256))  # what first byte follows tokens ending in each kind of byte
 
     def _plan(self, root: Node) -> tuple[list[Node], Node, set[int]]:
         """The nodes to evaluate along the prompt's free region, their top, and the ids of those
@@ -121,48 +122,129 @@ class ByteStream:
             self._compact_at = max(self.COMPACT_MIN, 2 * len(self.blm.lm))
 
     def _look_ahead(self, must: Sequence[Node] = ()) -> None:
-        """Evaluate the nodes needed now plus the `speculate` future nodes most likely to be
-        needed: a token that continues a live node is needed when the text passes through its
-        end, so it is ranked by the node's probability times the mass of every token that
-        starts with the token's bytes."""
+        """Evaluate the nodes needed now plus, in the same call, up to `speculate` future nodes
+        whose chance of being needed before the next call is at least `AHEAD_MIN`.
+
+        A live node whose token ends where the text reaches must be evaluated then, however
+        little of the mass it carries; so a token t after a node n is worth evaluating ahead
+        by the chance that the text runs through t's end, read off the live nodes'
+        distributions (the mass each puts on tokens that spell the bytes from the current end
+        to t's end). The candidates are the tokens that go on from the live nodes and, down to
+        `AHEAD_DEPTH` levels, the children of nodes already evaluated ahead of the text (their
+        chance: the parent's times the parent's mass on them); a node picked in this call has
+        no distribution yet, so the one-byte token after it is guessed from what followed
+        earlier tokens ending in the same kind of byte (letter, space, digit, punctuation).
+        On the 2-core CPU a call of 1 token costs ~35 ms with SmolLM2-135M and each further
+        token 3-5 ms (ad hoc), so only likely nodes pay for their rows."""
         targets = list(must)
         if self.speculate:
-            index, blm = self.blm.index, self.blm
-            ref = max(n.logp for n in self.live)
-            scores, owners, rows_all = [], [], []
-            for node in self.live:
-                rest = bytes(self.data[node.end :])
-                lo, hi = index.range(rest)
-                if not node.evaluated or hi <= lo or len(rest) > index.max_len:
-                    continue
-                rows = lo + np.flatnonzero((index.next_byte[lo:hi, len(rest)] >= 0) & (node.probs[lo:hi] > 0))
-                mass = math.exp(node.logp - ref) * (node.cum[index.span_end[rows]] - node.cum[rows])
-                if len(rows) > 4 * self.speculate:
-                    top = np.argpartition(-mass, 4 * self.speculate)[: 4 * self.speculate]
-                    rows, mass = rows[top], mass[top]
-                scores.append(mass)
-                rows_all.append(rows)
-                owners += [node] * len(rows)
-            if owners:
-                mass, rows = np.concatenate(scores), np.concatenate(rows_all)
-                picked = 0
-                for i in np.argsort(-mass):
-                    if picked == self.speculate or mass[i] <= 0:
-                        break
-                    node, tok = owners[i], int(index.ids[rows[i]])
-                    child = node.children.get(tok)
-                    if child is not None and child.evaluated:
-                        continue
-                    if child is None:
-                        end = node.end + len(blm.vocab.surface[tok])
-                        child = Node(node, tok, end, math.nan, blm.canonical.tail(node.tail, tok), node.depth + 1)
-                        node.children[tok] = child
-                        blm.child_logprob(node, child)
-                    targets.append(child)
-                    picked += 1
+            targets += self._speculation()
         commit = _common_ancestor(self.live)
         if targets or (commit is not None and commit.slot < 0):
             self.blm.evaluate(targets, commit=commit)
+
+    AHEAD_MIN = 0.3  # least chance that the text reaches a token's end, for evaluating it ahead
+    AHEAD_DEPTH = 2  # levels below a live node searched for candidates
+
+    def _speculation(self) -> list[Node]:
+        index, blm, data, cap = self.blm.index, self.blm, bytes(self.data), self.speculate
+        # Every live node whose token ends where the text reaches must be evaluated then,
+        # however little of the mass it carries: so a token is worth evaluating ahead by the
+        # chance that the *text* runs through its end, whichever cover carries the text. That
+        # chance is read off the live nodes' distributions: each spells the next bytes with
+        # one token (`_text_chance`).
+        shares, logs = [], []
+        for node in self.live:
+            if node.evaluated:
+                groups = node_groups(index, node, data[node.end :])
+                total = float(groups.sum()) if groups is not None else 0.0
+                if total > 0:
+                    logs.append(node.logp + math.log(total))
+                    shares.append(node)
+                    if node.end == len(data) and node.token is not None:
+                        self._learn_first(node, groups / total)
+            else:
+                logs.append(node.logp)
+        if not shares:
+            return []
+        log_z = max(logs) + math.log(sum(math.exp(x - max(logs)) for x in logs))
+        weights = [(n, math.exp(n.logp - log_z), data[n.end :]) for n in shares]
+
+        def text_chance(more: bytes) -> float:
+            total = 0.0
+            for n, w, rest in weights:
+                lo, hi = index.range(rest + more)
+                if hi > lo:
+                    total += w * float(n.cum[hi] - n.cum[lo])
+            return min(total, 1.0)
+
+        found: list[tuple[float, Node, int]] = []
+        seen: dict[bytes, float] = {}
+        # (node, the text's bytes from the current end to the node's end, chance of reaching it, level)
+        stack = [(n, b"", 1.0, 0) for n in shares]
+        while stack:
+            node, ahead, reach, level = stack.pop()
+            rest = data[node.end :] if not ahead else b""
+            if len(rest) > index.max_len:
+                continue
+            lo, hi = index.range(rest)
+            probs, cum = node.probs, node.cum
+            rows = lo + np.flatnonzero((index.next_byte[lo:hi, len(rest)] >= 0) & (probs[lo:hi] > 0))
+            if not len(rows):
+                continue
+            local = (cum[index.span_end[rows]] - cum[rows]) / max(float(cum[hi] - cum[lo]), 1e-300)
+            if len(rows) > cap:
+                top = np.argpartition(-local, cap)[:cap]
+                rows, local = rows[top], local[top]
+            for r, p in zip(rows.tolist(), local.tolist()):
+                tok = int(index.ids[r])
+                more = ahead + blm.vocab.surface[tok][len(rest) :]
+                if not ahead:
+                    if more not in seen:
+                        seen[more] = text_chance(more)
+                    chance = seen[more]
+                else:
+                    chance = reach * p
+                if chance < self.AHEAD_MIN:
+                    continue
+                child = node.children.get(tok)
+                if child is not None and child.evaluated:
+                    if level + 1 < self.AHEAD_DEPTH and child.logp > -math.inf:
+                        stack.append((child, more, chance, level + 1))
+                    continue
+                found.append((chance, node, tok))
+        found.sort(key=lambda f: -f[0])
+        out = [(c, self._child(node, tok)) for c, node, tok in found[:cap]]
+        # A token picked now has no distribution yet, so its own children cannot be ranked by
+        # it: the byte right after it is guessed from what followed earlier tokens that end in
+        # the same kind of byte, and the one-byte token for that byte is evaluated with it.
+        grand = []
+        for c, child in out:
+            prior = self._first[_byte_class(blm.vocab.surface[child.token][-1:])]
+            for b in np.flatnonzero(c * prior >= self.AHEAD_MIN).tolist():
+                tok = blm.byte_token(b)
+                if tok is not None and blm.canonical.valid_next(child.tail, tok):
+                    grand.append((c * float(prior[b]), child, tok))
+        merged = sorted([(c, n, None) for c, n in out] + grand, key=lambda f: -f[0])[:cap]
+        return [node if tok is None else self._child(node, tok) for _, node, tok in merged]
+
+    def _child(self, node: Node, tok: int) -> Node:
+        """The node for `tok` after `node`, made if new (log-probability NaN until `node` has
+        its distribution)."""
+        child = node.children.get(tok)
+        if child is None:
+            blm = self.blm
+            end = node.end + len(blm.vocab.surface[tok])
+            child = Node(node, tok, end, math.nan, blm.canonical.tail(node.tail, tok), node.depth + 1)
+            node.children[tok] = child
+            if node.evaluated:
+                blm.child_logprob(node, child)
+        return child
+
+    def _learn_first(self, node: Node, first: np.ndarray) -> None:
+        """Running average of the next token's first byte after tokens ending in each kind of byte."""
+        k = _byte_class(self.blm.vocab.surface[node.token][-1:])
+        self._first[k] = 0.8 * self._first[k] + 0.2 * first[:256]
 
     def resolve(self, rng, sampling: Sampling) -> tuple[Node, int | None, bytes]:
         """Draw one cover of the prefix: (node, token, its bytes past the prefix); token None
@@ -193,6 +275,18 @@ class ByteStream:
         if tok < 0:
             return node, None, b""
         return node, tok, self.blm.vocab.surface[tok][len(self.data) - node.end :]
+
+
+def _byte_class(last: bytes) -> int:
+    """0 letters and non-ASCII, 1 whitespace, 2 digits, 3 other ASCII (punctuation)."""
+    if not last:
+        return 3
+    b = last[0]
+    if b >= 0x80 or chr(b).isalpha():
+        return 0
+    if chr(b).isspace():
+        return 1
+    return 2 if chr(b).isdigit() else 3
 
 
 def _descends(node: Node, ancestor: Node) -> bool:
