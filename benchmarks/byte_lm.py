@@ -4,13 +4,16 @@ One run, both bundled models, float32, this machine:
   * generation: transformers' greedy `generate` vs `ByteLM.generate` on the same prompts,
     batch 1 (prompts one after another) and batch 8 (one batched call), both stopping each
     prompt at the same count of new bytes (256; a batch runs until its slowest row is done);
+    plain `generate` twice: with the model as loaded, and with its float32 `nn.Linear` layers
+    run as W @ X^T as ByteLM runs them on CPU (`kernels/narrow_linear.py`);
   * scoring a known text (`ByteLM.score`, per-byte conditionals of every prefix);
-  * streaming next-byte distributions (`ByteLM.stream`), without and with look-ahead (calls
-    and tokens fed per byte);
+  * streaming next-byte distributions (`ByteLM.stream`), look-ahead 0, 2, 8 (the default)
+    and 16, and the default with the model's layers as loaded (calls and tokens fed per byte);
   * `ByteLM(model, vocab)` construction beyond loading the model, cold and warm validity cache;
   * side by side with ByteSampler (SmolLM2, `--bytesampler-python`, run by
     `bytesampler_worker.py` in ByteSampler's own venv): streaming steps/s and the
-    distributions at every step, 30 cold single-prefix calls and their agreement;
+    distributions at every step (ours also with the layers as loaded, as ByteSampler runs
+    them), 30 cold single-prefix calls and their agreement;
   * prompt boundaries: prompts cut inside a word (English prose, Python stdlib code):
     log-likelihood of the rest of the word and exact match of the greedy completion for
     the exact method, naive tokenization, and transformers' `token_healing=True`;
@@ -40,6 +43,7 @@ import torch
 from tokensurgery.assets import corpus_text
 from tokensurgery.inputs import open_model
 from tokensurgery.byte_models import ByteLM, ByteScore
+from tokensurgery.kernels.narrow_linear import narrow_linear
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run_record import run_record  # noqa: E402  (this script's folder)
@@ -107,6 +111,11 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
             o, n, s = plain_generate(model, vocab, chunk, budget, blm.eos)
             plain, steps, secs = plain + o, steps + n, secs + s
         plain_bytes = sum(map(len, plain))
+        # the same plain run with the model's layers as ByteLM runs them (W @ X^T on CPU)
+        narrow_secs = 0.0
+        with narrow_linear(model):
+            for chunk in ([[r] for r in rows] if batch == 1 else [rows]):
+                narrow_secs += plain_generate(model, vocab, chunk, budget, blm.eos)[2]
         calls0, start = blm.lm.calls, time.time()
         if batch == 1:
             ours = [blm.generate(p, max_new_bytes=budget, temperature=0, as_bytes=True) for p in PROMPTS]
@@ -117,8 +126,11 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
         gen[batch] = {"bytes_per_prompt": budget, "plain_bytes": plain_bytes, "plain_steps": steps,
                       "plain_bytes_per_s": plain_bytes / secs, "plain_calls_per_byte": steps / plain_bytes,
                       "ours_bytes": ours_bytes, "ours_bytes_per_s": ours_bytes / ours_s, "ours_calls_per_byte": ours_calls / ours_bytes,
-                      "ratio": (ours_bytes / ours_s) / (plain_bytes / secs)}
-        print(f"[{name}] generate batch {batch}: plain {gen[batch]['plain_bytes_per_s']:.1f} B/s ({steps} steps), ours "
+                      "ratio": (ours_bytes / ours_s) / (plain_bytes / secs),
+                      "plain_narrow_bytes_per_s": plain_bytes / narrow_secs,
+                      "ratio_narrow": (ours_bytes / ours_s) / (plain_bytes / narrow_secs)}
+        print(f"[{name}] generate batch {batch}: plain {gen[batch]['plain_bytes_per_s']:.1f} B/s ({steps} steps; "
+              f"{gen[batch]['plain_narrow_bytes_per_s']:.1f} B/s with W @ X^T layers), ours "
               f"{gen[batch]['ours_bytes_per_s']:.1f} B/s ({ours_calls} calls) ({gen[batch]['ratio']:.2f}x)", flush=True)
     res["generate"] = gen
 
@@ -140,8 +152,9 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
     # ---- streaming ----------------------------------------------------------------------
     stream_text = held_out("en", 120 if quick else 300, skip=40_000).encode()
     streams = {}
-    for k in (0, 1, 2, 4, 8):
-        st = blm.stream(STREAM_PROMPT, speculate=k)
+    for k in (0, 2, 8, 16, "8, nn.Linear as is"):
+        blm.lm.narrow = not isinstance(k, str)  # the last row: ByteLM's default with the layers as they are
+        st = blm.stream(STREAM_PROMPT, speculate=int(str(k).split(",")[0]))
         calls0, fed0, start = blm.lm.calls, blm.lm.tokens_fed, time.time()
         for b in stream_text:
             st.logprobs()
@@ -152,6 +165,7 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
                       "tokens_fed_per_byte": (blm.lm.tokens_fed - fed0) / len(stream_text)}
         print(f"[{name}] stream speculate={k}: {streams[k]['bytes_per_s']:.1f} B/s, {streams[k]['calls_per_byte']:.2f} calls/B, "
               f"{streams[k]['tokens_fed_per_byte']:.2f} tokens fed/B", flush=True)
+    blm.lm.narrow = True
     res["stream"] = streams
 
     # ---- construction beyond loading the model: cold (empty cache folder) and warm ----------
@@ -209,6 +223,15 @@ def side_by_side(blm: ByteLM, folder: Path, python: str, rev: str, quick: bool) 
         ours.append(st.logprobs())
         st.advance(b)
     ours_s = time.time() - start
+    blm.lm.narrow = False  # the same with the model's nn.Linear layers as they are (as ByteSampler runs them)
+    try:
+        st, start = blm.stream(STREAM_PROMPT), time.time()
+        for b in stream_text:
+            st.logprobs()
+            st.advance(b)
+        linear_s = time.time() - start
+    finally:
+        blm.lm.narrow = True
 
     def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
         """Over the next byte given that the text goes on (bytes 0..255 renormalised: ByteSampler's
@@ -250,8 +273,10 @@ def side_by_side(blm: ByteLM, folder: Path, python: str, rev: str, quick: bool) 
                                   for i in sorted(range(len(steps)), key=lambda i: -steps[i][1])[:5]],
            "prefix_seconds_ours": ours_times, "prefix_seconds_bytesampler": theirs["prefix_seconds"], "prefixes": prefixes}
     out["x_bytesampler_stream"] = out["ours_steps_per_s"] / out["bytesampler_steps_per_s"]
+    out["ours_linear_steps_per_s"] = len(stream_text) / linear_s
+    out["x_bytesampler_stream_linear"] = out["ours_linear_steps_per_s"] / out["bytesampler_steps_per_s"]
     print(f"[bytesampler] stream: ours {out['ours_steps_per_s']:.1f} steps/s, ByteSampler {out['bytesampler_steps_per_s']:.1f} "
-          f"({out['x_bytesampler_stream']:.2f}x); max TV {out['stream_max_total_variation']:.2e}; prefixes: ours "
+          f"({out['x_bytesampler_stream']:.2f}x; ours with nn.Linear as is {out['ours_linear_steps_per_s']:.1f}); max TV {out['stream_max_total_variation']:.2e}; prefixes: ours "
           f"{sum(ours_times):.1f} s, ByteSampler {sum(theirs['prefix_seconds']):.1f} s", flush=True)
     return out
 
@@ -347,8 +372,12 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
             each = f"{g['bytes_per_prompt']} B per prompt" if "bytes_per_prompt" in g else "plain's bytes per prompt"
             lines.append(f"| {r['model']} | plain `model.generate` (greedy, {each}) | {b} | {g['plain_bytes_per_s']:.1f} | "
                          f"{g['plain_calls_per_byte']:.3f} | | |")
+            if "plain_narrow_bytes_per_s" in g:
+                lines.append(f"| {r['model']} | plain `model.generate`, nn.Linear as W @ X^T | {b} | "
+                             f"{g['plain_narrow_bytes_per_s']:.1f} | {g['plain_calls_per_byte']:.3f} | | |")
+            narrow = f", {g['ratio_narrow']:.2f}x plain with W @ X^T" if "ratio_narrow" in g else ""
             lines.append(f"| {r['model']} | ByteLM.generate (greedy) | {b} | {g['ours_bytes_per_s']:.1f} | "
-                         f"{g['ours_calls_per_byte']:.3f} | | {g['ratio']:.2f}x plain |")
+                         f"{g['ours_calls_per_byte']:.3f} | | {g['ratio']:.2f}x plain{narrow} |")
         for label, sc in r["score"].items():
             lines.append(f"| {r['model']} | score ({label}, {sc['bytes']} B) | 1 | {sc['bytes_per_s']:.0f} | "
                          f"{sc['calls_per_byte']:.3f} | | {sc['bytes_per_s'] / ref:.1f}x ByteSampler |")
@@ -370,7 +399,10 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
                   f"- Streaming {side['stream_bytes']} bytes after `{STREAM_PROMPT.decode()}`: ours "
                   f"(default look-ahead{' ' + str(side['ours_speculate']) if 'ours_speculate' in side else ''}) "
                   f"{side['ours_steps_per_s']:.1f} steps/s, ByteSampler {side['bytesampler_steps_per_s']:.1f} "
-                  f"({side['x_bytesampler_stream']:.2f}x). Distributions at every step: max total variation "
+                  f"({side['x_bytesampler_stream']:.2f}x)" + (
+                      f"; ours with the model's nn.Linear layers as they are (as ByteSampler runs them) "
+                      f"{side['ours_linear_steps_per_s']:.1f} ({side['x_bytesampler_stream_linear']:.2f}x)"
+                      if "ours_linear_steps_per_s" in side else "") + ". Distributions at every step: max total variation "
                   f"{side['stream_max_total_variation']:.1e}, max |Δ log p| (entries above 1e-4) "
                   f"{side['stream_max_abs_dlogp']:.1e}; steps with |Δ log p| >= 1e-3: {side['stream_steps_dlogp_above_1e-3']}.",
                   f"- {len(side['prefixes'])} prefixes, each a cold call (`next_byte_logprobs` / a new sampler): ours "

@@ -261,9 +261,14 @@ def byte_lm_speed() -> str:
         each = f", {g1['bytes_per_prompt']} B per prompt" if "bytes_per_prompt" in g1 else ""
         rows.append([name, f"plain `model.generate`, greedy, batch 1 / 8{each}", f"{g1['plain_bytes_per_s']:.1f} / {g8['plain_bytes_per_s']:.1f}",
                      f"{g1['plain_calls_per_byte']:.2f} / {g8['plain_calls_per_byte']:.2f}", "", ""])
+        if "plain_narrow_bytes_per_s" in g1:
+            rows.append([name, f"plain `model.generate`, `nn.Linear` as W @ X^T (as ByteLM runs it), batch 1 / 8",
+                         f"{g1['plain_narrow_bytes_per_s']:.1f} / {g8['plain_narrow_bytes_per_s']:.1f}",
+                         f"{g1['plain_calls_per_byte']:.2f} / {g8['plain_calls_per_byte']:.2f}", "", ""])
+        narrow = (f"; {g1['ratio_narrow']:.2f}x / {g8['ratio_narrow']:.2f}x plain with W @ X^T" if "ratio_narrow" in g1 else "")
         rows.append([name, f"`ByteLM.generate`, greedy, batch 1 / 8{each}", f"{g1['ours_bytes_per_s']:.1f} / {g8['ours_bytes_per_s']:.1f}",
                      f"{g1['ours_calls_per_byte']:.2f} / {g8['ours_calls_per_byte']:.2f}", "",
-                     f"{g1['ratio']:.2f}x / {g8['ratio']:.2f}x plain"])
+                     f"{g1['ratio']:.2f}x / {g8['ratio']:.2f}x plain" + narrow])
         sc = m["score"]
         cells = [sc[k] for k in ("cold_en", "warm_de", "py")]
         rows.append([name, "`ByteLM.score`, English / German / Python (~3,000 B each)",
@@ -286,6 +291,9 @@ def byte_lm_bytesampler() -> str:
     ahead = f", ByteLM's default look-ahead {side['ours_speculate']}" if "ours_speculate" in side else ""
     rows = [["streaming, steps/s (" + str(side["stream_bytes"]) + " bytes of held-out English" + ahead + ")",
              f"{side['ours_steps_per_s']:.1f}", f"{side['bytesampler_steps_per_s']:.1f}", f"{side['x_bytesampler_stream']:.2f}x"],
+            *([["the same, ByteLM with the model's `nn.Linear` layers as loaded (as ByteSampler runs them)",
+                f"{side['ours_linear_steps_per_s']:.1f}", f"{side['bytesampler_steps_per_s']:.1f}",
+                f"{side['x_bytesampler_stream_linear']:.2f}x"]] if "ours_linear_steps_per_s" in side else []),
             [f"{len(side['prefixes'])} cold single-prefix calls, seconds in all", f"{sum(side['prefix_seconds_ours']):.1f}",
              f"{sum(side['prefix_seconds_bytesampler']):.1f}",
              f"{sum(side['prefix_seconds_bytesampler']) / sum(side['prefix_seconds_ours']):.2f}x"],

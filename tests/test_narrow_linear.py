@@ -55,7 +55,7 @@ def test_float32_llama_through_tree_lm_agrees_with_and_without():
     outs = []
     for narrow in (True, False):
         lm = TreeLM(model, narrow=narrow)
-        assert bool(lm._narrow) is narrow
+        assert lm.narrow is narrow
         lm.reset([1, 5, 9])
         # a small tree: two branches from the trunk's last slot, one of them two deep
         outs.append(lm.forward(Query([11, 12, 13, 14, 15], [-1, 0, -1, 2, 3], [2, -1, 2, -1, -1], keep=-1)))

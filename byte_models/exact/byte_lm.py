@@ -339,7 +339,8 @@ class ByteLM(CoverEngine):
         if cache is not None:
             options[self.lm._cache_arg] = cache
         model = self.lm.model
-        out = model.generate(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device), **options)
+        with self.lm.layers():  # the decoding steps run the layers as the tree's calls do
+            out = model.generate(input_ids=ids.to(self.lm.device), attention_mask=mask.to(self.lm.device), **options)
         self.lm.calls += out.shape[1] - width
         return [self.vocab.decode_bytes(t for t in row if t != self.eos) for row in out[:, width:].tolist()]
 

@@ -42,8 +42,7 @@ class TreeLM:
         self.model = model
         # float32 CPU layers run as W @ X^T during calls (kernels/narrow_linear.py: a call of
         # a few tokens is bound by reading the weights, which `linear` does slowly there)
-        self._narrow = narrow_modules(model) if narrow else []
-        self._narrow_head = any(m is model.get_output_embeddings() for m in self._narrow)
+        self.narrow = narrow
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.vocab_rows = model.get_output_embeddings().weight.shape[0]
         self.layer_types = set(getattr(config, "layer_types", None) or [])
@@ -61,6 +60,22 @@ class TreeLM:
         self.calls = 0
         self.tokens_fed = 0
         self.reset([])
+
+    @property
+    def narrow(self) -> bool:
+        """Whether calls run the model's float32 CPU `nn.Linear` layers as W @ X^T (default on;
+        off: the layers as they are, e.g. to compare)."""
+        return bool(self._narrow)
+
+    @narrow.setter
+    def narrow(self, on: bool) -> None:
+        self._narrow = narrow_modules(self.model) if on else []
+        self._narrow_head = any(m is self.model.get_output_embeddings() for m in self._narrow)
+
+    def layers(self):
+        """A `with` block in which the model runs its layers as this TreeLM's calls do (W @ X^T
+        where `narrow`), for other calls on the same model (ByteLM hands decoding to `generate`)."""
+        return narrow_linear(self.model, self._narrow)
 
     def __len__(self) -> int:
         return len(self.slot_token)
@@ -188,7 +203,7 @@ class TreeLM:
                 keep_rows += keep_rows[-1:] * (_padded_rows(wanted, self.device) - wanted)
             if rows is not None or len(keep_rows) > wanted:
                 extra["logits_to_keep"] = torch.tensor(keep_rows, device=self.device)
-        with narrow_linear(self.model, self._narrow):
+        with self.layers():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos[None].to(self.device), use_cache=True, **extra)
         self.calls += 1
         self.tokens_fed += len(q.tokens)
