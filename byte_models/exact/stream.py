@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 class ByteStream:
     """The live cover tree after a byte prefix: `logprobs()` gives the exact next-byte
-    distribution, `advance(byte)` extends the prefix. After each step the most likely
-    tokens that may end within the next bytes are evaluated ahead (`speculate` of them, in
-    the same batched call, `_look_ahead`), so many bytes need no model call of their own. With `keep_kv`
+    distribution, `advance(byte)` extends the prefix. A step that needs a model call also
+    evaluates, in the same batched call, up to `speculate` tokens whose end the text is likely
+    to reach (`_look_ahead`), so many bytes need no model call of their own. With `keep_kv`
     every evaluated node keeps its KV slot until the data leaves its branch, so no token is
     fed twice."""
 
