@@ -11,9 +11,10 @@ step is bound by reading its weights, so the whole call gets faster (SmolLM2-135
 about 60 -> 40 ms).
 
 `narrow_linear(model)` switches a model's plain `nn.Linear` layers to that form for the
-duration of a `with` block (one row is doubled and the copy dropped). Only modules whose type
+duration of a `with` block (rows padded with zeros to 2, 4 or a multiple of 8, see `_width`). Only modules whose type
 is exactly `nn.Linear` with float32 weights on the CPU are touched (quantised or subclassed
-layers keep their own forward); the results equal `linear`'s up to float32 rounding (the sums
+layers keep their own forward, and so do layers whose instance already has one, such as
+accelerate's hooks); the results equal `linear`'s up to float32 rounding (the sums
 run in another order). It does not handle autograd-specific needs beyond what `mm` gives, and
 is meant for inference calls; it is not thread-safe against other users of the same model
 during the block.
@@ -56,9 +57,11 @@ def _narrow_forward(module: torch.nn.Linear):
 
 
 def narrow_modules(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    """The layers `narrow_linear` switches: exact `nn.Linear`, float32 weights on the CPU."""
+    """The layers `narrow_linear` switches: exact `nn.Linear`, float32 weights on the CPU, and
+    no forward of its own set on the instance (accelerate's device hooks set one: kept)."""
     return [m for m in model.modules()
-            if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
+            if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
+            and "forward" not in m.__dict__]
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """narrow_linear: float32 CPU `nn.Linear` layers run as W @ X^T inside the block give
 `linear`'s results (to float32 rounding) for every row count, with and without bias; only
-plain float32 CPU layers are switched, and every layer is restored after the block, also
-when it raises. A whole float32 Llama through TreeLM agrees with and without it."""
+plain float32 CPU layers without a forward of their own are switched, and every layer is
+restored after the block, also when it raises. A whole float32 Llama through TreeLM agrees with and without it."""
 
 from __future__ import annotations
 
@@ -34,14 +34,17 @@ def test_every_row_count_matches_linear(bias):
 
 
 def test_only_plain_float32_layers_are_switched_and_all_are_restored():
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8).double(), _Sub(8, 8), torch.nn.Linear(8, 4))
+    hooked = torch.nn.Linear(8, 8)
+    own = hooked.forward = lambda x: x  # an instance-level forward, as accelerate's hooks set
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8).double(), _Sub(8, 8), torch.nn.Linear(8, 4), hooked)
     assert narrow_modules(model) == [model[0], model[3]]
     with pytest.raises(RuntimeError, match="inside"):
         with narrow_linear(model):
             assert "forward" in model[0].__dict__ and "forward" in model[3].__dict__
             assert "forward" not in model[1].__dict__ and "forward" not in model[2].__dict__
             raise RuntimeError("inside the block")
-    assert all("forward" not in m.__dict__ for m in model)
+    assert all("forward" not in m.__dict__ for m in model[:4])
+    assert hooked.__dict__["forward"] is own
 
 
 def test_float32_llama_through_tree_lm_agrees_with_and_without():
