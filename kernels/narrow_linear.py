@@ -1,9 +1,10 @@
 """Narrow float32 matrix products on CPU: `nn.Linear` over a few rows, run as W @ X^T.
 
 A decoder step feeds one to a few dozen tokens, so every `nn.Linear` of the model multiplies
-its weight by a handful of rows. On CPU, float32, PyTorch's `linear` does that badly: one row
-goes to a matrix-vector product that streams the weight at about 11 GB/s on the 2-core
-machine, and 2 to 15 rows to a path slower still, while the same product written as
+its weight by a handful of rows. On CPU, float32, PyTorch's `linear` does that badly on the
+2-core machine (it reports an AMD EPYC; an earlier Intel Xeon one ran plain `generate` faster
+and was not timed this way): one row goes to a matrix-vector product that streams the weight
+at about 11 GB/s, and 2 to 15 rows to a path slower still, while the same product written as
 `W @ X^T` with at least two columns runs as a matrix product that streams it 2-6x faster
 (ad hoc, SmolLM2's 49,152 x 576 output head: `linear` 11.8 ms for 1 row, 25.9 ms for 2;
 `mm(W, X^T)` 4.1 ms for 2 rows, 15.1 ms for 16; never slower up to 512 rows). A small model's
@@ -11,13 +12,12 @@ step is bound by reading its weights, so the whole call gets faster (SmolLM2-135
 about 60 -> 40 ms).
 
 `narrow_linear(model)` switches a model's plain `nn.Linear` layers to that form for the
-duration of a `with` block (rows padded with zeros to 2, 4 or a multiple of 8, see `_width`). Only modules whose type
-is exactly `nn.Linear` with float32 weights on the CPU are touched (quantised or subclassed
-layers keep their own forward, and so do layers whose instance already has one, such as
-accelerate's hooks); the results equal `linear`'s up to float32 rounding (the sums
-run in another order). It does not handle autograd-specific needs beyond what `mm` gives, and
-is meant for inference calls; it is not thread-safe against other users of the same model
-during the block.
+duration of a `with` block (rows padded with zeros to 2, 4 or a multiple of 8, see `_width`).
+Only modules whose type is exactly `nn.Linear` with float32 weights on the CPU are touched
+(quantised or subclassed layers keep their own forward, and so do layers whose instance
+already has one, such as accelerate's hooks); the results equal `linear`'s up to float32
+rounding (the sums run in another order). It is meant for inference calls; it is not
+thread-safe against other users of the same model during the block.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ class ByteStream:
         # however little of the mass it carries: so a token is worth evaluating ahead by the
         # chance that the *text* runs through its end, whichever cover carries the text. That
         # chance is read off the live nodes' distributions: each spells the next bytes with
-        # one token (`_text_chance`).
+        # one token (`text_chance` below).
         shares, logs = [], []
         for node in self.live:
             if node.evaluated:
