@@ -48,7 +48,6 @@ class CoverEngine:
         self.lm = TreeLM(model)
         self._deferred: Node | None = None  # a root whose context goes in the next call (`root(defer=True)`)
         self.keep_kv, self._context_slots, self._slot_nodes = False, 0, []
-        self._byte_tokens: list[int | None] | None = None  # `byte_token`, made on first use
         # tokens the tokenizer matches in text before anything else (specials, added tokens), by
         # surface; and the special tokens by name (start, end, fill-in-the-middle)
         self._specials: dict[bytes, int] = {}
@@ -286,14 +285,21 @@ class CoverEngine:
 
     def byte_token(self, b: int) -> int | None:
         """The indexed token whose surface is the one byte `b`, None if there is none."""
-        if self._byte_tokens is None:
-            found = []
-            for byte in range(256):
-                lo, hi = self.index.range(bytes([byte]))
-                rows = list(self.index.exact(lo, hi, 1)) if hi > lo else []
-                found.append(int(self.index.ids[rows[0]]) if rows else None)
-            self._byte_tokens = found
-        return self._byte_tokens[b]
+        tok = self.vocab.by_bytes.get(bytes([b]))
+        position = self.index.position
+        return tok if tok is not None and tok < len(position) and position[tok] >= 0 else None
+
+    def child(self, node: Node, tok: int) -> Node:
+        """The node for `tok` after `node`, made if new (its log-probability is NaN until
+        `node` has a distribution). Does not check that `tok` may follow `node`."""
+        child = node.children.get(tok)
+        if child is None:
+            end = node.end + len(self.vocab.surface[tok])
+            child = Node(node, tok, end, math.nan, self.canonical.tail(node.tail, tok), node.depth + 1)
+            node.children[tok] = child
+            if node.evaluated:
+                self.child_logprob(node, child)
+        return child
 
     # ---- the tree over known bytes ----------------------------------------------------------
 
@@ -309,15 +315,10 @@ class CoverEngine:
                 break
             for r in self.index.exact(lo, hi, k):
                 tok = int(self.index.ids[r])
-                child = node.children.get(tok)
-                if child is None:
-                    if node.evaluated and node.probs[r] == 0 or not self.canonical.valid_next(node.tail, tok):
-                        continue
-                    child = Node(node, tok, node.end + k, math.nan, self.canonical.tail(node.tail, tok), node.depth + 1)
-                    node.children[tok] = child
-                    if node.evaluated:
-                        self.child_logprob(node, child)
-                out.append(child)
+                if tok not in node.children and (node.evaluated and node.probs[r] == 0
+                                                 or not self.canonical.valid_next(node.tail, tok)):
+                    continue
+                out.append(self.child(node, tok))
         return out
 
     def tree(self, root: Node, data: bytes) -> list[Node]:

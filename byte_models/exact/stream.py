@@ -214,7 +214,7 @@ class ByteStream:
                     continue
                 found.append((chance, node, tok))
         found.sort(key=lambda f: -f[0])
-        out = [(c, self._child(node, tok)) for c, node, tok in found[:cap]]
+        out = [(c, self.blm.child(node, tok)) for c, node, tok in found[:cap]]
         # A token picked now has no distribution yet, so its own children cannot be ranked by
         # it: the byte right after it is guessed from what followed earlier tokens that end in
         # the same kind of byte, and the one-byte token for that byte is evaluated with it.
@@ -226,20 +226,7 @@ class ByteStream:
                 if tok is not None and blm.canonical.valid_next(child.tail, tok):
                     grand.append((c * float(prior[b]), child, tok))
         merged = sorted([(c, n, None) for c, n in out] + grand, key=lambda f: -f[0])[:cap]
-        return [node if tok is None else self._child(node, tok) for _, node, tok in merged]
-
-    def _child(self, node: Node, tok: int) -> Node:
-        """The node for `tok` after `node`, made if new (log-probability NaN until `node` has
-        its distribution)."""
-        child = node.children.get(tok)
-        if child is None:
-            blm = self.blm
-            end = node.end + len(blm.vocab.surface[tok])
-            child = Node(node, tok, end, math.nan, blm.canonical.tail(node.tail, tok), node.depth + 1)
-            node.children[tok] = child
-            if node.evaluated:
-                blm.child_logprob(node, child)
-        return child
+        return [node if tok is None else self.blm.child(node, tok) for _, node, tok in merged]
 
     def _learn_first(self, node: Node, first: np.ndarray) -> None:
         """Running average of the next token's first byte after tokens ending in each kind of byte."""
