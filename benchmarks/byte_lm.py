@@ -61,6 +61,22 @@ def held_out(lang: str, n: int, skip: int = 30_000) -> str:
     return text[:n].decode("utf-8", "ignore")
 
 
+def time_stream(blm: ByteLM, text: bytes, speculate: int | None = None, narrow: bool = True) -> tuple[float, list, int, int]:
+    """Stream `text` after STREAM_PROMPT (`speculate` None: ByteLM's default), with the model's
+    layers as W @ X^T or as loaded. Returns, from after the prompt's own call: seconds, the
+    next-byte distribution before every byte, model calls and tokens fed."""
+    blm.lm.narrow = narrow
+    try:
+        st, out = blm.stream(STREAM_PROMPT, speculate=speculate), []
+        calls0, fed0, start = blm.lm.calls, blm.lm.tokens_fed, time.time()
+        for b in text:
+            out.append(st.logprobs())
+            st.advance(b)
+        return time.time() - start, out, blm.lm.calls - calls0, blm.lm.tokens_fed - fed0
+    finally:
+        blm.lm.narrow = True
+
+
 def plain_generate(model, vocab, tok_ids: list[list[int]], budget: int, eos: int) -> tuple[list[bytes], int, float]:
     """transformers' greedy `generate` on left-padded token prompts, each row stopped once its
     new tokens spell `budget` bytes (or at EOS), as `ByteLM.generate(max_new_bytes=budget)`
@@ -152,20 +168,13 @@ def bench_model(name: str, quick: bool, parts: set[str]) -> dict:
     # ---- streaming ----------------------------------------------------------------------
     stream_text = held_out("en", 120 if quick else 300, skip=40_000).encode()
     streams = {}
-    for k in (0, 2, 8, 16, "8, nn.Linear as is"):
-        blm.lm.narrow = not isinstance(k, str)  # the last row: ByteLM's default with the layers as they are
-        st = blm.stream(STREAM_PROMPT, speculate=int(str(k).split(",")[0]))
-        calls0, fed0, start = blm.lm.calls, blm.lm.tokens_fed, time.time()
-        for b in stream_text:
-            st.logprobs()
-            st.advance(b)
-        secs = time.time() - start
+    # the last row: ByteLM's default look-ahead with the model's layers as loaded
+    for k, speculate, narrow in ((0, 0, True), (2, 2, True), (8, 8, True), (16, 16, True), ("8, nn.Linear as is", 8, False)):
+        secs, _, calls, fed = time_stream(blm, stream_text, speculate, narrow)
         streams[k] = {"bytes": len(stream_text), "bytes_per_s": len(stream_text) / secs,
-                      "calls_per_byte": (blm.lm.calls - calls0) / len(stream_text),
-                      "tokens_fed_per_byte": (blm.lm.tokens_fed - fed0) / len(stream_text)}
+                      "calls_per_byte": calls / len(stream_text), "tokens_fed_per_byte": fed / len(stream_text)}
         print(f"[{name}] stream speculate={k}: {streams[k]['bytes_per_s']:.1f} B/s, {streams[k]['calls_per_byte']:.2f} calls/B, "
               f"{streams[k]['tokens_fed_per_byte']:.2f} tokens fed/B", flush=True)
-    blm.lm.narrow = True
     res["stream"] = streams
 
     # ---- construction beyond loading the model: cold (empty cache folder) and warm ----------
@@ -217,21 +226,8 @@ def side_by_side(blm: ByteLM, folder: Path, python: str, rev: str, quick: bool) 
                         str(Path(tmp, "out.json"))], check=True)
         theirs = json.loads(Path(tmp, "out.json").read_text())
     blm.stream(STREAM_PROMPT).logprobs()  # warm-up, as the worker does
-    st = blm.stream(STREAM_PROMPT)
-    ours, start = [], time.time()
-    for b in stream_text:
-        ours.append(st.logprobs())
-        st.advance(b)
-    ours_s = time.time() - start
-    blm.lm.narrow = False  # the same with the model's nn.Linear layers as they are (as ByteSampler runs them)
-    try:
-        st, start = blm.stream(STREAM_PROMPT), time.time()
-        for b in stream_text:
-            st.logprobs()
-            st.advance(b)
-        linear_s = time.time() - start
-    finally:
-        blm.lm.narrow = True
+    ours_s, ours, _, _ = time_stream(blm, stream_text)
+    linear_s = time_stream(blm, stream_text, narrow=False)[0]  # the layers as loaded, as ByteSampler runs them
 
     def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
         """Over the next byte given that the text goes on (bytes 0..255 renormalised: ByteSampler's
