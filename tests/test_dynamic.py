@@ -543,7 +543,8 @@ def test_grown_generation_is_greedy_over_the_grown_model(models, grown):
 
 @pytest.mark.real
 @pytest.mark.parametrize("name", ["hypernet_smollm2_merges", "hypernet_smollm2_merges_word",
-                                  "hypernet_smollm2_merges_prefill", "hypernet_smollm2_merges_multilingual_prefill"])
+                                  "hypernet_smollm2_merges_prefill", "hypernet_smollm2_merges_multilingual_prefill",
+                                  "hypernet_smollm2_merges_multilingual_more"])
 # (hypernet_smollm2_merges_multilingual's weights were never committed: its README says so)
 def test_committed_merges_hypernet_is_for_the_bundled_smollm2(smollm2_dir, smollm2_vocab, name):
     """Each committed merges hypernetwork (results/<name>, bfloat16 weights) loads onto the
