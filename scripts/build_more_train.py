@@ -16,14 +16,13 @@ Run: .venv/bin/python scripts/build_more_train.py OUT.txt [--wheels DIR] [--budg
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_eval_set import DJANGO_GROUPS, OUT, TRAIN_EXTRA, interleave, po_strings, take  # noqa: E402
+from build_eval_set import DJANGO_GROUPS, OUT, TRAIN_EXTRA, po_locale, train_part, wheel  # noqa: E402
 
 WHEELS = {"django": "django==5.2.19", "sphinx": "sphinx==8.2.3"}
 # group -> Sphinx locale codes in the group's script
@@ -41,20 +40,6 @@ SPHINX_GROUPS = {
 }
 
 
-def wheel(name: str, folder: Path) -> Path:
-    found = sorted(folder.glob(f"{name}-*.whl")) + sorted(folder.glob(f"{name.capitalize()}-*.whl"))
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), WHEELS[name]],
-                       check=True)
-        found = sorted(folder.glob(f"{name}-*.whl")) + sorted(folder.glob(f"{name.capitalize()}-*.whl"))
-    return found[-1]
-
-
-def po_locale(z: zipfile.ZipFile, lang: str) -> list[str]:
-    names = sorted(n for n in z.namelist() if n.endswith(".po") and f"/locale/{lang}/LC_MESSAGES/" in n)
-    return [s for n in names for s in po_strings(z.read(n).decode("utf-8"))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="text file to write")
@@ -64,20 +49,15 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory() if args.wheels is None else None
     folder = args.wheels or Path(tmp.name)
     folder.mkdir(parents=True, exist_ok=True)
-    held = set()
-    for half in ("test", "dev", "train"):
-        for path in (OUT / half).glob("*.txt"):
-            held.update(path.read_text(encoding="utf-8").splitlines())
+    held = "".join(path.read_text(encoding="utf-8") for half in ("test", "dev", "train")
+                   for path in sorted((OUT / half).glob("*.txt")))
     parts = []
-    with zipfile.ZipFile(wheel("django", folder)) as dj, zipfile.ZipFile(wheel("sphinx", folder)) as sp:
+    with (zipfile.ZipFile(wheel("django", folder, WHEELS["django"])) as dj,
+          zipfile.ZipFile(wheel("sphinx", folder, WHEELS["sphinx"])) as sp):
         for group, langs in DJANGO_GROUPS.items():
             lists = [po_locale(dj, lang) for lang in langs + TRAIN_EXTRA.get(group, [])]
             lists += [po_locale(sp, lang) for lang in SPHINX_GROUPS.get(group, [])]
-            seen, lines = set(held), []
-            for e in interleave(lists):
-                if e not in seen:
-                    seen.add(e), lines.append(e)
-            text = take(lines, args.budget) if lines else ""
+            text = train_part(lists, held, args.budget).lstrip("\n")  # a group with nothing new: ""
             parts.append(text)
             print(f"{group:18s} {len(text.encode()):7,d} B", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
