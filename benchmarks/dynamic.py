@@ -39,8 +39,9 @@ from tokensurgery.kernels.merges import merge_words, merge_words_naive
 
 
 def parse_setting(spec: str) -> dict:
-    """'merges=100', 'reduction=0.15,boundary=word', 'merges=all' -> keyword arguments."""
-    out: dict = {"boundary": "pretokens", "merges": None, "reduction": None}
+    """'merges=100', 'reduction=0.15,boundary=word', 'merges=all', 'reduction=0.12,tail=4' (mode A's
+    contexts keep their last 4 segments in BASE's tokens) -> keyword arguments."""
+    out: dict = {"boundary": "pretokens", "merges": None, "reduction": None, "tail": 0}
     for part in spec.split(","):
         key, _, value = part.partition("=")
         key = key.strip()
@@ -51,6 +52,8 @@ def parse_setting(spec: str) -> dict:
             out["reduction"] = float(value)
         elif key == "boundary":
             out["boundary"] = value
+        elif key == "tail":
+            out["tail"] = int(value)
         else:
             raise SystemExit(f"unknown setting {part!r}")
     if out["merges"] is None and out["reduction"] is None and out.get("all"):
@@ -154,7 +157,7 @@ def main() -> None:
             for i in range(0, len(pieces), args.batch_size):
                 batch = pieces[i : i + args.batch_size]
                 score, parts = score_batch(dm, merger, [p for _, p in batch], setting["merges"], setting["reduction"],
-                                           per_text=True)
+                                           per_text=True, tail=setting["tail"])
                 total = total + score
                 if name.startswith("multilingual"):
                     for (group, _), part in zip(batch, parts):
@@ -162,7 +165,8 @@ def main() -> None:
             row["sets"][name] = total.summary()
             row["groups"].update({g: s.summary() for g, s in groups.items()})
             s = row["sets"][name]
-            print(f"{spec:28s} {name:13s} fewer {s['reduction']:6.1%} (of max {s['reduction_to_limit']:6.1%}) "
+            print(f"{spec:28s} {name:13s} fewer {s['reduction']:6.1%} (of max {s['reduction_to_limit']:6.1%}; "
+                  f"contexts {s['context_reduction']:6.1%}) "
                   f"A {s['bpb_a']:.4f} vs {s['base_bpb_a']:.4f} ({s['rel_a']:+.2%})  "
                   f"B {s['bpb_b']:.4f} vs {s['base_bpb_b']:.4f} ({s['rel_b']:+.2%})", flush=True)
         results["curve"].append(row)
@@ -201,7 +205,8 @@ def markdown(results: dict, set_names: list[str]) -> str:
             cells = []
             for name in set_names:
                 s = row["sets"][name]
-                cells.append(f"{s['reduction']:.1%} ({s['reduction_to_limit']:.0%}); A {s['rel_a']:+.2%}; B {s['rel_b']:+.2%}")
+                ctx = f" (contexts {s['context_reduction']:.1%} fewer)" if "context_reduction" in s else ""
+                cells.append(f"{s['reduction']:.1%} ({s['reduction_to_limit']:.0%}); A {s['rel_a']:+.2%}{ctx}; B {s['rel_b']:+.2%}")
             mean = statistics.mean(row["sets"][n]["reduction"] for n in set_names)
             lines.append(f"| {row['setting']} ({row['boundary']}) | " + " | ".join(cells) + f" | {mean:.1%} |")
         lines += ["", "Plain model, bits per byte: " + ", ".join(

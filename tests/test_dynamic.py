@@ -108,6 +108,30 @@ def test_reduction_target_and_known_tokens(byte_vocab):
     assert merged.ids[0] == [byte_vocab.by_bytes[word]] and merged.known >= 1 and not merged.new_tokens
 
 
+def test_tail_segments_stay_in_base_tokens_and_count_towards_the_target(byte_vocab):
+    """`tail=N`: each text's last N segments keep BASE's ids; the rest merges exactly as it
+    would alone, with as many merges as the target over *all* tokens needs (one fewer misses it)."""
+    merger = BatchMerger(byte_vocab)
+    segs = [merger.segments(t) for t in TEXTS * 3]
+    flat = [[t for seg in s for t in seg] for s in segs]
+    for tail in (0, 1, 4):
+        got = merger.merge_segments(segs, reduction=0.2, tail=tail)
+        assert got.merges > 0 and got.reduction >= 0.2 - 1e-12
+        assert merger.merge_segments(segs, merges=got.merges - 1, tail=tail).reduction < 0.2
+        heads = merger.merge_segments([s[: len(s) - tail] for s in segs], merges=got.merges)
+        for r, s in enumerate(segs):
+            rest = [t for seg in s[len(s) - tail :] for t in seg] if tail else []
+            assert got.ids[r] == heads.ids[r] + rest
+        assert [t.surface for t in got.new_tokens] == [t.surface for t in heads.new_tokens]
+        _check_batch(merger, TEXTS * 3, got)  # same bytes, no token across a segment end
+    first = merger.merge_segments(segs, reduction=0.2).merges
+    assert merger.merge_segments(segs, reduction=0.2, tail=4).merges > first  # the rest merges more
+    everything = merger.merge_segments(segs, reduction=0.2, tail=1000)
+    assert everything.ids == flat and everything.merges == 0 and everything.limit == sum(map(len, flat))
+    with pytest.raises(TokenSurgeryError, match="tail must be >= 0"):
+        merger.merge_segments(segs, merges=3, tail=-1)
+
+
 @pytest.mark.parametrize("boundary", ["word", "sentence"])
 def test_word_and_sentence_boundaries(tiny_tokenizers, tmp_path, boundary):
     save_hf_tokenizer(tiny_tokenizers["sentencepiece_bpe"], tmp_path, {"bos": "<s>", "eos": "</s>", "unk": "<unk>"})
@@ -240,6 +264,12 @@ def test_score_with_no_merges_is_the_base_and_cache_counts(models):
     assert dm.cache.misses == len(merged.new_tokens) and dm.cache.size == min(4, len(merged.new_tokens))
     dm.rows(merged.new_tokens[-2:])
     assert dm.cache.hits == 2  # the most recent rows stayed
+    # contexts whose every segment is tail are not merged: mode A is the plain model's
+    merged = score_batch(dm, merger, TEXTS, reduction=0.3)
+    kept = score_batch(dm, merger, TEXTS, reduction=0.3, tail=1000)
+    assert kept.bits_a == kept.base_bits_a and kept.context_tokens_after == kept.context_tokens_before
+    assert merged.context_tokens_after < merged.context_tokens_before and merged.bits_a != merged.base_bits_a
+    assert kept.bits_b == merged.bits_b and kept.tokens_after == merged.tokens_after  # mode B has no tail
 
 
 def test_cli_dynamic_score(tiny_model_dirs, tmp_path):
@@ -255,6 +285,14 @@ def test_cli_dynamic_score(tiny_model_dirs, tmp_path):
     assert "bpb A" in r.output
     r = runner.invoke(cli, ["dynamic", "score", str(tiny_model_dirs["tied"]), "--text", str(text), "--merges", "-1"])
     assert r.exit_code != 0 and "merges must be >= 0" in r.output and "Traceback" not in r.output
+    r = runner.invoke(cli, ["dynamic", "score", str(tiny_model_dirs["tied"]), "--text", str(text), "--reduction", "0.1",
+                            "--tail", "1000", "--batch-size", "4", "--chunk-bytes", "256", "--json", str(out)])
+    kept = json.loads(out.read_text())
+    assert r.exit_code == 0 and kept["tail"] == 1000, r.output
+    assert kept["results"]["t.txt"]["context_reduction"] == 0 < got["context_reduction"]
+    assert kept["results"]["t.txt"]["bpb_a"] == kept["results"]["t.txt"]["base_bpb_a"]
+    r = runner.invoke(cli, ["dynamic", "score", str(tiny_model_dirs["tied"]), "--text", str(text), "--tail", "-1"])
+    assert r.exit_code != 0 and "--tail must be >= 0" in r.output and "Traceback" not in r.output
 
 
 def test_cli_choices_match_the_library():

@@ -19,7 +19,7 @@ def dynamic_group() -> None:
 
 @dynamic_group.command("score", cls=options.grouped(
     Texts=["texts", "langs", "max_bytes", "chunk_bytes"],
-    Merging=["merges", "reduction", "boundary", "batch_size"],
+    Merging=["merges", "reduction", "boundary", "tail", "batch_size"],
     New_tokens=["hypernet", "cache_size"],
     Run=["dtype", "device", "json_out"]))
 @click.argument("model")
@@ -32,6 +32,9 @@ def dynamic_group() -> None:
               help="Merge until each batch has this fraction fewer tokens, e.g. 0.15 (with --merges: whichever "
                    "comes first).")
 @options.boundary(BOUNDARIES)
+@click.option("--tail", default=0, show_default=True,
+              help="Mode A: the last N segments of each context stay in MODEL's tokens, where the continuation "
+                   "starts (they count towards --reduction, so the rest merges more).")
 @options.batch_size(32)
 @options.hypernet
 @click.option("--cache-size", default=8192, show_default=True, help="New-token rows kept between batches (LRU).")
@@ -39,8 +42,8 @@ def dynamic_group() -> None:
 @options.device
 @options.json_out
 def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int | None, chunk_bytes: int,
-                  merges: int | None, reduction: float | None, boundary: str, batch_size: int, hypernet: Path | None,
-                  cache_size: int, dtype: str, device: str, json_out: Path | None) -> None:
+                  merges: int | None, reduction: float | None, boundary: str, tail: int, batch_size: int,
+                  hypernet: Path | None, cache_size: int, dtype: str, device: str, json_out: Path | None) -> None:
     """Tokens per byte and bits per byte of MODEL with and without dynamic merging.
 
     Bits per byte in two modes: A (prefill) merges the first half of each text and scores the
@@ -58,6 +61,8 @@ def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], m
     from .score import DynamicScore, chunk_text, score_texts
 
     check_budget(merges, reduction)
+    if tail < 0:
+        raise click.UsageError(f"--tail must be >= 0 segments, got {tail}")
     files = options.text_files(texts, langs, required=True)
     folder = open_model(model)
     with status(f"loading {model}"):
@@ -67,12 +72,13 @@ def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], m
     results = {}
     for f in files:
         pieces = chunk_text(read_text_file(f, max_bytes), chunk_bytes)
-        results[Path(f).name] = score_texts(dm, merger, pieces, batch_size, merges, reduction, name=Path(f).name)
+        results[Path(f).name] = score_texts(dm, merger, pieces, batch_size, merges, reduction, name=Path(f).name,
+                                            tail=tail)
     overall = sum(results.values(), DynamicScore())
     rows = {**results, "overall": overall} if len(results) > 1 else results
     cache = dm.cache
     payload = {"model": model, "hypernet": str(hypernet) if hypernet else None, "merges": merges, "reduction": reduction,
-               "boundary": merger.boundary, "batch_size": batch_size, "chunk_bytes": chunk_bytes, "max_bytes": max_bytes,
+               "boundary": merger.boundary, "tail": tail, "batch_size": batch_size, "chunk_bytes": chunk_bytes, "max_bytes": max_bytes,
                "cache": {"size": cache.size, "capacity": cache.capacity, "hits": cache.hits, "misses": cache.misses,
                          "hit_rate": cache.hit_rate},
                "results": {name: s.summary() for name, s in rows.items()}}

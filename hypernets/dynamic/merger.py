@@ -152,17 +152,23 @@ class BatchMerger:
         return self.merge_segments(segments, merges, reduction, start)
 
     def merge_segments(self, segments: list[list[list[int]]], merges: int | None = None,
-                       reduction: float | None = None, start: float | None = None) -> MergedBatch:
-        """`__call__` on texts already cut into segments (BASE ids)."""
+                       reduction: float | None = None, start: float | None = None, tail: int = 0) -> MergedBatch:
+        """`__call__` on texts already cut into segments (BASE ids). The last `tail` segments
+        of each text stay in BASE's tokens (a prompt's end, where decoding goes on from): they
+        count towards `reduction` but take part in no merge, so the rest merges more."""
         start = time.perf_counter() if start is None else start
         check_budget(merges, reduction)
+        if tail < 0:
+            raise TokenSurgeryError(f"tail must be >= 0 segments, got {tail}")
         if merges is None and reduction is None:
             merges = 0
-        counts = Counter(tuple(s) for text in segments for s in text)
+        cut = [len(text) - min(tail, len(text)) for text in segments]
+        counts = Counter(tuple(s) for text, k in zip(segments, cut) for s in text[:k])
+        kept = sum(len(s) for text, k in zip(segments, cut) for s in text[k:])
         words = list(counts)
         group = {t: self._group(t) for w in words for t in w}
         before = sum(len(w) * c for w, c in counts.items())
-        min_tokens = int(before * (1 - reduction)) if reduction is not None else 0
+        min_tokens = max(int((before + kept) * (1 - reduction)) - kept, 0) if reduction is not None else 0
         result = merge_words(words, [counts[w] for w in words], self.n_base, group, merges, min_tokens)
         parts: dict[int, tuple[int, ...]] = {}
         for a, b, new in result.merges:
@@ -188,8 +194,9 @@ class BatchMerger:
                 renumber[sym] = got
             return got
 
-        ids = [[final(s) for seg in text for s in merged[tuple(seg)]] for text in segments]
-        limit = sum(self.runs(w) * c for w, c in counts.items())
+        ids = [[final(s) for seg in text[:k] for s in merged[tuple(seg)]] + [t for seg in text[k:] for t in seg]
+               for text, k in zip(segments, cut)]
+        limit = sum(self.runs(w) * c for w, c in counts.items()) + kept
         return MergedBatch([[t for seg in text for t in seg] for text in segments], ids, new_tokens, self.n_base,
                            limit, len(result.merges), time.perf_counter() - start, known, segments)
 

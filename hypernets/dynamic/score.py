@@ -6,7 +6,9 @@ starts with the same start token (BASE's BOS when its tokenizer adds one, else i
 
 - Mode A (prefill, exact): each text is cut at the segment boundary nearest its middle byte;
   the batch's *contexts* are merged, the continuation stays in BASE's tokenization and is
-  scored with BASE's softmax. Comparable with BASE on the same continuation bytes.
+  scored with BASE's softmax. Comparable with BASE on the same continuation bytes. With
+  `tail=N` the last N segments of each context stay in BASE's tokens (where the continuation
+  starts); they count towards `reduction`, so the rest of the context merges more.
 - Mode B (whole text): the whole text in the dynamic segmentation, every token scored with a
   softmax over BASE's vocabulary plus the batch's new tokens. Several segmentations of the
   same bytes share the mass, so this is an upper bound on the model's bits for those bytes.
@@ -44,6 +46,8 @@ class DynamicScore:
     merges: int = 0
     new_tokens: int = 0
     bytes_a: int = 0  # continuation bytes (mode A)
+    context_tokens_before: int = 0  # mode A's contexts in BASE's tokens, and merged
+    context_tokens_after: int = 0
     bits_a: float = 0.0
     base_bits_a: float = 0.0
     bits_b: float = 0.0
@@ -71,6 +75,7 @@ class DynamicScore:
         return {**asdict(self),
                 "tokens_per_byte_before": self.tokens_before / b, "tokens_per_byte_after": self.tokens_after / b,
                 "reduction": self.reduction, "reduction_to_limit": self.reduction_to_limit,
+                "context_reduction": 1 - self.context_tokens_after / max(self.context_tokens_before, 1),
                 "bpb_a": self.bits_a / ba, "base_bpb_a": self.base_bits_a / ba,
                 "bpb_b": self.bits_b / b, "base_bpb_b": self.base_bits_b / b,
                 "rel_a": self.bits_a / self.base_bits_a - 1 if self.base_bits_a else 0.0,
@@ -147,7 +152,7 @@ def _bits(dm: DynamicModel, hidden: torch.Tensor, rows: list[list[int]], new_out
 
 @torch.no_grad()
 def score_batch(dm: DynamicModel, merger: BatchMerger, texts: list[str], merges: int | None = None,
-                reduction: float | None = None, per_text: bool = False):
+                reduction: float | None = None, per_text: bool = False, tail: int = 0):
     """Merge, embed, run and score one batch (see the module docstring): its `DynamicScore`;
     with `per_text`, also one per text (without the batch's times, merges and new tokens)."""
     vocab, device = merger.vocab, dm.embed.weight.device
@@ -174,7 +179,7 @@ def score_batch(dm: DynamicModel, merger: BatchMerger, texts: list[str], merges:
 
     # mode A: contexts merged over the batch, continuations in BASE's tokens
     cuts = [context_cut(segs, vocab) for segs in merged.segments]
-    ctx = merger.merge_segments([segs[:k] for segs, k in zip(merged.segments, cuts)], merges, reduction)
+    ctx = merger.merge_segments([segs[:k] for segs, k in zip(merged.segments, cuts)], merges, reduction, tail=tail)
     ctx_in, _ = dm.rows(ctx.new_tokens)
     conts = [[t for s in segs[k:] for t in s] for segs, k in zip(merged.segments, cuts)]
     seq_a = [[start] + c + cont for c, cont in zip(ctx.ids, conts)]
@@ -185,9 +190,10 @@ def score_batch(dm: DynamicModel, merger: BatchMerger, texts: list[str], merges:
 
     parts = [DynamicScore(texts=1, bytes=len(vocab.decode_bytes(base)), tokens_before=len(base), tokens_after=len(ids),
                           limit=sum(merger.runs(tuple(s)) for s in segs), bytes_a=len(vocab.decode_bytes(cont)),
+                          context_tokens_before=len(base) - len(cont), context_tokens_after=len(c),
                           bits_a=ba, base_bits_a=bba, bits_b=bb, base_bits_b=bbb)
-             for base, ids, segs, cont, ba, bba, bb, bbb in
-             zip(merged.base_ids, merged.ids, merged.segments, conts, bits_a, base_a, bits_b, base_b)]
+             for base, ids, segs, cont, c, ba, bba, bb, bbb in
+             zip(merged.base_ids, merged.ids, merged.segments, conts, ctx.ids, bits_a, base_a, bits_b, base_b)]
     total = sum(parts, DynamicScore(merges=merged.merges, new_tokens=len(merged.new_tokens),
                                     merge_seconds=merged.seconds, rows_seconds=rows_seconds,
                                     forward_seconds=dyn_seconds, base_forward_seconds=base_seconds))
@@ -196,7 +202,7 @@ def score_batch(dm: DynamicModel, merger: BatchMerger, texts: list[str], merges:
 
 def score_texts(dm: DynamicModel, merger: BatchMerger, texts: list[str], batch_size: int = 32,
                 merges: int | None = None, reduction: float | None = None, name: str = "texts",
-                progress: bool = True) -> DynamicScore:
+                progress: bool = True, tail: int = 0) -> DynamicScore:
     """`score_batch` over consecutive batches of `batch_size` texts, summed."""
     if batch_size < 1:
         raise TokenSurgeryError(f"batch size must be at least 1, got {batch_size}")
@@ -205,5 +211,5 @@ def score_texts(dm: DynamicModel, merger: BatchMerger, texts: list[str], batch_s
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     total = DynamicScore()
     for batch in bar(batches, f"scoring {name}", enabled=progress and len(batches) > 1, unit="batch"):
-        total = total + score_batch(dm, merger, batch, merges, reduction)
+        total = total + score_batch(dm, merger, batch, merges, reduction, tail=tail)
     return total
