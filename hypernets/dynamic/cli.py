@@ -32,9 +32,7 @@ def dynamic_group() -> None:
               help="Merge until each batch has this fraction fewer tokens, e.g. 0.15 (with --merges: whichever "
                    "comes first).")
 @options.boundary(BOUNDARIES)
-@click.option("--tail", default=0, show_default=True,
-              help="Mode A: the last N segments of each context stay in MODEL's tokens, where the continuation "
-                   "starts (they count towards --reduction, so the rest merges more).")
+@options.tail
 @options.batch_size(32)
 @options.hypernet
 @click.option("--cache-size", default=8192, show_default=True, help="New-token rows kept between batches (LRU).")
@@ -61,8 +59,6 @@ def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], m
     from .score import DynamicScore, chunk_text, score_texts
 
     check_budget(merges, reduction)
-    if tail < 0:
-        raise click.UsageError(f"--tail must be >= 0 segments, got {tail}")
     files = options.text_files(texts, langs, required=True)
     folder = open_model(model)
     with status(f"loading {model}"):
@@ -138,6 +134,7 @@ def dynamic_grow(model: str, out: Path, corpus: tuple[str, ...], size: int, hype
 
 
 @dynamic_group.command("generate", cls=options.grouped(Generation=["max_new_bytes", "grown", "ann", "candidates"],
+                                                       Prompt=["merges", "reduction", "boundary", "tail", "hypernet"],
                                                        Run=["device", "json_out"]))
 @click.argument("model")
 @click.argument("prompt")
@@ -148,12 +145,22 @@ def dynamic_grow(model: str, out: Path, corpus: tuple[str, ...], size: int, hype
               help="Output layer: exact (every row), hnsw or ivf (FAISS index, exact rescoring of the candidates).")
 @click.option("--rescore", "candidates", default=20, show_default=True,
               help="Rows the output layer's index returns; they are rescored exactly.")
+@click.option("--merges", type=int, help="Merge the prompt first: this many merges of its most frequent pairs.")
+@click.option("--reduction", type=float, help="Merge the prompt until it has this fraction fewer tokens, e.g. 0.12.")
+@options.boundary(BOUNDARIES)
+@options.tail
+@options.hypernet
 @options.device
 @options.json_out
 def dynamic_generate(model: str, prompt: str, max_new_bytes: int, grown: Path | None, ann: str, candidates: int,
+                     merges: int | None, reduction: float | None, boundary: str, tail: int, hypernet: Path | None,
                      device: str, json_out: Path | None) -> None:
     """Greedy continuation of PROMPT over MODEL's vocabulary plus a grown one, with a KV
-    cache and an approximate-nearest-neighbour output layer."""
+    cache and an approximate-nearest-neighbour output layer.
+
+    With --merges or --reduction the prompt is merged first (its own most frequent token
+    pairs) and read with its new tokens' rows (--hypernet, or FVT); decoding goes on in
+    MODEL's tokens."""
     import torch
 
     from tokensurgery.evaluate import load_causal_lm
@@ -163,21 +170,26 @@ def dynamic_generate(model: str, prompt: str, max_new_bytes: int, grown: Path | 
     from ..model import fingerprint
     from .generate import OutputLayer, generate
     from .grow import GrownVocabulary
+    from .merger import BatchMerger, check_budget
 
+    check_budget(merges, reduction)
     lm, vocab = load_causal_lm(open_model(model), device=device)
-    dm = DynamicModel(lm, device=device)
+    dm = DynamicModel(lm, hypernet=str(hypernet) if hypernet else None, device=device)
+    merger = BatchMerger(vocab, boundary=boundary, n_base=dm.n_base) if merges is not None or reduction is not None else None
     big = GrownVocabulary.load(grown, n_base=dm.n_base, fingerprint=fingerprint(dm.head.weight.detach().float().cpu())) \
         if grown else None
     rows = dm.head.weight.detach().cpu()
     if big is not None:
         rows = torch.cat([rows, big.output.to(rows)])
     layer = OutputLayer(rows, ann, candidates)
-    result = generate(dm, vocab, prompt, max_new_bytes, grown=big, layer=layer)
+    result = generate(dm, vocab, prompt, max_new_bytes, grown=big, layer=layer, merger=merger, merges=merges,
+                      reduction=reduction, tail=tail)
     n = len(result.text)
     payload = {"model": model, "grown": str(grown) if grown else None, "ann": ann, "candidates": candidates,
                "text": result.text.decode("utf-8", "replace"), "bytes": n, "steps": result.steps,
                "grown_tokens_used": sum(t >= dm.n_base for t in result.tokens), "seconds": result.seconds,
-               "bytes_per_second": n / result.seconds if result.seconds else 0.0, "index_seconds": layer.build_seconds}
+               "bytes_per_second": n / result.seconds if result.seconds else 0.0, "index_seconds": layer.build_seconds,
+               "prompt_tokens": result.prompt_tokens, "prompt_tokens_read": result.prompt_tokens_read}
     options.write_json(json_out, payload)
     if str(json_out) == "-":
         return

@@ -8,6 +8,11 @@ product over every row) or through a FAISS index (`hnsw`: a graph; `ivf`: k-mean
 (greedy). The chosen token's input row (BASE's, or its grown row) is the next position.
 With `grown=None` and `ann="exact"` this is plain greedy decoding.
 
+With a `merger`, the prompt is merged first (a batch of one: its own most frequent pairs, as
+`dynamic score` merges a batch; `tail` of its last segments stay in BASE's tokens) and the
+prefill reads it with its new tokens' rows (hypernetwork or FVT, from `dm`); decoding then
+goes on in BASE's tokens (and the grown ones), as mode A of `score` measures.
+
 Not handled: sampling (greedy only), batches (one prompt at a time), stopping strings.
 """
 
@@ -24,6 +29,7 @@ from tokensurgery.vocabulary import Vocabulary
 
 from .embed import DynamicModel
 from .grow import GrownVocabulary
+from .merger import BatchMerger
 from .score import start_token
 
 ANN = ("exact", "hnsw", "ivf")
@@ -75,17 +81,23 @@ class Generation:
     text: bytes  # the new bytes (may end inside a character)
     tokens: list[int]
     steps: int
-    seconds: float  # prefill + decoding (no index build)
+    seconds: float  # merging + prefill + decoding (no index build)
+    prompt_tokens: int = 0  # the prompt in BASE's tokens (after the start token)
+    prompt_tokens_read: int = 0  # and as the prefill read it (merged)
 
 
 @torch.no_grad()
 def generate(dm: DynamicModel, vocab: Vocabulary, prompt: str, max_new_bytes: int, grown: GrownVocabulary | None = None,
-             layer: OutputLayer | None = None, stop_at_eos: bool = True) -> Generation:
+             layer: OutputLayer | None = None, stop_at_eos: bool = True, merger: BatchMerger | None = None,
+             merges: int | None = None, reduction: float | None = None, tail: int = 0) -> Generation:
     """Greedy continuation of `prompt` (in BASE's tokens after the start token) until
     `max_new_bytes` bytes or EOS. `layer` ranks rows of BASE's output matrix followed by
-    `grown`'s; default: exact over them."""
+    `grown`'s; default: exact over them. With `merger`, the prompt is merged first (`merges`,
+    `reduction`, `tail` as in `BatchMerger`; see the module docstring)."""
     if max_new_bytes < 1:
         raise TokenSurgeryError(f"max_new_bytes must be at least 1, got {max_new_bytes}")
+    if merger is not None and (merger.vocab is not vocab or merger.n_base != dm.n_base):
+        raise TokenSurgeryError("the merger was made for another vocabulary than the model's")
     n_base = dm.n_base
     out_rows = dm.head.weight.detach()
     in_extra = None
@@ -100,12 +112,19 @@ def generate(dm: DynamicModel, vocab: Vocabulary, prompt: str, max_new_bytes: in
     eos = vocab.roles.get("eos")
     device = dm.embed.weight.device
     start = time.perf_counter()
-    ids = torch.tensor([[start_token(vocab)] + vocab.encode(prompt)], device=device)
     empty = dm.embed.weight[:0]
+    prompt_in = empty
+    if merger is not None:
+        merged = merger([prompt], merges, reduction, tail=tail)
+        base, read = merged.base_ids[0], merged.ids[0]
+        prompt_in, _ = dm.rows(merged.new_tokens)
+    else:
+        base = read = vocab.encode(prompt)
+    ids = torch.tensor([[start_token(vocab)] + read], device=device)
     decoder = dm.model.base_model
     # transformers 5.x renames `past_key_values` to `cache` (arguments and outputs)
     arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    out = decoder(inputs_embeds=dm.inputs_embeds(ids, empty), use_cache=True)
+    out = decoder(inputs_embeds=dm.inputs_embeds(ids, prompt_in), use_cache=True)
     past, h = getattr(out, arg), out.last_hidden_state[0, -1]
     text, tokens, steps = b"", [], 0
     while len(text) < max_new_bytes:
@@ -121,4 +140,4 @@ def generate(dm: DynamicModel, vocab: Vocabulary, prompt: str, max_new_bytes: in
         emb = dm.inputs_embeds(x, in_extra if in_extra is not None else empty)
         out = decoder(inputs_embeds=emb, use_cache=True, **{arg: past})
         past, h = getattr(out, arg), out.last_hidden_state[0, -1]
-    return Generation(text[:max_new_bytes], tokens, steps, time.perf_counter() - start)
+    return Generation(text[:max_new_bytes], tokens, steps, time.perf_counter() - start, len(base), len(read))

@@ -141,15 +141,17 @@ class BatchMerger:
 
     # ---- merging ----------------------------------------------------------------------------
 
-    def __call__(self, texts: list[str], merges: int | None = None, reduction: float | None = None) -> MergedBatch:
+    def __call__(self, texts: list[str], merges: int | None = None, reduction: float | None = None,
+                 tail: int = 0) -> MergedBatch:
         """Merge a batch: at most `merges` merges (None: no limit) and/or until `reduction`
-        (a fraction, plain fewer tokens) is reached. Neither: no merges."""
+        (a fraction, plain fewer tokens) is reached. Neither: no merges. `tail`: see
+        `merge_segments`."""
         start = time.perf_counter()
         if not texts:
             raise TokenSurgeryError("the batch is empty: nothing to merge")
         check_budget(merges, reduction)
         segments = [self.segments(t) for t in texts]
-        return self.merge_segments(segments, merges, reduction, start)
+        return self.merge_segments(segments, merges, reduction, start, tail=tail)
 
     def merge_segments(self, segments: list[list[list[int]]], merges: int | None = None,
                        reduction: float | None = None, start: float | None = None, tail: int = 0) -> MergedBatch:

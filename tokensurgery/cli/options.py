@@ -110,6 +110,13 @@ def boundary(choices: tuple[str, ...], multiple: bool = False) -> Callable:
                         "sentences (default: pretokens). hypernet train takes it more than once and draws one per step.")
 
 
+def tail(f):
+    return _shared("--tail", default=0, show_default=True, type=click.IntRange(min=0),
+                   help="The last N segments of each prompt (dynamic score: of each mode-A context) stay in MODEL's "
+                        "tokens, where decoding goes on from; they count towards --reduction, so the rest merges "
+                        "more.")(f)
+
+
 def hypernet(f):
     return _shared("--hypernet", type=click.Path(path_type=Path),
                    help="A hypernetwork trained for BASE (`tokensurgery hypernet train`): rows for transplant "
