@@ -560,7 +560,7 @@ def test_generation_after_a_merged_prompt(models, name):
     kept as tail) is plain generation."""
     import copy
 
-    from tokensurgery.hypernets.dynamic.generate import generate
+    from tokensurgery.hypernets.dynamic.generate import generate, generate_many
 
     model, vocab = models[name]
     dm = DynamicModel(model)
@@ -570,20 +570,24 @@ def test_generation_after_a_merged_prompt(models, name):
     for kw in ({"merges": 0}, {"merges": 30, "tail": 1000}):
         same = generate(dm, vocab, prompt, max_new_bytes=40, stop_at_eos=False, merger=merger, **kw)
         assert same.tokens == plain.tokens and same.prompt_tokens_read == same.prompt_tokens == plain.prompt_tokens
-    got = generate(dm, vocab, prompt, max_new_bytes=40, stop_at_eos=False, merger=merger, merges=30)
-    merged = merger([prompt], merges=30)
-    assert merged.new_tokens and got.prompt_tokens_read == len(merged.ids[0]) < got.prompt_tokens
-    new_in, _ = dm.rows(merged.new_tokens)
-    big = copy.deepcopy(model)
-    n = dm.n_base
-    big.resize_token_embeddings(n + len(merged.new_tokens), mean_resizing=False)
-    with torch.no_grad():
-        big.get_input_embeddings().weight[n:] = new_in
-    ids = torch.tensor([[start_token(vocab)] + merged.ids[0]])
-    ref = big.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(got.tokens), do_sample=False,
-                       eos_token_id=None, pad_token_id=0,
-                       suppress_tokens=list(range(n, n + len(merged.new_tokens))))[0, ids.shape[1]:].tolist()
-    assert got.tokens == ref and got.text == vocab.decode_bytes(ref)[:40]
+    prompts = [prompt, "Der Hund und die Katze und der Hund", TEXTS[1]]
+    for batch, kw in (([prompt], {"merges": 30}), (prompts, {"reduction": 0.3, "tail": 2})):
+        got = generate_many(dm, vocab, batch, max_new_bytes=40, stop_at_eos=False, merger=merger, **kw)
+        merged = merger(batch, **kw)  # the prompts are merged together
+        assert merged.new_tokens and [g.prompt_tokens_read for g in got] == list(map(len, merged.ids))
+        assert sum(g.prompt_tokens_read for g in got) < sum(g.prompt_tokens for g in got)
+        new_in, _ = dm.rows(merged.new_tokens)
+        big = copy.deepcopy(model)
+        n = dm.n_base
+        big.resize_token_embeddings(n + len(merged.new_tokens), mean_resizing=False)
+        with torch.no_grad():
+            big.get_input_embeddings().weight[n:] = new_in
+        for g, read in zip(got, merged.ids):
+            ids = torch.tensor([[start_token(vocab)] + read])
+            ref = big.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(g.tokens), do_sample=False,
+                               eos_token_id=None, pad_token_id=0,
+                               suppress_tokens=list(range(n, n + len(merged.new_tokens))))[0, ids.shape[1]:].tolist()
+            assert g.tokens == ref and g.text == vocab.decode_bytes(ref)[:40]
     other = BatchMerger(vocab, n_base=dm.n_base + 1)
     with pytest.raises(TokenSurgeryError, match="another vocabulary"):
         generate(dm, vocab, prompt, max_new_bytes=4, merger=other, merges=3)

@@ -7,7 +7,8 @@ Dynamic Tokenization", ACL 2025).
   the batch's new tokens through an LRU cache, and the model run over both.
 - score.py: tokens per byte, bits per byte (prefill mode A, whole-text mode B) and speed.
 - grow.py, generate.py: a large vocabulary grown from BASE's (rows predicted once, saved) and
-  generation over it with an approximate-nearest-neighbour output layer and a KV cache.
+  generation over it with an approximate-nearest-neighbour output layer and a KV cache; the
+  prompts may be merged first (their prefill reads the new tokens' rows).
 - cli.py: `tokensurgery dynamic score|grow|generate`.
 
 The hypernetwork for merged batches is trained by `hypernets/train.py`

@@ -8,12 +8,13 @@ product over every row) or through a FAISS index (`hnsw`: a graph; `ivf`: k-mean
 (greedy). The chosen token's input row (BASE's, or its grown row) is the next position.
 With `grown=None` and `ann="exact"` this is plain greedy decoding.
 
-With a `merger`, the prompt is merged first (a batch of one: its own most frequent pairs, as
-`dynamic score` merges a batch; `tail` of its last segments stay in BASE's tokens) and the
-prefill reads it with its new tokens' rows (hypernetwork or FVT, from `dm`); decoding then
-goes on in BASE's tokens (and the grown ones), as mode A of `score` measures.
+With a `merger`, the prompts are merged first, as one batch (`generate`: a batch of one, its
+own most frequent pairs; `tail` of each prompt's last segments stay in BASE's tokens), and
+each prefill reads its prompt with the new tokens' rows (hypernetwork or FVT, from `dm`);
+decoding then goes on in BASE's tokens (and the grown ones), as mode A of `score` measures.
 
-Not handled: sampling (greedy only), batches (one prompt at a time), stopping strings.
+Not handled: sampling (greedy only), batched decoding (`generate_many` merges its prompts as one
+batch, then decodes them one after another), stopping strings.
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ class Generation:
     text: bytes  # the new bytes (may end inside a character)
     tokens: list[int]
     steps: int
-    seconds: float  # merging + prefill + decoding (no index build)
+    seconds: float  # prefill + decoding (no index build; for a merged prompt add `merge_seconds`)
     prompt_tokens: int = 0  # the prompt in BASE's tokens (after the start token)
     prompt_tokens_read: int = 0  # and as the prefill read it (merged)
+    merge_seconds: float = 0.0  # merging the prompts' batch and predicting its rows (the whole batch's)
 
 
 @torch.no_grad()
@@ -94,8 +96,21 @@ def generate(dm: DynamicModel, vocab: Vocabulary, prompt: str, max_new_bytes: in
     `max_new_bytes` bytes or EOS. `layer` ranks rows of BASE's output matrix followed by
     `grown`'s; default: exact over them. With `merger`, the prompt is merged first (`merges`,
     `reduction`, `tail` as in `BatchMerger`; see the module docstring)."""
+    return generate_many(dm, vocab, [prompt], max_new_bytes, grown, layer, stop_at_eos, merger, merges, reduction,
+                         tail)[0]
+
+
+@torch.no_grad()
+def generate_many(dm: DynamicModel, vocab: Vocabulary, prompts: list[str], max_new_bytes: int,
+                  grown: GrownVocabulary | None = None, layer: OutputLayer | None = None, stop_at_eos: bool = True,
+                  merger: BatchMerger | None = None, merges: int | None = None, reduction: float | None = None,
+                  tail: int = 0) -> list[Generation]:
+    """`generate` for several prompts; with `merger` they are merged together as one batch
+    (batch-level merging), then each is prefilled and decoded on its own."""
     if max_new_bytes < 1:
         raise TokenSurgeryError(f"max_new_bytes must be at least 1, got {max_new_bytes}")
+    if not prompts:
+        raise TokenSurgeryError("no prompt to continue")
     if merger is not None and (merger.vocab is not vocab or merger.n_base != dm.n_base):
         raise TokenSurgeryError("the merger was made for another vocabulary than the model's")
     n_base = dm.n_base
@@ -111,33 +126,39 @@ def generate(dm: DynamicModel, vocab: Vocabulary, prompt: str, max_new_bytes: in
         raise TokenSurgeryError(f"the output layer has {layer.rows.shape[0]:,} rows, the vocabulary {out_rows.shape[0]:,}")
     eos = vocab.roles.get("eos")
     device = dm.embed.weight.device
-    start = time.perf_counter()
     empty = dm.embed.weight[:0]
-    prompt_in = empty
+    prompt_in, merge_seconds = empty, 0.0
     if merger is not None:
-        merged = merger([prompt], merges, reduction, tail=tail)
-        base, read = merged.base_ids[0], merged.ids[0]
+        t0 = time.perf_counter()
+        merged = merger(list(prompts), merges, reduction, tail=tail)
+        bases, reads = merged.base_ids, merged.ids
         prompt_in, _ = dm.rows(merged.new_tokens)
+        merge_seconds = time.perf_counter() - t0
     else:
-        base = read = vocab.encode(prompt)
-    ids = torch.tensor([[start_token(vocab)] + read], device=device)
+        bases = reads = [vocab.encode(p) for p in prompts]
     decoder = dm.model.base_model
     # transformers 5.x renames `past_key_values` to `cache` (arguments and outputs)
     arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    out = decoder(inputs_embeds=dm.inputs_embeds(ids, prompt_in), use_cache=True)
-    past, h = getattr(out, arg), out.last_hidden_state[0, -1]
-    text, tokens, steps = b"", [], 0
-    while len(text) < max_new_bytes:
-        cands = layer.top(h).to(device)
-        scores = out_rows[cands].to(h.dtype) @ h  # a final soft-cap (Gemma) is monotonic: same argmax
-        tok = int(cands[int(torch.argmax(scores))])
-        steps += 1
-        if stop_at_eos and tok == eos:
-            break
-        tokens.append(tok)
-        text += vocab.surface[tok] if tok < n_base else grown.tokens[tok - n_base].surface
-        x = torch.tensor([[tok]], device=device)
-        emb = dm.inputs_embeds(x, in_extra if in_extra is not None else empty)
-        out = decoder(inputs_embeds=emb, use_cache=True, **{arg: past})
+    results = []
+    for base, read in zip(bases, reads):
+        start = time.perf_counter()
+        ids = torch.tensor([[start_token(vocab)] + read], device=device)
+        out = decoder(inputs_embeds=dm.inputs_embeds(ids, prompt_in), use_cache=True)
         past, h = getattr(out, arg), out.last_hidden_state[0, -1]
-    return Generation(text[:max_new_bytes], tokens, steps, time.perf_counter() - start, len(base), len(read))
+        text, tokens, steps = b"", [], 0
+        while len(text) < max_new_bytes:
+            cands = layer.top(h).to(device)
+            scores = out_rows[cands].to(h.dtype) @ h  # a final soft-cap (Gemma) is monotonic: same argmax
+            tok = int(cands[int(torch.argmax(scores))])
+            steps += 1
+            if stop_at_eos and tok == eos:
+                break
+            tokens.append(tok)
+            text += vocab.surface[tok] if tok < n_base else grown.tokens[tok - n_base].surface
+            x = torch.tensor([[tok]], device=device)
+            emb = dm.inputs_embeds(x, in_extra if in_extra is not None else empty)
+            out = decoder(inputs_embeds=emb, use_cache=True, **{arg: past})
+            past, h = getattr(out, arg), out.last_hidden_state[0, -1]
+        results.append(Generation(text[:max_new_bytes], tokens, steps, time.perf_counter() - start, len(base),
+                                  len(read), merge_seconds))
+    return results
