@@ -27,10 +27,7 @@ def dynamic_group() -> None:
 @click.option("--chunk-bytes", default=512, show_default=True,
               help="Each text is cut into pieces of at most this many bytes (at whitespace); a batch holds "
                    "--batch-size pieces.")
-@click.option("--merges", type=int, help="Merges per batch (default: none, unless --reduction is given).")
-@click.option("--reduction", type=float,
-              help="Merge until each batch has this fraction fewer tokens, e.g. 0.15 (with --merges: whichever "
-                   "comes first).")
+@options.merge_budget
 @options.boundary(BOUNDARIES)
 @options.tail
 @options.batch_size(32)
@@ -145,8 +142,7 @@ def dynamic_grow(model: str, out: Path, corpus: tuple[str, ...], size: int, hype
               help="Output layer: exact (every row), hnsw or ivf (FAISS index, exact rescoring of the candidates).")
 @click.option("--rescore", "candidates", default=20, show_default=True,
               help="Rows the output layer's index returns; they are rescored exactly.")
-@click.option("--merges", type=int, help="Merge the prompt first: this many merges of its most frequent pairs.")
-@click.option("--reduction", type=float, help="Merge the prompt until it has this fraction fewer tokens, e.g. 0.12.")
+@options.merge_budget
 @options.boundary(BOUNDARIES)
 @options.tail
 @options.hypernet

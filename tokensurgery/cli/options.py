@@ -110,6 +110,16 @@ def boundary(choices: tuple[str, ...], multiple: bool = False) -> Callable:
                         "sentences (default: pretokens). hypernet train takes it more than once and draws one per step.")
 
 
+def merge_budget(f):
+    """--merges N and --reduction P: how far dynamic merging goes."""
+    f = _shared("--reduction", type=float,
+                help="Merge until each batch of texts (dynamic generate: the prompt) has this fraction fewer tokens, "
+                     "e.g. 0.12 (with --merges: whichever comes first).")(f)
+    return _shared("--merges", type=int,
+                   help="Merges per batch of texts (dynamic generate: of the prompt); default: none, unless "
+                        "--reduction is given.")(f)
+
+
 def tail(f):
     return _shared("--tail", default=0, show_default=True, type=click.IntRange(min=0),
                    help="The last N segments of each prompt (dynamic score: of each mode-A context) stay in MODEL's "
