@@ -192,3 +192,6 @@ def dynamic_generate(model: str, prompt: str, max_new_bytes: int, grown: Path | 
     click.echo(prompt + payload["text"])
     click.echo(f"-- {n} bytes in {result.steps} steps ({payload['grown_tokens_used']} grown tokens), "
                f"{payload['bytes_per_second']:.1f} B/s; index built in {layer.build_seconds:.1f}s", err=True)
+    if merger is not None:
+        click.echo(f"-- the prompt's {result.prompt_tokens} tokens read as {result.prompt_tokens_read} "
+                   f"(merged in {result.merge_seconds * 1e3:.0f} ms)", err=True)
