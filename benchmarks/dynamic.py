@@ -40,8 +40,9 @@ from tokensurgery.kernels.merges import merge_words, merge_words_naive
 
 def parse_setting(spec: str) -> dict:
     """'merges=100', 'reduction=0.15,boundary=word', 'merges=all', 'reduction=0.12,tail=4' (mode A's
-    contexts keep their last 4 segments in BASE's tokens) -> keyword arguments."""
-    out: dict = {"boundary": "pretokens", "merges": None, "reduction": None, "tail": 0}
+    contexts keep their last 4 segments in BASE's tokens), 'reduction=0.12,whole' (merges never
+    touch pieces of characters) -> keyword arguments."""
+    out: dict = {"boundary": "pretokens", "merges": None, "reduction": None, "tail": 0, "whole_chars": False}
     for part in spec.split(","):
         key, _, value = part.partition("=")
         key = key.strip()
@@ -54,6 +55,8 @@ def parse_setting(spec: str) -> dict:
             out["boundary"] = value
         elif key == "tail":
             out["tail"] = int(value)
+        elif key == "whole":
+            out["whole_chars"] = True
         else:
             raise SystemExit(f"unknown setting {part!r}")
     if out["merges"] is None and out["reduction"] is None and out.get("all"):
@@ -150,7 +153,8 @@ def main() -> None:
                "kernel": None}
     for spec in [s for s in args.settings.split(";") if s]:  # --settings "": speed only
         setting = parse_setting(spec)
-        merger = BatchMerger(vocab, boundary=setting["boundary"], n_base=dm.n_base)
+        merger = BatchMerger(vocab, boundary=setting["boundary"], n_base=dm.n_base,
+                             whole_chars=setting["whole_chars"])
         row = {"setting": spec, "boundary": merger.boundary, "sets": {}, "groups": {}}
         for name, pieces in sets.items():
             total, groups = DynamicScore(), {}
@@ -172,7 +176,8 @@ def main() -> None:
         results["curve"].append(row)
     for spec in [s for s in args.speed.split(";") if s]:
         setting = parse_setting(spec)
-        merger = BatchMerger(vocab, boundary=setting["boundary"], n_base=dm.n_base)
+        merger = BatchMerger(vocab, boundary=setting["boundary"], n_base=dm.n_base,
+                             whole_chars=setting["whole_chars"])
         for name, pieces in sets.items():
             for i in range(0, len(pieces), args.batch_size):
                 timing = time_prefill(dm, merger, [p for _, p in pieces[i : i + args.batch_size]], setting, args.repeats)

@@ -106,7 +106,7 @@ def main() -> None:
                                "bits": plain_bits(model, vocab, p, g.text)} for p, g in zip(batch, plain)]
             for spec in specs:
                 s = parse_setting(spec)
-                merger = BatchMerger(vocab, boundary=s["boundary"], n_base=dm.n_base)
+                merger = BatchMerger(vocab, boundary=s["boundary"], n_base=dm.n_base, whole_chars=s["whole_chars"])
                 got = generate_many(dm, vocab, batch, args.max_new_bytes, merger=merger, merges=s["merges"],
                                     reduction=s["reduction"], tail=s["tail"])
                 rows[spec] += [{"prompt_tokens": g.prompt_tokens, "read": g.prompt_tokens_read, "seconds": g.seconds,

@@ -132,6 +132,29 @@ def test_tail_segments_stay_in_base_tokens_and_count_towards_the_target(byte_voc
         merger.merge_segments(segs, merges=3, tail=-1)
 
 
+@pytest.mark.parametrize("boundary", ["pretokens", "word"])
+def test_whole_chars_never_merges_pieces_of_characters(byte_vocab, boundary):
+    """`whole_chars`: no new token holds a token that is part of a UTF-8 character (checked by
+    decoding every surface); without it such pieces do merge in the same batch."""
+    def whole(data: bytes) -> bool:
+        try:
+            data.decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            return False
+
+    texts = TEXTS * 4 + ["漢字漢字 東京 東京 👋👋 👋 naïve café café"]
+    pieces = {i for i, b in enumerate(byte_vocab.surface) if not whole(b)}
+    free = BatchMerger(byte_vocab, boundary=boundary)(texts, merges=10_000)
+    assert any(set(t.parts) & pieces for t in free.new_tokens)
+    merger = BatchMerger(byte_vocab, boundary=boundary, whole_chars=True)
+    got = merger(texts, merges=10_000)
+    _check_batch(merger, texts, got)
+    assert got.new_tokens and all(whole(t.surface) and not set(t.parts) & pieces for t in got.new_tokens)
+    assert any("é".encode() in t.surface for t in got.new_tokens)  # whole 2-byte characters still merge
+    assert sum(i in pieces for ids in got.ids for i in ids) == sum(i in pieces for ids in got.base_ids for i in ids)
+
+
 @pytest.mark.parametrize("boundary", ["word", "sentence"])
 def test_word_and_sentence_boundaries(tiny_tokenizers, tmp_path, boundary):
     save_hf_tokenizer(tiny_tokenizers["sentencepiece_bpe"], tmp_path, {"bos": "<s>", "eos": "</s>", "unk": "<unk>"})
@@ -291,6 +314,9 @@ def test_cli_dynamic_score(tiny_model_dirs, tmp_path):
     assert r.exit_code == 0 and kept["tail"] == 1000, r.output
     assert kept["results"]["t.txt"]["context_reduction"] == 0 < got["context_reduction"]
     assert kept["results"]["t.txt"]["bpb_a"] == kept["results"]["t.txt"]["base_bpb_a"]
+    r = runner.invoke(cli, ["dynamic", "score", str(tiny_model_dirs["tied"]), "--text", str(text), "--reduction", "0.1",
+                            "--whole-chars", "--batch-size", "4", "--chunk-bytes", "256", "--json", str(out)])
+    assert r.exit_code == 0 and json.loads(out.read_text())["whole_chars"] is True, r.output
     r = runner.invoke(cli, ["dynamic", "score", str(tiny_model_dirs["tied"]), "--text", str(text), "--tail", "-1"])
     assert r.exit_code != 0 and "--tail" in r.output and "-1" in r.output and "Traceback" not in r.output
 

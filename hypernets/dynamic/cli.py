@@ -19,7 +19,7 @@ def dynamic_group() -> None:
 
 @dynamic_group.command("score", cls=options.grouped(
     Texts=["texts", "langs", "max_bytes", "chunk_bytes"],
-    Merging=["merges", "reduction", "boundary", "tail", "batch_size"],
+    Merging=["merges", "reduction", "boundary", "whole_chars", "tail", "batch_size"],
     New_tokens=["hypernet", "cache_size"],
     Run=["dtype", "device", "json_out"]))
 @click.argument("model")
@@ -29,6 +29,7 @@ def dynamic_group() -> None:
                    "--batch-size pieces.")
 @options.merge_budget
 @options.boundary(BOUNDARIES)
+@options.whole_chars
 @options.tail
 @options.batch_size(32)
 @options.hypernet
@@ -37,8 +38,9 @@ def dynamic_group() -> None:
 @options.device
 @options.json_out
 def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], max_bytes: int | None, chunk_bytes: int,
-                  merges: int | None, reduction: float | None, boundary: str, tail: int, batch_size: int,
-                  hypernet: Path | None, cache_size: int, dtype: str, device: str, json_out: Path | None) -> None:
+                  merges: int | None, reduction: float | None, boundary: str, whole_chars: bool, tail: int,
+                  batch_size: int, hypernet: Path | None, cache_size: int, dtype: str, device: str,
+                  json_out: Path | None) -> None:
     """Tokens per byte and bits per byte of MODEL with and without dynamic merging.
 
     Bits per byte in two modes: A (prefill) merges the first half of each text and scores the
@@ -61,7 +63,7 @@ def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], m
     with status(f"loading {model}"):
         lm, vocab = load_causal_lm(folder, dtype=dtype, device=device)
     dm = DynamicModel(lm, hypernet=str(hypernet) if hypernet else None, cache_size=cache_size, device=device)
-    merger = BatchMerger(vocab, boundary=boundary, n_base=dm.n_base)
+    merger = BatchMerger(vocab, boundary=boundary, n_base=dm.n_base, whole_chars=whole_chars)
     results = {}
     for f in files:
         pieces = chunk_text(read_text_file(f, max_bytes), chunk_bytes)
@@ -71,7 +73,7 @@ def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], m
     rows = {**results, "overall": overall} if len(results) > 1 else results
     cache = dm.cache
     payload = {"model": model, "hypernet": str(hypernet) if hypernet else None, "merges": merges, "reduction": reduction,
-               "boundary": merger.boundary, "tail": tail, "batch_size": batch_size, "chunk_bytes": chunk_bytes, "max_bytes": max_bytes,
+               "boundary": merger.boundary, "whole_chars": whole_chars, "tail": tail, "batch_size": batch_size, "chunk_bytes": chunk_bytes, "max_bytes": max_bytes,
                "cache": {"size": cache.size, "capacity": cache.capacity, "hits": cache.hits, "misses": cache.misses,
                          "hit_rate": cache.hit_rate},
                "results": {name: s.summary() for name, s in rows.items()}}
@@ -131,7 +133,8 @@ def dynamic_grow(model: str, out: Path, corpus: tuple[str, ...], size: int, hype
 
 
 @dynamic_group.command("generate", cls=options.grouped(Generation=["max_new_bytes", "grown", "ann", "candidates"],
-                                                       Prompt=["merges", "reduction", "boundary", "tail", "hypernet"],
+                                                       Prompt=["merges", "reduction", "boundary", "whole_chars", "tail",
+                                                               "hypernet"],
                                                        Run=["device", "json_out"]))
 @click.argument("model")
 @click.argument("prompt")
@@ -144,13 +147,14 @@ def dynamic_grow(model: str, out: Path, corpus: tuple[str, ...], size: int, hype
               help="Rows the output layer's index returns; they are rescored exactly.")
 @options.merge_budget
 @options.boundary(BOUNDARIES)
+@options.whole_chars
 @options.tail
 @options.hypernet
 @options.device
 @options.json_out
 def dynamic_generate(model: str, prompt: str, max_new_bytes: int, grown: Path | None, ann: str, candidates: int,
-                     merges: int | None, reduction: float | None, boundary: str, tail: int, hypernet: Path | None,
-                     device: str, json_out: Path | None) -> None:
+                     merges: int | None, reduction: float | None, boundary: str, whole_chars: bool, tail: int,
+                     hypernet: Path | None, device: str, json_out: Path | None) -> None:
     """Greedy continuation of PROMPT over MODEL's vocabulary plus a grown one, with a KV
     cache and an approximate-nearest-neighbour output layer.
 
@@ -171,7 +175,8 @@ def dynamic_generate(model: str, prompt: str, max_new_bytes: int, grown: Path | 
     check_budget(merges, reduction)
     lm, vocab = load_causal_lm(open_model(model), device=device)
     dm = DynamicModel(lm, hypernet=str(hypernet) if hypernet else None, device=device)
-    merger = BatchMerger(vocab, boundary=boundary, n_base=dm.n_base) if merges is not None or reduction is not None else None
+    merger = BatchMerger(vocab, boundary=boundary, n_base=dm.n_base, whole_chars=whole_chars) \
+        if merges is not None or reduction is not None else None
     big = GrownVocabulary.load(grown, n_base=dm.n_base, fingerprint=fingerprint(dm.head.weight.detach().float().cpu())) \
         if grown else None
     rows = dm.head.weight.detach().cpu()

@@ -15,6 +15,10 @@ Segments (`boundary`):
 - `sentence`: a new segment starts after `.`, `!`, `?` (and CJK full stops) followed by
   whitespace, and after a line break.
 
+With `whole_chars`, a token whose bytes are not whole UTF-8 characters (a byte-level BPE's
+pieces of a CJK, Thai, Indic or emoji character) stands alone in its own segment, so no
+merge touches it: new tokens are then always made of whole characters.
+
 Not handled: texts BASE cannot spell exactly (an [UNK] token) are refused, not repaired.
 """
 
@@ -88,6 +92,14 @@ def check_budget(merges: int | None, reduction: float | None) -> None:
         raise TokenSurgeryError(f"reduction must be a fraction in [0, 1), got {reduction}")
 
 
+def _whole_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _is_whitespace(data: bytes) -> bool:
     return bool(data) and WHITESPACE.issuperset(data)
 
@@ -96,12 +108,16 @@ class BatchMerger:
     """Merges batches of texts for one BASE vocabulary (`n_base`: BASE's embedding rows, so
     that new ids never collide with padding rows)."""
 
-    def __init__(self, vocab: Vocabulary, boundary: str = "pretokens", n_base: int | None = None):
+    def __init__(self, vocab: Vocabulary, boundary: str = "pretokens", n_base: int | None = None,
+                 whole_chars: bool = False):
         if boundary not in BOUNDARIES:
             raise TokenSurgeryError(f"boundary must be one of {', '.join(BOUNDARIES)}, got {boundary!r}")
         self.vocab = vocab
         self.n_base = max(n_base or 0, len(vocab))
         self.text_ids = frozenset(i for i, k in enumerate(vocab.kinds) if k in TEXT_KINDS)
+        self.whole_chars = whole_chars
+        self.pieces = frozenset(i for i in self.text_ids if not _whole_utf8(vocab.surface[i])) if whole_chars \
+            else frozenset()
         self.by_bytes = vocab.by_bytes
         # a pre-tokenizer that keeps "a b c" in one piece does not split words: use the word rule
         self.boundary = "word" if boundary == "pretokens" and len(vocab.encode_pretokens("a b c")) < 3 else boundary
@@ -123,6 +139,8 @@ class BatchMerger:
     def _starts_segment(self, prev: int | None, tok: int) -> bool:
         if prev is None or tok not in self.text_ids or prev not in self.text_ids:
             return True  # specials stand alone
+        if tok in self.pieces or prev in self.pieces:
+            return True  # so do pieces of characters, with `whole_chars`
         s, p = self.vocab.surface[tok], self.vocab.surface[prev]
         if self.boundary == "pretokens":
             return False

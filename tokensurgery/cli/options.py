@@ -120,6 +120,12 @@ def merge_budget(f):
                         "--reduction is given.")(f)
 
 
+def whole_chars(f):
+    return _shared("--whole-chars", is_flag=True,
+                   help="Merges never touch a token that is part of a UTF-8 character (a byte-level tokenizer's "
+                        "pieces of CJK, Thai, Indic or emoji characters): new tokens are whole characters.")(f)
+
+
 def tail(f):
     return _shared("--tail", default=0, show_default=True, type=click.IntRange(min=0),
                    help="The last N segments of each prompt (dynamic score: of each mode-A context) stay in MODEL's "
