@@ -37,6 +37,7 @@ from tokensurgery.hypernets.dynamic.generate import generate_many
 from tokensurgery.inputs import open_model
 
 from dynamic import parse_setting  # noqa: E402  (this script's folder)
+from dynamic_generate import common_prefix  # noqa: E402
 
 
 def prompt_sets(langs: list[str], max_bytes: int, chunk_bytes: int, per_group: int) -> dict[str, list[str]]:
@@ -64,15 +65,6 @@ def plain_bits(model, vocab, prompt: str, continuation: bytes) -> float:
     logits = model(input_ids=ids).logits[0, len(p) : -1].float()
     target = ids[0, len(p) + 1 :]
     return torch.nn.functional.cross_entropy(logits, target, reduction="sum").item() / math.log(2)
-
-
-def common_prefix(a: bytes, b: bytes) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def main() -> None:

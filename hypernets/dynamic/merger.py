@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from tokensurgery.errors import TokenSurgeryError
 from tokensurgery.kernels.merges import merge_words
-from tokensurgery.vocabulary import TEXT_KINDS, Vocabulary
+from tokensurgery.vocabulary import TEXT_KINDS, Vocabulary, _is_utf8
 
 BOUNDARIES = ("pretokens", "word", "sentence")
 WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
@@ -92,14 +92,6 @@ def check_budget(merges: int | None, reduction: float | None) -> None:
         raise TokenSurgeryError(f"reduction must be a fraction in [0, 1), got {reduction}")
 
 
-def _whole_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
 def _is_whitespace(data: bytes) -> bool:
     return bool(data) and WHITESPACE.issuperset(data)
 
@@ -116,7 +108,7 @@ class BatchMerger:
         self.n_base = max(n_base or 0, len(vocab))
         self.text_ids = frozenset(i for i, k in enumerate(vocab.kinds) if k in TEXT_KINDS)
         self.whole_chars = whole_chars
-        self.pieces = frozenset(i for i in self.text_ids if not _whole_utf8(vocab.surface[i])) if whole_chars \
+        self.pieces = frozenset(i for i in self.text_ids if not _is_utf8(vocab.surface[i])) if whole_chars \
             else frozenset()
         self.by_bytes = vocab.by_bytes
         # a pre-tokenizer that keeps "a b c" in one piece does not split words: use the word rule
