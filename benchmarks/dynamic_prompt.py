@@ -1,15 +1,15 @@
 """Greedy generation after a merged prompt: does merging the prompt change what the model writes?
 
 Prompts: pieces of held-out text (en/de/py: the first --max-bytes of each file; multilingual:
-the test halves of the 13 script groups, --per-group pieces of each), cut at whitespace into
---chunk-bytes pieces, in batches of --batch-size. For each batch, greedy continuations of
---max-new-bytes bytes with a KV cache over BASE's vocabulary (`generate_many`): `plain` (the
-prompt in BASE's tokens), then per --settings the prompts merged together as one batch
-(new tokens' rows from --hypernet, or FVT), with `tail=N` their last N segments kept in BASE's
-tokens. Every continuation starts after the same start token and is decoded the same way; only
+the test halves of the 13 script groups, pooled in file order as in dynamic.py), cut at whitespace into
+--chunk-bytes pieces, in batches of --batch-size. For --decode-per-batch prompts of each batch
+(evenly spaced in it), greedy continuations of --max-new-bytes bytes with a KV cache over BASE's
+vocabulary (`generate_many`): `plain` (the prompt in BASE's tokens), then per --settings the
+whole batch merged together (new tokens' rows from --hypernet, or FVT), with `tail=N` each
+prompt's last N segments kept in BASE's tokens. Every continuation starts after the same start token and is decoded the same way; only
 the prefill differs.
 
-Reported per set and setting: prompt tokens saved; agreement with plain greedy decoding (the
+Reported per set and setting: prompt tokens saved (over the prompts continued); agreement with plain greedy decoding (the
 common prefix of the two continuations in bytes / bytes generated, and the share of prompts
 whose whole continuation is unchanged); the plain model's bits per byte of the continuation
 generated (prompt as context in its own tokens: how likely the plain model finds what was
@@ -40,15 +40,12 @@ from dynamic import parse_setting  # noqa: E402  (this script's folder)
 from dynamic_generate import common_prefix  # noqa: E402
 
 
-def prompt_sets(langs: list[str], max_bytes: int, chunk_bytes: int, per_group: int) -> dict[str, list[str]]:
+def prompt_sets(langs: list[str], max_bytes: int, chunk_bytes: int) -> dict[str, list[str]]:
     sets = {}
     for lang in langs:
         pieces = []
         for path in text_paths(lang):
-            if lang.startswith("multilingual"):
-                pieces += chunk_text(read_text_file(path), chunk_bytes)[:per_group]
-            else:
-                pieces += chunk_text(read_text_file(path, max_bytes), chunk_bytes)
+            pieces += chunk_text(read_text_file(path, None if lang.startswith("multilingual") else max_bytes), chunk_bytes)
         sets[lang] = pieces
     return sets
 
@@ -76,8 +73,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--chunk-bytes", type=int, default=512)
     ap.add_argument("--max-bytes", type=int, default=16384, help="bytes of each en/de/py file")
-    ap.add_argument("--per-group", type=int, default=6, help="pieces of each multilingual group")
-    ap.add_argument("--max-new-bytes", type=int, default=48)
+    ap.add_argument("--decode-per-batch", type=int, default=4, help="prompts of each batch continued")
+    ap.add_argument("--max-new-bytes", type=int, default=32)
     ap.add_argument("--name", default="dynamic_prompt")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "results")
     args = ap.parse_args()
@@ -85,26 +82,29 @@ def main() -> None:
     print(f"command: {record['command']}", flush=True)
     model, vocab = load_causal_lm(open_model(args.model, progress=False))
     dm = DynamicModel(model, hypernet=args.hypernet)
-    sets = prompt_sets(args.langs.split(","), args.max_bytes, args.chunk_bytes, args.per_group)
+    sets = prompt_sets(args.langs.split(","), args.max_bytes, args.chunk_bytes)
     specs = [s for s in args.settings.split(";") if s]
     results = {"record": record, "options": vars(args) | {"out": str(args.out)}, "sets": {}}
     for name, prompts in sets.items():
         rows = {"plain": [], **{s: [] for s in specs}}
         for i in range(0, len(prompts), args.batch_size):
             batch = prompts[i : i + args.batch_size]
-            plain = generate_many(dm, vocab, batch, args.max_new_bytes)
+            k = min(args.decode_per_batch, len(batch))
+            picked = sorted({round(j * (len(batch) - 1) / max(k - 1, 1)) for j in range(k)})
+            asked = [batch[j] for j in picked]
+            plain = generate_many(dm, vocab, batch, args.max_new_bytes, decode=picked)
             rows["plain"] += [{"prompt_tokens": g.prompt_tokens, "read": g.prompt_tokens_read, "seconds": g.seconds,
                                "merge_seconds": 0.0, "agree_bytes": len(g.text), "bytes": len(g.text),
-                               "bits": plain_bits(model, vocab, p, g.text)} for p, g in zip(batch, plain)]
+                               "bits": plain_bits(model, vocab, p, g.text)} for p, g in zip(asked, plain)]
             for spec in specs:
                 s = parse_setting(spec)
                 merger = BatchMerger(vocab, boundary=s["boundary"], n_base=dm.n_base, whole_chars=s["whole_chars"])
                 got = generate_many(dm, vocab, batch, args.max_new_bytes, merger=merger, merges=s["merges"],
-                                    reduction=s["reduction"], tail=s["tail"])
+                                    reduction=s["reduction"], tail=s["tail"], decode=picked)
                 rows[spec] += [{"prompt_tokens": g.prompt_tokens, "read": g.prompt_tokens_read, "seconds": g.seconds,
                                 "merge_seconds": g.merge_seconds / len(batch),
                                 "agree_bytes": common_prefix(g.text, ref.text), "bytes": len(g.text),
-                                "bits": plain_bits(model, vocab, p, g.text)} for p, g, ref in zip(batch, got, plain)]
+                                "bits": plain_bits(model, vocab, p, g.text)} for p, g, ref in zip(asked, got, plain)]
         summary = {}
         for spec, rs in rows.items():
             summary[spec] = {
@@ -132,8 +132,9 @@ def markdown(results: dict, specs: list[str]) -> str:
              f"torch {rec['torch']}, transformers {rec.get('transformers', '?')}.", "",
              f"Model {opt['model']}; new-token rows: {'hypernetwork ' + opt['hypernet'] if opt['hypernet'] else 'FVT'}; "
              f"prompts: pieces of at most {opt['chunk_bytes']} bytes (en/de/py: the first {opt['max_bytes']} bytes of "
-             f"the held-out file; multilingual: {opt['per_group']} pieces of each group's test half), merged in batches "
-             f"of {opt['batch_size']}; greedy continuations of {opt['max_new_bytes']} bytes over the model's vocabulary.",
+             f"the held-out file; multilingual: the test halves of all groups), merged in batches of {opt['batch_size']}, "
+             f"{opt['decode_per_batch']} of each batch continued; greedy continuations of {opt['max_new_bytes']} bytes "
+             f"over the model's vocabulary.",
              "", "Per cell: prompt tokens saved; agreement with plain greedy decoding (common prefix / bytes "
              "generated); prompts whose continuation is unchanged; the plain model's bits per byte of what was "
              "written.", "",

@@ -610,6 +610,9 @@ def test_generation_after_a_merged_prompt(models, name):
                                eos_token_id=None, pad_token_id=0,
                                suppress_tokens=list(range(n, n + len(merged.new_tokens))))[0, ids.shape[1]:].tolist()
             assert g.tokens == ref and g.text == vocab.decode_bytes(ref)[:40]
+    # `decode` continues some of the prompts; all of them are merged together as before
+    some = generate_many(dm, vocab, prompts, max_new_bytes=40, stop_at_eos=False, merger=merger, decode=[2], **kw)
+    assert len(some) == 1 and some[0].tokens == got[2].tokens and some[0].prompt_tokens_read == got[2].prompt_tokens_read
     other = BatchMerger(vocab, n_base=dm.n_base + 1)
     with pytest.raises(TokenSurgeryError, match="another vocabulary"):
         generate(dm, vocab, prompt, max_new_bytes=4, merger=other, merges=3)

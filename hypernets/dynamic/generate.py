@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -104,9 +105,10 @@ def generate(dm: DynamicModel, vocab: Vocabulary, prompt: str, max_new_bytes: in
 def generate_many(dm: DynamicModel, vocab: Vocabulary, prompts: list[str], max_new_bytes: int,
                   grown: GrownVocabulary | None = None, layer: OutputLayer | None = None, stop_at_eos: bool = True,
                   merger: BatchMerger | None = None, merges: int | None = None, reduction: float | None = None,
-                  tail: int = 0) -> list[Generation]:
+                  tail: int = 0, decode: Sequence[int] | None = None) -> list[Generation]:
     """`generate` for several prompts; with `merger` they are merged together as one batch
-    (batch-level merging), then each is prefilled and decoded on its own."""
+    (batch-level merging), then each is prefilled and decoded on its own. `decode`: the
+    indices of the prompts to continue (default all; every prompt is merged either way)."""
     if max_new_bytes < 1:
         raise TokenSurgeryError(f"max_new_bytes must be at least 1, got {max_new_bytes}")
     if not prompts:
@@ -140,7 +142,8 @@ def generate_many(dm: DynamicModel, vocab: Vocabulary, prompts: list[str], max_n
     # transformers 5.x renames `past_key_values` to `cache` (arguments and outputs)
     arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     results = []
-    for base, read in zip(bases, reads):
+    for i in range(len(prompts)) if decode is None else decode:
+        base, read = bases[i], reads[i]
         start = time.perf_counter()
         ids = torch.tensor([[start_token(vocab)] + read], device=device)
         out = decoder(inputs_embeds=dm.inputs_embeds(ids, prompt_in), use_cache=True)
