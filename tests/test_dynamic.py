@@ -344,6 +344,8 @@ def test_cli_grow_and_generate(tiny_model_dirs, tmp_path):
                             "--max-new-bytes", "20", "--reduction", "0.3", "--boundary", "word", "--json", "-"])
     got = json.loads(r.output)
     assert r.exit_code == 0 and got["prompt_tokens_read"] <= 0.7 * got["prompt_tokens"], r.output
+    r = runner.invoke(cli, ["dynamic", "generate", str(tiny_model_dirs["tied"]), prompt, "--tail", "2"])
+    assert r.exit_code != 0 and "give --merges or --reduction" in r.output and "Traceback" not in r.output
     r = runner.invoke(cli, ["dynamic", "generate", str(tiny_model_dirs["tied"]), prompt, "--reduction", "1.5"])
     assert r.exit_code != 0 and "reduction must be a fraction" in r.output and "Traceback" not in r.output
     r = runner.invoke(cli, ["dynamic", "generate", str(tiny_model_dirs["untied"]), "The cat", "--grown", str(out)])
@@ -613,6 +615,8 @@ def test_generation_after_a_merged_prompt(models, name):
     # `decode` continues some of the prompts; all of them are merged together as before
     some = generate_many(dm, vocab, prompts, max_new_bytes=40, stop_at_eos=False, merger=merger, decode=[2], **kw)
     assert len(some) == 1 and some[0].tokens == got[2].tokens and some[0].prompt_tokens_read == got[2].prompt_tokens_read
+    with pytest.raises(TokenSurgeryError, match="prompt indices are 0..2"):
+        generate_many(dm, vocab, prompts, max_new_bytes=4, decode=[3])
     other = BatchMerger(vocab, n_base=dm.n_base + 1)
     with pytest.raises(TokenSurgeryError, match="another vocabulary"):
         generate(dm, vocab, prompt, max_new_bytes=4, merger=other, merges=3)

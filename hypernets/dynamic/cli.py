@@ -73,7 +73,8 @@ def dynamic_score(model: str, texts: tuple[Path, ...], langs: tuple[str, ...], m
     rows = {**results, "overall": overall} if len(results) > 1 else results
     cache = dm.cache
     payload = {"model": model, "hypernet": str(hypernet) if hypernet else None, "merges": merges, "reduction": reduction,
-               "boundary": merger.boundary, "whole_chars": whole_chars, "tail": tail, "batch_size": batch_size, "chunk_bytes": chunk_bytes, "max_bytes": max_bytes,
+               "boundary": merger.boundary, "whole_chars": whole_chars, "tail": tail, "batch_size": batch_size,
+               "chunk_bytes": chunk_bytes, "max_bytes": max_bytes,
                "cache": {"size": cache.size, "capacity": cache.capacity, "hits": cache.hits, "misses": cache.misses,
                          "hit_rate": cache.hit_rate},
                "results": {name: s.summary() for name, s in rows.items()}}
@@ -173,6 +174,8 @@ def dynamic_generate(model: str, prompt: str, max_new_bytes: int, grown: Path | 
     from .merger import BatchMerger, check_budget
 
     check_budget(merges, reduction)
+    if (tail or whole_chars) and merges is None and reduction is None:
+        raise click.UsageError("--tail and --whole-chars shape how the prompt is merged: give --merges or --reduction")
     lm, vocab = load_causal_lm(open_model(model), device=device)
     dm = DynamicModel(lm, hypernet=str(hypernet) if hypernet else None, device=device)
     merger = BatchMerger(vocab, boundary=boundary, n_base=dm.n_base, whole_chars=whole_chars) \

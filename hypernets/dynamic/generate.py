@@ -115,6 +115,8 @@ def generate_many(dm: DynamicModel, vocab: Vocabulary, prompts: list[str], max_n
         raise TokenSurgeryError("no prompt to continue")
     if merger is not None and (merger.vocab is not vocab or merger.n_base != dm.n_base):
         raise TokenSurgeryError("the merger was made for another vocabulary than the model's")
+    if decode is not None and any(not 0 <= i < len(prompts) for i in decode):
+        raise TokenSurgeryError(f"decode: prompt indices are 0..{len(prompts) - 1}, got {list(decode)}")
     n_base = dm.n_base
     out_rows = dm.head.weight.detach()
     in_extra = None
