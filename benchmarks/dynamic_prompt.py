@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -32,12 +31,12 @@ import torch
 from run_record import run_record  # this script's folder is on sys.path
 from tokensurgery.assets import text_paths
 from tokensurgery.evaluate import load_causal_lm, read_text_file
-from tokensurgery.hypernets.dynamic import BatchMerger, DynamicModel, chunk_text, start_token
+from tokensurgery.hypernets.dynamic import BatchMerger, DynamicModel, chunk_text
 from tokensurgery.hypernets.dynamic.generate import generate_many
 from tokensurgery.inputs import open_model
 
 from dynamic import parse_setting  # noqa: E402  (this script's folder)
-from dynamic_generate import common_prefix  # noqa: E402
+from dynamic_generate import bits_under_plain, common_prefix  # noqa: E402
 
 
 def prompt_sets(langs: list[str], max_bytes: int, chunk_bytes: int) -> dict[str, list[str]]:
@@ -50,18 +49,9 @@ def prompt_sets(langs: list[str], max_bytes: int, chunk_bytes: int) -> dict[str,
     return sets
 
 
-@torch.no_grad()
-def plain_bits(model, vocab, prompt: str, continuation: bytes) -> float:
-    """Bits the plain model gives `continuation` (whole characters of it, in its own tokens)
-    after the start token and `prompt`."""
-    text = continuation.decode("utf-8", "ignore")
-    p, c = vocab.encode(prompt), vocab.encode(prompt + text)
-    if c[: len(p)] != p:  # the boundary re-tokenizes: score the continuation's own tokens
-        c = p + vocab.encode(text)
-    ids = torch.tensor([[start_token(vocab)] + c])
-    logits = model(input_ids=ids).logits[0, len(p) : -1].float()
-    target = ids[0, len(p) + 1 :]
-    return torch.nn.functional.cross_entropy(logits, target, reduction="sum").item() / math.log(2)
+def scored(model, vocab, prompt: str, generated: bytes) -> dict:
+    bits, n = bits_under_plain(model, vocab, prompt, generated)
+    return {"bits": bits, "scored_bytes": n}
 
 
 def main() -> None:
@@ -95,7 +85,7 @@ def main() -> None:
             plain = generate_many(dm, vocab, batch, args.max_new_bytes, decode=picked)
             rows["plain"] += [{"prompt_tokens": g.prompt_tokens, "read": g.prompt_tokens_read, "seconds": g.seconds,
                                "merge_seconds": 0.0, "agree_bytes": len(g.text), "bytes": len(g.text),
-                               "bits": plain_bits(model, vocab, p, g.text)} for p, g in zip(asked, plain)]
+                               **scored(model, vocab, p, g.text)} for p, g in zip(asked, plain)]
             for spec in specs:
                 s = parse_setting(spec)
                 merger = BatchMerger(vocab, boundary=s["boundary"], n_base=dm.n_base, whole_chars=s["whole_chars"])
@@ -104,7 +94,7 @@ def main() -> None:
                 rows[spec] += [{"prompt_tokens": g.prompt_tokens, "read": g.prompt_tokens_read, "seconds": g.seconds,
                                 "merge_seconds": g.merge_seconds / len(batch),
                                 "agree_bytes": common_prefix(g.text, ref.text), "bytes": len(g.text),
-                                "bits": plain_bits(model, vocab, p, g.text)} for p, g, ref in zip(asked, got, plain)]
+                                **scored(model, vocab, p, g.text)} for p, g, ref in zip(asked, got, plain)]
         summary = {}
         for spec, rs in rows.items():
             summary[spec] = {
@@ -112,7 +102,7 @@ def main() -> None:
                 "prompt_reduction": 1 - sum(r["read"] for r in rs) / sum(r["prompt_tokens"] for r in rs),
                 "agreement": sum(r["agree_bytes"] for r in rs) / max(sum(r["bytes"] for r in rs), 1),
                 "unchanged": sum(r["agree_bytes"] == r["bytes"] for r in rs) / len(rs),
-                "plain_bpb": sum(r["bits"] for r in rs) / max(sum(r["bytes"] for r in rs), 1),
+                "plain_bpb": sum(r["bits"] for r in rs) / max(sum(r["scored_bytes"] for r in rs), 1),
                 "seconds": sum(r["seconds"] for r in rs), "merge_seconds": sum(r["merge_seconds"] for r in rs)}
             m = summary[spec]
             print(f"{name:13s} {spec:40s} prompts {m['prompt_reduction']:6.1%} fewer; agreement {m['agreement']:6.1%}; "
