@@ -19,6 +19,8 @@ import torch
 
 from tokensurgery.kernels.narrow_linear import narrow_linear, narrow_modules
 
+from .llama_call import LlamaCall
+
 
 @dataclass
 class Query:
@@ -38,10 +40,12 @@ class TreeLM:
     docstring). `slot_token[s]`, `slot_parent[s]`, `slot_pos[s]` describe slot s; `calls` and
     `tokens_fed` count forward calls and the tokens they fed."""
 
-    def __init__(self, model, max_query: int | None = None, narrow: bool = True):
+    def __init__(self, model, max_query: int | None = None, narrow: bool = True, lean: bool = True):
         self.model = model
         # float32 CPU layers run as W @ X^T during calls (kernels/narrow_linear.py: a call of
-        # a few tokens is bound by reading the weights, which `linear` does slowly there)
+        # a few tokens is bound by reading the weights, which `linear` does slowly there), and
+        # Llama-architecture models skip transformers' module tree (llama_call.py)
+        self._want_lean = lean
         self.narrow = narrow
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.vocab_rows = model.get_output_embeddings().weight.shape[0]
@@ -71,6 +75,19 @@ class TreeLM:
     def narrow(self, on: bool) -> None:
         self._narrow = narrow_modules(self.model) if on else []
         self._narrow_head = any(m is self.model.get_output_embeddings() for m in self._narrow)
+        lean = on and self._want_lean and LlamaCall.unsupported(self.model) is None
+        self._lean = LlamaCall(self.model) if lean else None
+
+    @property
+    def lean(self) -> bool:
+        """Whether calls run through `LlamaCall` (a float32 CPU Llama with `narrow` on: the
+        default) rather than the model's own forward."""
+        return self._lean is not None
+
+    @lean.setter
+    def lean(self, on: bool) -> None:
+        self._want_lean = on
+        self.narrow = self.narrow
 
     def layers(self):
         """A `with` block in which the model runs its layers as this TreeLM's calls do (W @ X^T
@@ -195,6 +212,9 @@ class TreeLM:
         """One model call; log-probabilities after the query tokens `rows` (all when None)."""
         mask, pos, own = self._masks(q)
         ids = torch.tensor([q.tokens], device=self.device)
+        if self._lean is not None:
+            logits = self._lean(ids[0], mask, pos, self.cache, list(range(len(q.tokens))) if rows is None else list(rows))
+            return self._after_call(q, pos, own, logits)
         extra = {self._cache_arg: self.cache}
         wanted = len(q.tokens) if rows is None else len(rows)
         if self._logits_rows:
@@ -205,15 +225,20 @@ class TreeLM:
                 extra["logits_to_keep"] = torch.tensor(keep_rows, device=self.device)
         with self.layers():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos[None].to(self.device), use_cache=True, **extra)
+        logits = out.logits[0][:wanted] if self._logits_rows else out.logits[0]
+        if rows is not None and not self._logits_rows:
+            logits = logits[rows]
+        return self._after_call(q, pos, own, logits)
+
+    def _after_call(self, q: Query, pos: torch.Tensor, own: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Count the call, keep the query's first `q.keep` tokens as slots, and turn the
+        logits into float64 log-probabilities."""
         self.calls += 1
         self.tokens_fed += len(q.tokens)
         keep = len(q.tokens) if q.keep < 0 else q.keep
         if keep < len(q.tokens):
             self.cache.crop(-(len(q.tokens) - keep))
         self._add_slots(q, pos, own, keep)
-        logits = out.logits[0][:wanted] if self._logits_rows else out.logits[0]
-        if rows is not None and not self._logits_rows:
-            logits = logits[rows]
         return torch.cat([logits[i : i + 64].double().log_softmax(-1) for i in range(0, len(logits), 64)]).cpu()
 
     def _add_slots(self, q: Query, pos: torch.Tensor, own: torch.Tensor, keep: int) -> None:
