@@ -90,6 +90,7 @@ def test_score_stream_and_chunking_agree(tiny_byte_lms, family, monkeypatch):
         for b in data:
             got.append(stream.logprobs()[b])
             stream.advance(b)
+            _only_live_branches_hold_distributions(stream, keep_kv)
         assert np.allclose(got, score.logprobs, atol=1e-9), (speculate, keep_kv)
         assert abs(stream.logprobs()[256] - score.eos_logprob) < 1e-9
         if keep_kv:  # no token fed twice, though compaction dropped dead branches on the way
@@ -101,6 +102,25 @@ def test_score_stream_and_chunking_agree(tiny_byte_lms, family, monkeypatch):
     finally:
         blm.lm.max_query = saved
     assert np.allclose(small.logprobs, score.logprobs, atol=1e-9)
+
+
+def _only_live_branches_hold_distributions(stream, keep_kv: bool) -> None:
+    """What the text has left behind is freed: no dead branch hangs off the path to the live
+    nodes, and (with kept KV: without it, the ancestors fed again with every call get their
+    distributions again) every node that holds a distribution is live or was evaluated ahead
+    below a live node. A stream of thousands of bytes once grew by ~1 MB a byte."""
+    live, on_path = {id(n) for n in stream.live}, set()
+    for n in stream.live:
+        while n is not None:
+            on_path.add(id(n))
+            root, n = n, n.parent
+    stack = [(root, False)]
+    while stack:
+        node, below_live = stack.pop()
+        below_live = below_live or id(node) in live
+        assert below_live or id(node) in on_path, "a dead branch is still in the tree"
+        assert below_live or not node.evaluated or not keep_kv, "a node above the live ones keeps its distribution"
+        stack.extend((c, below_live) for c in node.children.values())
 
 
 @pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
