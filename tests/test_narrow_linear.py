@@ -95,7 +95,8 @@ def _tiny_llama(**extra):
 def test_float32_llama_through_tree_lm_agrees_with_and_without(extra):
     """TreeLM's calls with the lean Llama call (llama_call.py) and W @ X^T, with W @ X^T only,
     and with the model as loaded: the same log-probabilities, for a tree query over a trunk,
-    a deferred trunk fed in front of a query, and a second call against the grown cache."""
+    calls against the grown, cropped and compacted cache, and a deferred trunk fed in front of
+    a query."""
     from tokensurgery.byte_models.exact.tree_lm import Query, TreeLM
 
     model = _tiny_llama(**extra)
@@ -106,11 +107,13 @@ def test_float32_llama_through_tree_lm_agrees_with_and_without(extra):
         lm.reset([1, 5, 9])
         # a small tree: two branches from the trunk's last slot, one of them two deep
         first = lm.forward(Query([11, 12, 13, 14, 15], [-1, 0, -1, 2, 3], [2, -1, 2, -1, -1], keep=3))
-        second = lm.forward(Query([16, 17], [-1, 0], [4, -1], keep=-1))  # below the kept slot of token 13
+        second = lm.forward(Query([16, 17], [-1, 0], [5, -1], keep=-1))  # below the kept slot of token 13
+        assert lm.compact([0, 1, 2, 5, 6, 7])[7] == 5  # the branch of tokens 11, 12 dropped
+        fourth = lm.forward(Query([18, 19], [-1, 0], [5, -1], keep=-1))  # after 13, 16, 17, with room to grow
         lm.reset([2, 3, 4, 5], defer=True)
         third = lm.forward(Query([6, 7], [-1, -1], [3, 1]))
-        outs.append(torch.cat([first, second, third, lm.trunk_logprobs[None]]))
-    assert outs[0].shape == (10, 300)
+        outs.append(torch.cat([first, second, fourth, third, lm.trunk_logprobs[None]]))
+    assert outs[0].shape == (12, 300)
     assert torch.allclose(outs[0], outs[1], atol=1e-4) and torch.allclose(outs[0], outs[2], atol=1e-4)
     assert all("forward" not in m.__dict__ for m in model.modules())
 

@@ -5,8 +5,8 @@ A TreeLM call feeds a few tokens against a KV cache; for a small model on the 2-
 of transformers' time per call went to dispatching its modules and small ops (ad hoc,
 SmolLM2-135M, 2-4 tokens: 55-73 ms per call, of which ~25-30 ms matrix products). This is the
 same computation written as a flat loop over the layers: RMSNorm, rotary embedding, attention
-through `scaled_dot_product_attention` over the cache (`DynamicCache.update`, so cropping and
-compaction work as before), SwiGLU MLP, and every product through `narrow_mm` (the numba kernel
+through `scaled_dot_product_attention` over the cache (a transformers `DynamicCache`, so
+cropping and compaction work as before, but appended to in place, see `_append`), SwiGLU MLP, and every product through `narrow_mm` (the numba kernel
 for a few rows); the logits only for the rows asked for. Same call measured 26-38 ms.
 
 It reads the model's own parameter tensors at every call (nothing is copied, so later changes
@@ -90,7 +90,7 @@ class LlamaCall:
             k = narrow_mm(attn.k_proj.weight, x).view(T, KV, D).transpose(0, 1)
             v = narrow_mm(attn.v_proj.weight, x).view(T, KV, D).transpose(0, 1)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            keys, values = cache.update(k[None], v[None], i)
+            keys, values = _append(cache, i, k[None], v[None])
             o = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=H != KV)
             h = h + narrow_mm(attn.o_proj.weight, o[0].transpose(0, 1).reshape(T, H * D))
             x = self._norm(h, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
@@ -98,3 +98,27 @@ class LlamaCall:
             h = h + narrow_mm(mlp.down_proj.weight, gate * narrow_mm(mlp.up_proj.weight, x))
         last = self._norm(h[rows], inner.norm.weight, inner.norm.variance_epsilon)
         return narrow_mm(self.model.lm_head.weight, last)
+
+
+def _append(cache, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cache.update(k, v, i)` without copying the whole layer: `DynamicLayer.update` concatenates
+    (ad hoc, ~3 ms of a ~35 ms SmolLM2 call with a few hundred slots), so the layer's keys and
+    values are kept as views into buffers with room to grow (doubling), stored on the layer. A
+    layer whose tensors are no longer those views (cropped views still are; TreeLM's compaction
+    replaces them) gets new buffers."""
+    if i >= len(cache.layers) or not getattr(cache.layers[i], "is_initialized", False):
+        return cache.update(k, v, i)
+    layer = cache.layers[i]
+    n, t = layer.keys.shape[-2], k.shape[-2]
+    bufs = getattr(layer, "_tokensurgery_buffers", None)
+    if bufs is None or any(now.data_ptr() != b.data_ptr() or now.stride() != b.stride() or b.shape[-2] < n + t
+                           for now, b in zip((layer.keys, layer.values), bufs)):
+        size = max(64, 2 * (n + t))
+        bufs = tuple(now.new_empty(*now.shape[:-2], size, now.shape[-1]) for now in (layer.keys, layer.values))
+        for now, b in zip((layer.keys, layer.values), bufs):
+            b[..., :n, :] = now
+        layer._tokensurgery_buffers = bufs
+    bufs[0][..., n : n + t, :] = k
+    bufs[1][..., n : n + t, :] = v
+    layer.keys, layer.values = bufs[0][..., : n + t, :], bufs[1][..., : n + t, :]
+    return layer.keys, layer.values
