@@ -33,6 +33,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+import numpy as np
 import torch
 
 KERNEL_ROWS = 12  # most rows the numba kernel takes (16 rows: MKL was faster, ad hoc)
@@ -53,7 +54,6 @@ def _build_kernel():
     """The numba kernel, compiled on first use (cached on disk by numba); None without numba."""
     try:
         import numba
-        import numpy as np
     except ImportError:
         return None
 
@@ -113,14 +113,15 @@ def narrow_mm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     docstring: the numba kernel for up to `KERNEL_ROWS` rows when no gradient is wanted, else
     MKL's W @ X^T)."""
     rows = x.shape[0]
-    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)  # the kernel has no backward
-    fits = 0 < rows <= KERNEL_ROWS and not grad and weight.is_contiguous() and x.dtype == weight.dtype == torch.float32
-    kernel = _kernel() if fits and weight.device.type == x.device.type == "cpu" else None
-    if kernel is not None:
-        out = torch.empty(rows, weight.shape[0], dtype=torch.float32)
+    kernel = _KERNEL[0] if _KERNEL else _kernel()
+    # (ordered cheapest first: a decoding call makes a few hundred of these products)
+    if (kernel is not None and 0 < rows <= KERNEL_ROWS and x.dtype is torch.float32 and weight.dtype is torch.float32
+            and x.is_cpu and weight.is_cpu and weight.is_contiguous()
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):  # the kernel has no backward
+        out = np.empty((rows, weight.shape[0]), np.float32)
         with _LOCK:
-            kernel(weight.detach().numpy(), x.detach().contiguous().numpy(), out.numpy())
-        return out
+            kernel(weight.detach().numpy(), x.detach().contiguous().numpy(), out)
+        return torch.from_numpy(out)
     width = _width(rows)
     if width > rows:
         x = torch.cat([x, x.new_zeros(width - rows, x.shape[1])])
