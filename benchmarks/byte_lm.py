@@ -5,10 +5,12 @@ One run, both bundled models, float32, this machine:
     batch 1 (prompts one after another) and batch 8 (one batched call), both stopping each
     prompt at the same count of new bytes (256; a batch runs until its slowest row is done);
     plain `generate` twice: with the model as loaded, and with its float32 `nn.Linear` layers
-    run as W @ X^T as ByteLM runs them on CPU (`kernels/narrow_linear.py`);
+    run as W @ X^T as ByteLM runs them on CPU (`kernels/narrow_linear.py`; up to 12 rows by
+    its numba kernel);
   * scoring a known text (`ByteLM.score`, per-byte conditionals of every prefix);
   * streaming next-byte distributions (`ByteLM.stream`), look-ahead 0, 2, 8 (the default)
-    and 16, and the default with the model's layers as loaded (calls and tokens fed per byte);
+    and 16, and the default with the model as loaded (its own forward and `nn.Linear` layers,
+    not `narrow_linear` or `llama_call`; calls and tokens fed per byte);
   * `ByteLM(model, vocab)` construction beyond loading the model, cold and warm validity cache;
   * side by side with ByteSampler (SmolLM2, `--bytesampler-python`, run by
     `bytesampler_worker.py` in ByteSampler's own venv): streaming steps/s and the

@@ -1,8 +1,11 @@
-"""tokensurgery.kernels: the hot loops, in pure torch (CPU always; the same code runs on a GPU).
+"""tokensurgery.kernels: the hot loops, in pure torch (CPU always; the same code runs on a GPU),
+and one CPU kernel in numba.
 
 omp.py (batched Orthogonal Matching Pursuit with screening and ridge), surface_index.py (tokens
 sorted by surface bytes, for cover-tree walks), segments.py (segment softmax/sum and words
-grouped by length for the hierarchical byte models). Not here: custom CUDA or Triton kernels.
+grouped by length for the hierarchical byte models), merges.py (batch-level BPE merging),
+narrow_linear.py (float32 products over a few rows on CPU: W @ X^T, and a numba kernel that
+reads the weight once for up to 12 rows). Not here: custom CUDA or Triton kernels.
 
 This folder is installed as `tokensurgery.kernels`. When the repository root is on `sys.path`
 (`python -m pytest`, a notebook or `python` started in the checkout), `import kernels` would
