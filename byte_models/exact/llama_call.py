@@ -4,7 +4,8 @@ transformers' module tree.
 A TreeLM call feeds a few tokens against a KV cache; for a small model on the 2-core CPU, half
 of transformers' time per call went to dispatching its modules and small ops (ad hoc,
 SmolLM2-135M, 2-4 tokens: 55-73 ms per call, of which ~25-30 ms matrix products). This is the
-same computation written as a flat loop over the layers: RMSNorm, rotary embedding, attention
+same computation written as a flat loop over the layers: RMSNorm and rotary embedding (each one
+numba loop, `kernels/decode_ops.py`), attention
 through `scaled_dot_product_attention` over the cache (a transformers `DynamicCache`, so
 cropping and compaction work as before, but appended to in place, see `_append`), SwiGLU MLP, and every product through `narrow_mm` (the numba kernel
 for a few rows); the logits only for the rows asked for. Same call measured 26-38 ms.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tokensurgery.kernels.decode_ops import rms_norm, rotate
 from tokensurgery.kernels.narrow_linear import narrow_mm, narrow_modules
 
 _STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # inv_freq fixed at load
@@ -64,13 +66,6 @@ class LlamaCall:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
 
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = self.head_dim // 2
-        return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
-
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache, rows: list[int]) -> torch.Tensor:
         """`ids` [T] token ids, `mask` [1, 1, T, S + T] additive attention mask over the cache's S
@@ -85,18 +80,17 @@ class LlamaCall:
         cos, sin = angles.cos() * rope.attention_scaling, angles.sin() * rope.attention_scaling
         for i, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            x = self._norm(h, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            q = narrow_mm(attn.q_proj.weight, x).view(T, H, D).transpose(0, 1)
-            k = narrow_mm(attn.k_proj.weight, x).view(T, KV, D).transpose(0, 1)
+            x = rms_norm(h, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+            q = rotate(narrow_mm(attn.q_proj.weight, x).view(T, H, D), cos, sin).transpose(0, 1)
+            k = rotate(narrow_mm(attn.k_proj.weight, x).view(T, KV, D), cos, sin).transpose(0, 1)
             v = narrow_mm(attn.v_proj.weight, x).view(T, KV, D).transpose(0, 1)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             keys, values = _append(cache, i, k[None], v[None])
             o = F.scaled_dot_product_attention(q[None], keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=H != KV)
             h = h + narrow_mm(attn.o_proj.weight, o[0].transpose(0, 1).reshape(T, H * D))
-            x = self._norm(h, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+            x = rms_norm(h, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
             gate = F.silu(narrow_mm(mlp.gate_proj.weight, x))
             h = h + narrow_mm(mlp.down_proj.weight, gate * narrow_mm(mlp.up_proj.weight, x))
-        last = self._norm(h[rows], inner.norm.weight, inner.norm.variance_epsilon)
+        last = rms_norm(h[rows], inner.norm.weight, inner.norm.variance_epsilon)
         return narrow_mm(self.model.lm_head.weight, last)
 
 
