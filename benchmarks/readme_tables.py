@@ -291,7 +291,7 @@ def byte_lm_bytesampler() -> str:
     ahead = f", ByteLM's default look-ahead {side['ours_speculate']}" if "ours_speculate" in side else ""
     rows = [["streaming, steps/s (" + str(side["stream_bytes"]) + " bytes of held-out English" + ahead + ")",
              f"{side['ours_steps_per_s']:.1f}", f"{side['bytesampler_steps_per_s']:.1f}", f"{side['x_bytesampler_stream']:.2f}x"],
-            *([["the same, ByteLM with the model's `nn.Linear` layers as loaded (as ByteSampler runs them)",
+            *([["the same, ByteLM with the model as loaded (its own forward and `nn.Linear` layers, as ByteSampler runs it)",
                 f"{side['ours_linear_steps_per_s']:.1f}", f"{side['bytesampler_steps_per_s']:.1f}",
                 f"{side['x_bytesampler_stream_linear']:.2f}x"]] if "ours_linear_steps_per_s" in side else []),
             [f"{len(side['prefixes'])} cold single-prefix calls, seconds in all", f"{sum(side['prefix_seconds_ours']):.1f}",
