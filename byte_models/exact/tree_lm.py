@@ -38,7 +38,8 @@ class Query:
 class TreeLM:
     """Tree-attention evaluation of a causal LM over a KV cache of slots (see the module
     docstring). `slot_token[s]`, `slot_parent[s]`, `slot_pos[s]` describe slot s; `calls` and
-    `tokens_fed` count forward calls and the tokens they fed."""
+    `tokens_fed` count forward calls and the tokens they fed. `narrow` and `lean` (both on by
+    default) choose how calls run on CPU: see the properties."""
 
     def __init__(self, model, max_query: int | None = None, narrow: bool = True, lean: bool = True):
         self.model = model
