@@ -17,13 +17,14 @@ import torch
 
 def _build():
     try:
-        import numba
+        import numba  # noqa: F401
     except ImportError:
         return None
+    from .jit import njit
 
     fast = {"reassoc", "contract"}
 
-    @numba.njit(fastmath=fast, cache=True)
+    @njit(fastmath=fast)
     def rms(x, w, eps, out):  # out[t] = w * x[t] / sqrt(mean(x[t]^2) + eps)
         rows, n = x.shape
         for t in range(rows):
@@ -34,7 +35,7 @@ def _build():
             for i in range(n):
                 out[t, i] = w[i] * (x[t, i] * r)
 
-    @numba.njit(fastmath=fast, cache=True)
+    @njit(fastmath=fast)
     def rotate(x, cos, sin, out):  # x, out [T, H, D]; cos, sin [T, D]: x * cos + rotate_half(x) * sin
         rows, heads, d = x.shape
         half = d // 2

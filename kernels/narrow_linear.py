@@ -56,10 +56,11 @@ def _build_kernel():
         import numba
     except ImportError:
         return None
+    from .jit import njit
 
     # `reassoc` lets LLVM vectorise the sums (results differ from MKL's by float32 rounding,
     # as MKL's differ from `linear`'s); no `nnan`/`ninf`, so NaN and inf still propagate.
-    @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
+    @njit(parallel=True, fastmath={"reassoc", "contract"})
     def wxt(W, X, out):  # out[k, o] = sum_i W[o, i] * X[k, i]
         n_out, n_in = W.shape
         w = X.shape[0]

@@ -43,3 +43,23 @@ def test_rotate_equals_apply_rotary_pos_emb():
     x.requires_grad_(True)
     out = rotate(x, cos, sin)  # with a gradient wanted: torch's formula, differentiable
     assert out.grad_fn is not None and torch.allclose(out, want, atol=1e-6)
+
+
+def test_kernels_build_without_a_writable_cache(monkeypatch):
+    """A read-only install with no writable home: numba finds no place for its cache and
+    refuses `cache=True`; the kernels are then compiled without it and still work."""
+    import numba.core.caching
+    import numpy as np
+
+    from tokensurgery.kernels import narrow_linear
+
+    monkeypatch.setattr(numba.core.caching.CacheImpl, "_locator_classes", [])
+    monkeypatch.setattr(numba.core.config, "CACHE_LOCATOR_CLASSES", "", raising=False)
+    wxt = narrow_linear._build_kernel()
+    w, x, out = np.ones((3, 5), np.float32), np.arange(10, dtype=np.float32).reshape(2, 5), np.empty((2, 3), np.float32)
+    wxt(w, x, out)
+    assert np.allclose(out, x.sum(1, keepdims=True).repeat(3, 1))
+    rms, _ = decode_ops._build()
+    y = np.empty((2, 5), np.float32)
+    rms(x, np.ones(5, np.float32), 1e-6, y)
+    assert np.allclose(y, x / np.sqrt((x**2).mean(1, keepdims=True) + 1e-6), rtol=1e-5)
