@@ -1,12 +1,13 @@
 """tokensurgery.kernels: the hot loops, in pure torch (CPU always; the same code runs on a GPU),
-and one CPU kernel in numba.
+and a few CPU loops in numba for decoding calls of a few tokens.
 
 omp.py (batched Orthogonal Matching Pursuit with screening and ridge), surface_index.py (tokens
 sorted by surface bytes, for cover-tree walks), segments.py (segment softmax/sum and words
 grouped by length for the hierarchical byte models), merges.py (batch-level BPE merging),
 narrow_linear.py (float32 products over a few rows on CPU: W @ X^T, and a numba kernel that
 reads the weight once for up to 12 rows), decode_ops.py (RMSNorm and rotary embedding as numba
-loops), jit.py (numba with its disk cache where it can write one). Not here: custom CUDA or Triton kernels.
+loops), jit.py (numba with its disk cache where it can write one). Not here: custom CUDA or
+Triton kernels.
 
 This folder is installed as `tokensurgery.kernels`. When the repository root is on `sys.path`
 (`python -m pytest`, a notebook or `python` started in the checkout), `import kernels` would
