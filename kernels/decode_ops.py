@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .jit import numba_ready
+
 
 def _build():
     try:
@@ -58,15 +60,10 @@ def _kernels():
     return _KERNELS[0]
 
 
-def _fits(*tensors: torch.Tensor) -> bool:
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return not grad and all(t.dtype is torch.float32 and t.is_cpu and t.is_contiguous() for t in tensors)
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Llama's RMSNorm of the rows of x [T, n] (float32 throughout)."""
     kernels = _kernels()
-    if kernels is None or x.dim() != 2 or not _fits(x, weight):
+    if kernels is None or x.dim() != 2 or not numba_ready(x, weight):
         return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
     out = np.empty(x.shape, np.float32)
     kernels[0](x.detach().numpy(), weight.detach().numpy(), eps, out)
@@ -77,7 +74,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """Rotary position embedding of x [T, H, D] with cos, sin [T, D] (transformers'
     `apply_rotary_pos_emb` for one tensor, heads second)."""
     kernels = _kernels()
-    if kernels is None or x.dim() != 3 or not _fits(x, cos, sin):
+    if kernels is None or x.dim() != 3 or not numba_ready(x, cos, sin):
         half = x.shape[-1] // 2
         return x * cos[:, None] + torch.cat((-x[..., half:], x[..., :half]), -1) * sin[:, None]
     out = np.empty(x.shape, np.float32)

@@ -36,6 +36,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .jit import numba_ready
+
 KERNEL_ROWS = 12  # most rows the numba kernel takes (16 rows: MKL was faster, ad hoc)
 
 
@@ -115,14 +117,13 @@ def narrow_mm(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     MKL's W @ X^T)."""
     rows = x.shape[0]
     kernel = _KERNEL[0] if _KERNEL else _kernel()
-    # (ordered cheapest first: a decoding call makes a few hundred of these products)
-    if (kernel is not None and 0 < rows <= KERNEL_ROWS and x.dtype is torch.float32 and weight.dtype is torch.float32
-            and x.is_cpu and weight.is_cpu and weight.is_contiguous()
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):  # the kernel has no backward
-        out = np.empty((rows, weight.shape[0]), np.float32)
-        with _LOCK:
-            kernel(weight.detach().numpy(), x.detach().contiguous().numpy(), out)
-        return torch.from_numpy(out)
+    if kernel is not None and 0 < rows <= KERNEL_ROWS:
+        x = x.contiguous()
+        if numba_ready(weight, x):
+            out = np.empty((rows, weight.shape[0]), np.float32)
+            with _LOCK:
+                kernel(weight.detach().numpy(), x.detach().numpy(), out)
+            return torch.from_numpy(out)
     width = _width(rows)
     if width > rows:
         x = torch.cat([x, x.new_zeros(width - rows, x.shape[1])])

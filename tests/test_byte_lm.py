@@ -114,13 +114,15 @@ def _only_live_branches_hold_distributions(stream, keep_kv: bool) -> None:
         while n is not None:
             on_path.add(id(n))
             root, n = n, n.parent
-    stack = [(root, False)]
+    stack, seen = [(root, False)], set()
     while stack:
         node, below_live = stack.pop()
+        seen.add(id(node))
         below_live = below_live or id(node) in live
         assert below_live or id(node) in on_path, "a dead branch is still in the tree"
         assert below_live or not node.evaluated or not keep_kv, "a node above the live ones keeps its distribution"
         stack.extend((c, below_live) for c in node.children.values())
+    assert live <= seen, "a live node was cut off from the tree"
 
 
 @pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])

@@ -75,10 +75,7 @@ class LlamaCall:
         inner, T = self.model.model, ids.shape[0]
         H, KV, D = self.heads, self.kv_heads, self.head_dim
         h = inner.embed_tokens.weight[ids]
-        rope = inner.rotary_emb
-        freqs = pos[:, None].float() * rope.inv_freq
-        angles = torch.cat((freqs, freqs), -1)
-        cos, sin = angles.cos() * rope.attention_scaling, angles.sin() * rope.attention_scaling
+        cos, sin = (t[0].contiguous() for t in inner.rotary_emb(h, pos[None]))  # the model's own [T, D] tables
         for i, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
             x = rms_norm(h, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)

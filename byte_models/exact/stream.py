@@ -131,16 +131,20 @@ class ByteStream:
         dropped and they are cut from the tree (their KV slots go at the next compaction).
         Nodes above live ones keep their place (paths, slots) but not their distributions,
         which nothing reads again: only live nodes and the nodes evaluated ahead below them are read."""
-        on_path: set[int] = set()
+        now = {id(n) for n in live}
+        gone = [n for n in old if id(n) not in now]
+        if not gone:
+            return
+        # Only the retired nodes and their children are looked up below, so the paths up from
+        # the live nodes are followed no higher than they reach (not to the root: that would
+        # make a long stream quadratic).
+        floor, on_path = min(n.depth for n in gone), set()
         for node in live:
             n = node
-            while n is not None and id(n) not in on_path:
+            while n is not None and n.depth >= floor and id(n) not in on_path:
                 on_path.add(id(n))
                 n = n.parent
-        now = {id(n) for n in live}
-        for node in old:
-            if id(node) in now:
-                continue
+        for node in gone:
             node.forget()
             if id(node) not in on_path and node.parent is not None:
                 node.parent.children.pop(node.token, None)
