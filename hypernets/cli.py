@@ -24,7 +24,7 @@ def hypernet_group() -> None:
     Data=["corpus", "mix"],
     Schedule=["steps", "warmup_steps", "batch_size", "seq_len", "grad_accum", "lr", "max_minutes"],
     Sampled_tokenizers=["tokenizers", "vocab_size", "negatives", "noise", "max_reduction", "boundary", "objective",
-                        "output_anchor"],
+                        "output_anchor", "whole_chars", "tail"],
     Hypernetwork=["init", "layers", "max_pieces", "residual", "output_head"],
     Run=["resume", "force", "save_every", "seed", "device"]))
 @click.argument("base")
@@ -54,6 +54,8 @@ def hypernet_group() -> None:
 @click.option("--output-anchor", default=10.0, show_default=True,
               help="prefill steps: weight of the loss that holds the predicted output rows to the run's start (the "
                    "--init hypernetwork, else FVT), which mode B and generation use; 0: off.")
+@options.whole_chars
+@options.tail
 @click.option("--vocab-size", default=32768, show_default=True, help="Size of each sampled unigram tokenizer.")
 @click.option("--negatives", default=2048, show_default=True,
               help="Extra random tokens in each step's softmax besides the batch's own (-1: the whole sampled vocabulary).")
@@ -74,7 +76,7 @@ def hypernet_group() -> None:
 def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], mix: str, steps: int, warmup_steps: int | None, batch_size: int,
                    seq_len: int, grad_accum: int, lr: float, max_minutes: float | None, vocab_size: int, negatives: int,
                    noise: float, tokenizers: str, max_reduction: float, boundary: tuple[str, ...], objective: str,
-                   output_anchor: float, init: Path | None, layers: int,
+                   output_anchor: float, whole_chars: bool, tail: int, init: Path | None, layers: int,
                    max_pieces: int, residual: bool, output_head: bool, resume: bool, force: bool, save_every: int,
                    seed: int, device: str) -> None:
     """Train a hypernetwork for BASE (frozen) and save it to OUT.
@@ -92,7 +94,7 @@ def hypernet_train(base: str, out: Path, corpus: tuple[str, ...], mix: str, step
                          grad_accum=grad_accum, lr=lr, max_minutes=max_minutes, vocab_size=vocab_size,
                          negatives=negatives, noise=noise, tokenizers=tokenizers, max_reduction=max_reduction,
                          boundary=",".join(dict.fromkeys(boundary)) or TrainConfig.boundary, objective=objective,
-                         output_anchor=output_anchor, mix=mix,
+                         output_anchor=output_anchor, whole_chars=whole_chars, tail=tail, mix=mix,
                          init=None if init is None else str(init), save_every=save_every, seed=seed, device=device)
     net_options = {"num_layers": layers, "max_pieces": max_pieces, "residual": residual, "predict_output": output_head}
     result = train(base, Corpus.from_paths(list(corpus)), out, config, net_options, resume=resume, force=force)

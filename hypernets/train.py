@@ -25,6 +25,8 @@ within words: mode A +1.45% -> +0.83%, mode B +3.31% -> +8.38%, and +3.12% with 
 rows), so prefill steps add `output_anchor` x the mean squared distance, in the base's
 per-dimension std units, of the predicted output rows from those of the run's starting point
 (the `init` hypernetwork, else FVT). `objective="both"`: each merged step draws one of the two.
+`whole_chars` and `tail` train for `dynamic score --whole-chars --tail N`: no merge takes a piece
+of a UTF-8 character, and the prefill contexts keep their last `tail` segments in the base's tokens.
 `tokenizers="mixed"`: each step draws unigram or merges.
 
 Every step's data is a function of (seed, step, rank), so a resumed run continues exactly.
@@ -77,6 +79,8 @@ class TrainConfig(LoopConfig):
     boundary: str = "pretokens"  # merges: where merges may not cross; a comma list draws one per step
     objective: str = "whole"  # merges: whole (mode B), prefill (mode A) or both (see the module docstring)
     output_anchor: float = 10.0  # prefill steps: weight of the pull of output rows back to the run's start
+    whole_chars: bool = False  # merges: pieces of UTF-8 characters take part in no merge (BatchMerger's whole_chars)
+    tail: int = 0  # prefill steps: the contexts' last `tail` segments stay in the base's tokens (merge_segments)
     mix: str = "chars"  # how training windows are drawn from the corpus (Corpus.window)
     init: str | None = None  # a saved hypernetwork to start from (its architecture too); fresh optimizer and schedule
 
@@ -85,6 +89,12 @@ class TrainConfig(LoopConfig):
             raise TokenSurgeryError(f"tokenizers must be one of {', '.join(TOKENIZERS)}, got {self.tokenizers!r}")
         if self.objective not in OBJECTIVES:
             raise TokenSurgeryError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.tail < 0:
+            raise TokenSurgeryError(f"tail must be >= 0 segments, got {self.tail}")
+        if (self.whole_chars or self.tail) and self.tokenizers == "unigram":
+            raise TokenSurgeryError("whole_chars and tail shape merged batches: use them with tokenizers 'merges' or 'mixed'")
+        if self.tail and self.objective == "whole":
+            raise TokenSurgeryError("tail keeps the end of prefill contexts: use it with objective 'prefill' or 'both'")
         if self.output_anchor < 0:
             raise TokenSurgeryError(f"output_anchor must not be negative, got {self.output_anchor}")
         if self.objective != "whole" and self.tokenizers == "unigram":
@@ -189,7 +199,8 @@ class Trainer:
         self.bos = None if bos is None else int(bos)
         from .dynamic.merger import BatchMerger
 
-        self.mergers = [BatchMerger(self.base_vocab, boundary=b, n_base=emb.input.shape[0])
+        self.mergers = [BatchMerger(self.base_vocab, boundary=b, n_base=emb.input.shape[0],
+                                    whole_chars=self.config.whole_chars)
                         for b in self.config.boundary.split(",")]
 
     @property
@@ -343,7 +354,7 @@ class Trainer:
         reduction = rng.uniform(0.02, c.max_reduction) if reduction is None else reduction
         if not contexts:
             return self.identity_step(rng)
-        ctx = merger.merge_segments(contexts, reduction=reduction)
+        ctx = merger.merge_segments(contexts, reduction=reduction, tail=c.tail)
         used = sorted({i for ids in ctx.ids for i in ids if i >= n})
         if not used:  # nothing was merged
             return self.identity_step(rng)

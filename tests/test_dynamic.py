@@ -439,6 +439,42 @@ def test_prefill_step_is_mode_a_of_the_batch(tiny_model_dirs, tmp_path):
         tiny_config(objective="prefill").check()  # unigram tokenizers have no merged batches
 
 
+def test_prefill_step_trains_for_the_tail_and_whole_chars(tiny_model_dirs, tmp_path):
+    """With `tail` and `whole_chars` the prefill step's loss is `score_batch`'s mode A with the
+    same tail and a whole-characters merger; the tail changes it; both are refused where they
+    would do nothing."""
+    import math
+
+    from tokensurgery.hypernets import Trainer
+    from tokensurgery.hypernets.dynamic import context_cut
+
+    from test_hypernet import TINY_NET, tiny_config, tiny_corpus
+
+    losses = {}
+    for tail in (0, 2):
+        config = tiny_config(tokenizers="merges", objective="prefill", seq_len=200, tail=tail, whole_chars=True)
+        trainer = Trainer(tiny_model_dirs["tied"], tiny_corpus(), tmp_path / f"hn{tail}", config, TINY_NET, progress=False)
+        trainer.batch_texts = lambda step, micro: list(TEXTS)
+        got = trainer.prefill_step(0, 0, at=0.5, reduction=0.3)
+        vocab, n = trainer.base_vocab, trainer.mergers[0].n_base
+        segs = [BatchMerger(vocab, n_base=n).segments(t) for t in TEXTS]
+        count = sum(len(seg) for s in segs for seg in s[context_cut(s, vocab):])
+        for whole in (True, False):
+            score = score_batch(DynamicModel(trainer.lm.model), BatchMerger(vocab, n_base=n, whole_chars=whole),
+                                TEXTS, reduction=0.3, tail=tail)
+            losses[tail, whole] = score.bits_a * math.log(2) / count
+        assert got["lm"].item() == pytest.approx(losses[tail, True], rel=1e-4)
+    # the test has teeth: the tail and whole characters each change the loss
+    assert losses[0, True] != pytest.approx(losses[2, True], rel=1e-6)
+    assert losses[0, True] != pytest.approx(losses[0, False], rel=1e-6)
+    with pytest.raises(TokenSurgeryError, match="tail keeps the end of prefill contexts"):
+        tiny_config(tokenizers="merges", tail=2).check()  # objective whole: no contexts
+    with pytest.raises(TokenSurgeryError, match="merged batches"):
+        tiny_config(whole_chars=True).check()
+    with pytest.raises(TokenSurgeryError, match="tail must be"):
+        tiny_config(tokenizers="merges", objective="both", tail=-1).check()
+
+
 def test_merge_training_draws_a_boundary_per_step(tiny_model_dirs, tmp_path):
     """`boundary="sentence,word"`: each step merges with the boundary its (seed, step) draws,
     and both occur; an unknown boundary is refused."""
@@ -504,8 +540,10 @@ def test_train_objective_both_from_the_cli(tiny_model_dirs, tmp_path):
     assert {h.get("phase") for h in log} == {"merges", "prefill"}
     r = runner.invoke(cli, ["hypernet", "train", str(tiny_model_dirs["tied"]), str(tmp_path / "free"), "--tokenizers",
                             "merges", "--objective", "prefill", "--output-anchor", "0", "--steps", "4", "--init",
-                            str(tmp_path / "hn"), *common])
+                            str(tmp_path / "hn"), "--tail", "2", "--whole-chars", *common])
     assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "free" / "training.json").read_text())["config"]
+    assert saved["tail"] == 2 and saved["whole_chars"] is True
     before, free = (load_file(str(tmp_path / d / "hypernet.safetensors")) for d in ("hn", "free"))
     out_head = [k for k in before if "output" in k]
     assert out_head and all(torch.equal(before[k], free[k]) for k in out_head)
