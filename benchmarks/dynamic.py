@@ -200,7 +200,8 @@ def markdown(results: dict, set_names: list[str]) -> str:
              f"load average at start {rec['load_average_at_start']}.", "",
              f"Model {opt['model']}; new-token rows: {'hypernetwork ' + opt['hypernet'] if opt['hypernet'] else 'FVT'}; "
              f"batches of {opt['batch_size']} pieces of at most {opt['chunk_bytes']} bytes; en/de/py: first "
-             f"{opt['max_bytes']} bytes of the held-out file; multilingual: the test halves of all groups.", "",
+             f"{opt['max_bytes']} bytes of the held-out file; multilingual: the test halves of all groups; "
+             f"multilingual-dev: their dev halves.", "",
              "Fewer tokens (plain %, and % of the way to one token per segment run, the paper's measure); "
              "bits per byte, mode A (second half of each piece, BASE's tokens after a merged first half; exact) "
              "and mode B (whole piece in merged tokens; upper bound), against the plain model on the same bytes.", ""]
