@@ -128,9 +128,9 @@ def whole_chars(f):
 
 def tail(f):
     return _shared("--tail", default=0, show_default=True, type=click.IntRange(min=0),
-                   help="The last N segments of each prompt (dynamic score: of each mode-A context; hypernet train: of "
-                        "each prefill step's context) stay in MODEL's tokens, where decoding goes on from; they count "
-                        "towards --reduction, so the rest merges more.")(f)
+                   help="The last N segments of each prompt (dynamic score: of each mode-A context; hypernet train: "
+                        "of each prefill step's context) stay in the model's own tokens, where decoding goes on "
+                        "from; they count towards --reduction, so the rest merges more.")(f)
 
 
 def hypernet(f):
