@@ -206,7 +206,7 @@ def markdown(results: dict, set_names: list[str]) -> str:
              "bits per byte, mode A (second half of each piece, BASE's tokens after a merged first half; exact) "
              "and mode B (whole piece in merged tokens; upper bound), against the plain model on the same bytes.", ""]
     if results["curve"]:
-        lines += ["| setting | " + " | ".join(set_names) + " | mean fewer | over issue 15's bounds (A +1%, B +3%) |",
+        lines += ["| setting | " + " | ".join(set_names) + " | mean fewer (dev half left out) | over issue 15's bounds (A +1%, B +3%) |",
                   "|---|" + "---|" * (len(set_names) + 2)]
         for row in results["curve"]:
             cells = []
@@ -214,9 +214,11 @@ def markdown(results: dict, set_names: list[str]) -> str:
                 s = row["sets"][name]
                 ctx = f" (contexts {s['context_reduction']:.1%} fewer)" if "context_reduction" in s else ""
                 cells.append(f"{s['reduction']:.1%} ({s['reduction_to_limit']:.0%}); A {s['rel_a']:+.2%}{ctx}; B {s['rel_b']:+.2%}")
-            mean = f"{statistics.mean(row['sets'][n]['reduction'] for n in set_names):.1%}"
-            if all("context_reduction" in row["sets"][n] for n in set_names):
-                mean += f" (contexts {statistics.mean(row['sets'][n]['context_reduction'] for n in set_names):.1%})"
+            # The mean is over the sets the issue's goal names: the dev half is for choosing, not for reporting.
+            scored = [n for n in set_names if n != "multilingual-dev"] or set_names
+            mean = f"{statistics.mean(row['sets'][n]['reduction'] for n in scored):.1%}"
+            if all("context_reduction" in row["sets"][n] for n in scored):
+                mean += f" (contexts {statistics.mean(row['sets'][n]['context_reduction'] for n in scored):.1%})"
             # The bounds are compared on the rounded figures the table shows, so a cell and its verdict agree.
             over = [f"{n} {mode}" for n in set_names for mode, key, bound in (("A", "rel_a", 0.01), ("B", "rel_b", 0.03))
                     if round(row["sets"][n][key] * 100, 2) > bound * 100]
